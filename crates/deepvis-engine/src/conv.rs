@@ -1,0 +1,601 @@
+//! 2-D convolution: forward and the gradient with respect to the input.
+//!
+//! Dense and grouped convolutions go through im2col + `gemm` (AVX-512 kernels via its `x86-v4`
+//! feature), tiled by output rows so the column buffer stays cache-sized instead of the 100+ MB a
+//! whole 224×224×64 layer would need. Depthwise convolutions use a direct loop: as a GEMM they
+//! would have an inner dimension of only kh·kw.
+
+use crate::gemm::{matmul, MatMut, MatRef};
+use crate::{EngineError, Tensor};
+use rayon::prelude::*;
+
+/// How a convolution (or pool) pads its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Zero padding of fixed size on each side (PyTorch's `padding=`).
+    Explicit {
+        top: usize,
+        bottom: usize,
+        left: usize,
+        right: usize,
+    },
+    /// TensorFlow "SAME": output size is ceil(input / stride); the padding is computed from the
+    /// input size and may be one larger at the bottom/right than at the top/left.
+    Same,
+}
+
+impl Padding {
+    pub fn symmetric(p: usize) -> Self {
+        Padding::Explicit {
+            top: p,
+            bottom: p,
+            left: p,
+            right: p,
+        }
+    }
+}
+
+/// Output extent and padding of one spatial axis of a sliding window.
+pub(crate) fn window_axis(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+    vertical: bool,
+) -> Result<(usize, usize, usize), EngineError> {
+    let span = dilation * (kernel - 1) + 1;
+    let (lo, hi) = match padding {
+        Padding::Explicit {
+            top,
+            bottom,
+            left,
+            right,
+        } => {
+            if vertical {
+                (top, bottom)
+            } else {
+                (left, right)
+            }
+        }
+        Padding::Same => {
+            let out = input.div_ceil(stride);
+            let total = ((out - 1) * stride + span).saturating_sub(input);
+            (total / 2, total - total / 2)
+        }
+    };
+    if input + lo + hi < span {
+        return Err(EngineError::Shape(format!(
+            "input extent {input} (padded {}) is smaller than the kernel extent {span}",
+            input + lo + hi
+        )));
+    }
+    Ok(((input + lo + hi - span) / stride + 1, lo, hi))
+}
+
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+    pub padding: Padding,
+    /// [out, in / groups, kh, kw], PyTorch's layout.
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// Geometry of one convolution call, resolved for a concrete input shape.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: usize,
+    pl: usize,
+    groups: usize,
+}
+
+impl Geometry {
+    fn cin_g(&self) -> usize {
+        self.cin / self.groups
+    }
+    fn cout_g(&self) -> usize {
+        self.cout / self.groups
+    }
+    fn k(&self) -> usize {
+        self.cin_g() * self.kh * self.kw
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.oh == self.h
+            && self.ow == self.w
+            && self.pt == 0
+            && self.pl == 0
+    }
+    fn depthwise(&self) -> bool {
+        self.groups == self.cin && self.groups == self.cout && self.groups > 1
+    }
+    /// Output rows per im2col tile: the column buffer stays near 4 MB, and a tile spans at least
+    /// the kernel height so tiles two apart never touch the same input rows (see `backward`).
+    fn tile_rows(&self) -> usize {
+        const BUDGET_FLOATS: usize = 1 << 20;
+        let by_budget = BUDGET_FLOATS / (self.k() * self.ow).max(1);
+        by_budget.max(self.kh.div_ceil(self.sh)).max(1).min(self.oh)
+    }
+}
+
+/// A raw pointer that may cross threads; every use writes a region no other task touches.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    // A method, not field access, so closures capture the whole Send + Sync wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Conv2d {
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let (kh, kw) = self.kernel;
+        let g = self.groups;
+        if g == 0 || self.in_channels % g != 0 || self.out_channels % g != 0 {
+            return Err(EngineError::Shape(format!(
+                "groups {g} must divide in_channels {} and out_channels {}",
+                self.in_channels, self.out_channels
+            )));
+        }
+        if kh == 0
+            || kw == 0
+            || self.stride.0 == 0
+            || self.stride.1 == 0
+            || self.dilation.0 == 0
+            || self.dilation.1 == 0
+        {
+            return Err(EngineError::Shape(
+                "kernel, stride and dilation must be positive".into(),
+            ));
+        }
+        let expected = self.out_channels * (self.in_channels / g) * kh * kw;
+        if self.weight.len() != expected {
+            return Err(EngineError::Shape(format!(
+                "conv weight has {} values, expected {expected}",
+                self.weight.len()
+            )));
+        }
+        if let Some(b) = &self.bias {
+            if b.len() != self.out_channels {
+                return Err(EngineError::Shape(format!(
+                    "conv bias has {} values, expected {}",
+                    b.len(),
+                    self.out_channels
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn geometry(&self, shape: &[usize]) -> Result<Geometry, EngineError> {
+        let [n, cin, h, w] = shape[..] else {
+            return Err(EngineError::Shape(format!(
+                "conv2d expects NCHW input, got {shape:?}"
+            )));
+        };
+        if cin != self.in_channels {
+            return Err(EngineError::Shape(format!(
+                "conv2d expects {} input channels, got {cin}",
+                self.in_channels
+            )));
+        }
+        let (oh, pt, _) = window_axis(
+            h,
+            self.kernel.0,
+            self.stride.0,
+            self.dilation.0,
+            self.padding,
+            true,
+        )?;
+        let (ow, pl, _) = window_axis(
+            w,
+            self.kernel.1,
+            self.stride.1,
+            self.dilation.1,
+            self.padding,
+            false,
+        )?;
+        Ok(Geometry {
+            n,
+            cin,
+            h,
+            w,
+            cout: self.out_channels,
+            oh,
+            ow,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            sh: self.stride.0,
+            sw: self.stride.1,
+            dh: self.dilation.0,
+            dw: self.dilation.1,
+            pt,
+            pl,
+            groups: self.groups,
+        })
+    }
+
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, EngineError> {
+        let g = self.geometry(input)?;
+        Ok(vec![g.n, g.cout, g.oh, g.ow])
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let g = self.geometry(x.shape())?;
+        let mut y = Tensor::zeros(&[g.n, g.cout, g.oh, g.ow]);
+        if g.depthwise() {
+            depthwise_forward(&g, &self.weight, x.data(), y.data_mut());
+        } else {
+            self.gemm_forward(&g, x.data(), y.data_mut());
+        }
+        if let Some(bias) = &self.bias {
+            let plane = g.oh * g.ow;
+            y.data_mut()
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(i, p)| {
+                    let b = bias[i % g.cout];
+                    p.iter_mut().for_each(|v| *v += b);
+                });
+        }
+        Ok(y)
+    }
+
+    /// Gradient of a scalar loss with respect to this convolution's input, given the gradient
+    /// with respect to its output. Weights are frozen: no weight gradient is formed.
+    pub fn backward(
+        &self,
+        input_shape: &[usize],
+        grad_out: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let g = self.geometry(input_shape)?;
+        if grad_out.shape() != [g.n, g.cout, g.oh, g.ow] {
+            return Err(EngineError::Shape(format!(
+                "conv2d output gradient has shape {:?}, expected {:?}",
+                grad_out.shape(),
+                [g.n, g.cout, g.oh, g.ow]
+            )));
+        }
+        let mut dx = Tensor::zeros(input_shape);
+        if g.depthwise() {
+            depthwise_backward(&g, &self.weight, grad_out.data(), dx.data_mut());
+        } else {
+            self.gemm_backward(&g, grad_out.data(), dx.data_mut());
+        }
+        Ok(dx)
+    }
+
+    fn tasks(&self, g: &Geometry) -> Vec<(usize, usize, usize, usize)> {
+        let rows = if g.pointwise() { g.oh } else { g.tile_rows() };
+        let mut tasks = Vec::new();
+        for n in 0..g.n {
+            for grp in 0..g.groups {
+                let mut y0 = 0;
+                while y0 < g.oh {
+                    let y1 = (y0 + rows).min(g.oh);
+                    tasks.push((n, grp, y0, y1));
+                    y0 = y1;
+                }
+            }
+        }
+        tasks
+    }
+
+    fn gemm_forward(&self, g: &Geometry, x: &[f32], y: &mut [f32]) {
+        let tasks = self.tasks(g);
+        let threads = rayon::current_num_threads();
+        // Many independent tiles: one single-threaded GEMM per tile. Few: let GEMM split.
+        let outer = tasks.len() >= 2 * threads;
+        let par = if outer {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(threads)
+        };
+        let y_ptr = SharedMut(y.as_mut_ptr());
+        let run = |&(n, grp, y0, y1): &(usize, usize, usize, usize), col: &mut Vec<f32>| {
+            let (cin_g, cout_g, k) = (g.cin_g(), g.cout_g(), g.k());
+            let plane_out = g.oh * g.ow;
+            let cols = (y1 - y0) * g.ow;
+            let x_group = &x[(n * g.cin + grp * cin_g) * g.h * g.w..][..cin_g * g.h * g.w];
+            let w_group = &self.weight[grp * cout_g * k..][..cout_g * k];
+            let rhs = if g.pointwise() {
+                MatRef {
+                    ptr: x_group[y0 * g.ow..].as_ptr(),
+                    rs: (g.h * g.w) as isize,
+                    cs: 1,
+                }
+            } else {
+                col.resize(k * cols, 0.0);
+                im2col(g, x_group, y0, y1, col);
+                MatRef {
+                    ptr: col.as_ptr(),
+                    rs: cols as isize,
+                    cs: 1,
+                }
+            };
+            let offset = (n * g.cout + grp * cout_g) * plane_out + y0 * g.ow;
+            // SAFETY: tasks own disjoint (image, group, row range) blocks of `y`.
+            let dst = MatMut {
+                ptr: unsafe { y_ptr.get().add(offset) },
+                rs: plane_out as isize,
+                cs: 1,
+            };
+            let lhs = MatRef {
+                ptr: w_group.as_ptr(),
+                rs: k as isize,
+                cs: 1,
+            };
+            unsafe { matmul(cout_g, cols, k, dst, false, lhs, rhs, par) };
+        };
+        if outer {
+            tasks
+                .par_iter()
+                .for_each_init(Vec::new, |col, t| run(t, col));
+        } else {
+            let mut col = Vec::new();
+            tasks.iter().for_each(|t| run(t, &mut col));
+        }
+    }
+
+    fn gemm_backward(&self, g: &Geometry, dy: &[f32], dx: &mut [f32]) {
+        let tasks = self.tasks(g);
+        let threads = rayon::current_num_threads();
+        let outer = tasks.len() >= 2 * threads;
+        let par = if outer {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(threads)
+        };
+        let dx_ptr = SharedMut(dx.as_mut_ptr());
+        let run = |&(n, grp, y0, y1): &(usize, usize, usize, usize), col: &mut Vec<f32>| {
+            let (cin_g, cout_g, k) = (g.cin_g(), g.cout_g(), g.k());
+            let plane_out = g.oh * g.ow;
+            let cols = (y1 - y0) * g.ow;
+            let w_group = &self.weight[grp * cout_g * k..][..cout_g * k];
+            // Wᵀ: element (kk, o) of the [k, cout_g] matrix is weight[o * k + kk].
+            let lhs = MatRef {
+                ptr: w_group.as_ptr(),
+                rs: 1,
+                cs: k as isize,
+            };
+            let rhs = MatRef {
+                ptr: dy[(n * g.cout + grp * cout_g) * plane_out + y0 * g.ow..].as_ptr(),
+                rs: plane_out as isize,
+                cs: 1,
+            };
+            let x_off = (n * g.cin + grp * cin_g) * g.h * g.w;
+            if g.pointwise() {
+                let dst = MatMut {
+                    ptr: unsafe { dx_ptr.get().add(x_off + y0 * g.ow) },
+                    rs: (g.h * g.w) as isize,
+                    cs: 1,
+                };
+                unsafe { matmul(k, cols, cout_g, dst, false, lhs, rhs, par) };
+            } else {
+                col.resize(k * cols, 0.0);
+                let dst = MatMut {
+                    ptr: col.as_mut_ptr(),
+                    rs: cols as isize,
+                    cs: 1,
+                };
+                unsafe { matmul(k, cols, cout_g, dst, false, lhs, rhs, par) };
+                // SAFETY: see the two-phase schedule below; this tile's input rows are touched by
+                // no other task running at the same time.
+                let dx_group = unsafe {
+                    std::slice::from_raw_parts_mut(dx_ptr.get().add(x_off), cin_g * g.h * g.w)
+                };
+                col2im(g, col, y0, y1, dx_group);
+            }
+        };
+        if g.pointwise() {
+            if outer {
+                tasks
+                    .par_iter()
+                    .for_each_init(Vec::new, |col, t| run(t, col));
+            } else {
+                let mut col = Vec::new();
+                tasks.iter().for_each(|t| run(t, &mut col));
+            }
+            return;
+        }
+        // Neighbouring row tiles scatter into overlapping input rows; tiles two apart do not
+        // (each tile spans at least kh / stride rows), so even tiles run together, then odd.
+        let rows = g.tile_rows();
+        for phase in 0..2 {
+            let batch: Vec<_> = tasks.iter().filter(|t| (t.2 / rows) % 2 == phase).collect();
+            if outer {
+                batch
+                    .par_iter()
+                    .for_each_init(Vec::new, |col, t| run(t, col));
+            } else {
+                let mut col = Vec::new();
+                batch.iter().for_each(|t| run(t, &mut col));
+            }
+        }
+    }
+}
+
+/// Range of output x for which input x = ox·s − pad + offset lies inside [0, w).
+fn valid_range(w: usize, out: usize, stride: usize, pad: usize, offset: usize) -> (usize, usize) {
+    // ox·s + offset ≥ pad  and  ox·s + offset − pad < w
+    let lo = if offset >= pad {
+        0
+    } else {
+        (pad - offset).div_ceil(stride)
+    };
+    let hi = if w + pad > offset {
+        (w + pad - offset).div_ceil(stride)
+    } else {
+        0
+    };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+fn im2col(g: &Geometry, x: &[f32], y0: usize, y1: usize, col: &mut [f32]) {
+    let cols = (y1 - y0) * g.ow;
+    let mut row = 0;
+    for ci in 0..g.cin_g() {
+        let xc = &x[ci * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let dst_row = &mut col[row * cols..][..cols];
+                let (lo, hi) = valid_range(g.w, g.ow, g.sw, g.pl, kx * g.dw);
+                for oy in y0..y1 {
+                    let dst = &mut dst_row[(oy - y0) * g.ow..][..g.ow];
+                    let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &xc[iy as usize * g.w..][..g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    let ix0 = lo * g.sw + kx * g.dw - g.pl;
+                    if g.sw == 1 {
+                        dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (i, d) in dst[lo..hi].iter_mut().enumerate() {
+                            *d = src[ix0 + i * g.sw];
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+fn col2im(g: &Geometry, col: &[f32], y0: usize, y1: usize, dx: &mut [f32]) {
+    let cols = (y1 - y0) * g.ow;
+    let mut row = 0;
+    for ci in 0..g.cin_g() {
+        let dxc = &mut dx[ci * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let src_row = &col[row * cols..][..cols];
+                let (lo, hi) = valid_range(g.w, g.ow, g.sw, g.pl, kx * g.dw);
+                for oy in y0..y1 {
+                    let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &src_row[(oy - y0) * g.ow..][..g.ow];
+                    let dst = &mut dxc[iy as usize * g.w..][..g.w];
+                    let ix0 = lo * g.sw + kx * g.dw - g.pl;
+                    if g.sw == 1 {
+                        for (d, s) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += *s;
+                        }
+                    } else {
+                        for (i, s) in src[lo..hi].iter().enumerate() {
+                            dst[ix0 + i * g.sw] += *s;
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+fn depthwise_forward(g: &Geometry, weight: &[f32], x: &[f32], y: &mut [f32]) {
+    let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    y.par_chunks_mut(plane_out)
+        .enumerate()
+        .for_each(|(nc, out)| {
+            let c = nc % g.cout;
+            let src = &x[nc * plane_in..][..plane_in];
+            let w = &weight[c * taps..][..taps];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let wv = w[ky * g.kw + kx];
+                    let (lo, hi) = valid_range(g.w, g.ow, g.sw, g.pl, kx * g.dw);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let ix0 = lo * g.sw + kx * g.dw - g.pl;
+                    for oy in 0..g.oh {
+                        let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let s = &src[iy as usize * g.w..][..g.w];
+                        let d = &mut out[oy * g.ow..][lo..hi];
+                        if g.sw == 1 {
+                            for (o, i) in d.iter_mut().zip(&s[ix0..]) {
+                                *o += wv * *i;
+                            }
+                        } else {
+                            for (j, o) in d.iter_mut().enumerate() {
+                                *o += wv * s[ix0 + j * g.sw];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+fn depthwise_backward(g: &Geometry, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    dx.par_chunks_mut(plane_in)
+        .enumerate()
+        .for_each(|(nc, din)| {
+            let c = nc % g.cout;
+            let src = &dy[nc * plane_out..][..plane_out];
+            let w = &weight[c * taps..][..taps];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let wv = w[ky * g.kw + kx];
+                    let (lo, hi) = valid_range(g.w, g.ow, g.sw, g.pl, kx * g.dw);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let ix0 = lo * g.sw + kx * g.dw - g.pl;
+                    for oy in 0..g.oh {
+                        let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let s = &src[oy * g.ow..][lo..hi];
+                        let d = &mut din[iy as usize * g.w..][..g.w];
+                        if g.sw == 1 {
+                            for (o, i) in d[ix0..].iter_mut().zip(s) {
+                                *o += wv * *i;
+                            }
+                        } else {
+                            for (j, i) in s.iter().enumerate() {
+                                d[ix0 + j * g.sw] += wv * *i;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}

@@ -1,0 +1,379 @@
+//! A network as a list of named nodes in topological order, evaluated up to a target node and
+//! differentiated back to the input.
+
+use crate::layers::{relu, relu6, relu6_backward, relu_backward};
+use crate::{
+    AdaptiveAvgPool2d, AvgPool2d, ChannelAffine, Conv2d, EngineError, Linear, MaxPool2d, Tensor,
+};
+
+pub type NodeId = usize;
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// The network input; always node 0.
+    Input,
+    Conv2d(Conv2d),
+    ChannelAffine(ChannelAffine),
+    Relu,
+    Relu6,
+    MaxPool2d(MaxPool2d),
+    AvgPool2d(AvgPool2d),
+    AdaptiveAvgPool2d(AdaptiveAvgPool2d),
+    Linear(Linear),
+    /// [N, ...] → [N, product(...)].
+    Flatten,
+    /// Element-wise sum of its inputs (residual connections).
+    Add,
+    /// Dropout in eval mode, and any other pass-through.
+    Identity,
+}
+
+impl Op {
+    /// A short name for listings: "Conv2d 3×3/2", "ReLU", …
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Input => "Input".into(),
+            Op::Conv2d(c) => {
+                let kind = if c.groups == 1 {
+                    "Conv2d".to_string()
+                } else if c.groups == c.in_channels && c.groups == c.out_channels {
+                    "Conv2d depthwise".to_string()
+                } else {
+                    format!("Conv2d groups={}", c.groups)
+                };
+                format!("{kind} {}x{}/{}", c.kernel.0, c.kernel.1, c.stride.0)
+            }
+            Op::ChannelAffine(_) => "BatchNorm2d".into(),
+            Op::Relu => "ReLU".into(),
+            Op::Relu6 => "ReLU6".into(),
+            Op::MaxPool2d(p) => format!("MaxPool2d {}x{}/{}", p.kernel.0, p.kernel.1, p.stride.0),
+            Op::AvgPool2d(p) => format!("AvgPool2d {}x{}/{}", p.kernel.0, p.kernel.1, p.stride.0),
+            Op::AdaptiveAvgPool2d(p) => format!("AdaptiveAvgPool2d {}x{}", p.output.0, p.output.1),
+            Op::Linear(_) => "Linear".into(),
+            Op::Flatten => "Flatten".into(),
+            Op::Add => "Add".into(),
+            Op::Identity => "Identity".into(),
+        }
+    }
+
+    /// Whether the backward pass needs the value of this op's input (not just its shape).
+    fn backward_needs_input(&self) -> bool {
+        matches!(self, Op::Relu6 | Op::MaxPool2d(_))
+    }
+
+    /// Whether the backward pass needs this op's own output.
+    fn backward_needs_output(&self) -> bool {
+        matches!(self, Op::Relu)
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, EngineError> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| EngineError::Graph("op has no input".into()))?;
+        match self {
+            Op::Conv2d(c) => c.output_shape(first),
+            Op::MaxPool2d(p) => p.output_shape(first),
+            Op::AvgPool2d(p) => p.output_shape(first),
+            Op::AdaptiveAvgPool2d(p) => p.output_shape(first),
+            Op::Linear(l) => match first {
+                [n, f] if *f == l.in_features => Ok(vec![*n, l.out_features]),
+                s => Err(EngineError::Shape(format!(
+                    "linear layer expects [N, {}], got {s:?}",
+                    l.in_features
+                ))),
+            },
+            Op::Flatten => Ok(vec![first[0], first[1..].iter().product()]),
+            Op::Add => {
+                if inputs.iter().any(|s| s != first) {
+                    return Err(EngineError::Shape(format!(
+                        "add of unequal shapes {inputs:?}"
+                    )));
+                }
+                Ok(first.to_vec())
+            }
+            _ => Ok(first.to_vec()),
+        }
+    }
+
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, EngineError> {
+        let x = inputs[0];
+        match self {
+            Op::Input | Op::Identity => Ok(x.clone()),
+            Op::Conv2d(c) => c.forward(x),
+            Op::ChannelAffine(a) => a.forward(x),
+            Op::Relu => Ok(relu(x)),
+            Op::Relu6 => Ok(relu6(x)),
+            Op::MaxPool2d(p) => p.forward(x),
+            Op::AvgPool2d(p) => p.forward(x),
+            Op::AdaptiveAvgPool2d(p) => p.forward(x),
+            Op::Linear(l) => l.forward(x),
+            Op::Flatten => {
+                let shape = vec![x.shape()[0], x.shape()[1..].iter().product()];
+                x.clone().reshape(shape)
+            }
+            Op::Add => {
+                let mut y = x.clone();
+                for other in &inputs[1..] {
+                    if other.shape() != y.shape() {
+                        return Err(EngineError::Shape(format!(
+                            "add of {:?} and {:?}",
+                            y.shape(),
+                            other.shape()
+                        )));
+                    }
+                    y.add_assign(other);
+                }
+                Ok(y)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The PyTorch module path whose output this node is, e.g. `features.28` or `_blocks.3`.
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+}
+
+/// Nodes in topological order; node 0 is the input.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    nodes: Vec<Node>,
+}
+
+impl Default for Graph {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The values one forward pass kept for its backward pass.
+pub struct Trace {
+    target: NodeId,
+    input_shape: Vec<usize>,
+    shapes: Vec<Option<Vec<usize>>>,
+    values: Vec<Option<Tensor>>,
+}
+
+impl Trace {
+    /// The output of the target node.
+    pub fn output(&self) -> &Tensor {
+        self.values[self.target]
+            .as_ref()
+            .expect("the target's value is always kept")
+    }
+
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
+
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Graph {
+            nodes: vec![Node {
+                name: "input".into(),
+                op: Op::Input,
+                inputs: vec![],
+            }],
+        }
+    }
+
+    pub fn push(&mut self, name: impl Into<String>, op: Op, inputs: &[NodeId]) -> NodeId {
+        debug_assert!(inputs.iter().all(|&i| i < self.nodes.len()));
+        self.nodes.push(Node {
+            name: name.into(),
+            op,
+            inputs: inputs.to_vec(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Appends `op` fed by the last node: the common sequential case.
+    pub fn then(&mut self, name: impl Into<String>, op: Op) -> NodeId {
+        let last = self.nodes.len() - 1;
+        self.push(name, op, &[last])
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn last(&self) -> NodeId {
+        self.nodes.len() - 1
+    }
+
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        // Later nodes win so that a name shared by a conv and its fused successor means the latter.
+        self.nodes.iter().rposition(|n| n.name == name)
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id]
+    }
+
+    /// Which nodes the value of `target` depends on.
+    fn ancestors(&self, target: NodeId) -> Vec<bool> {
+        let mut needed = vec![false; target + 1];
+        needed[target] = true;
+        for i in (0..=target).rev() {
+            if needed[i] {
+                for &j in &self.nodes[i].inputs {
+                    needed[j] = true;
+                }
+            }
+        }
+        needed
+    }
+
+    /// Output shapes of every node up to `target` for an input of `input_shape`.
+    pub fn shapes(
+        &self,
+        input_shape: &[usize],
+        target: NodeId,
+    ) -> Result<Vec<Option<Vec<usize>>>, EngineError> {
+        let needed = self.ancestors(target);
+        let mut shapes: Vec<Option<Vec<usize>>> = vec![None; target + 1];
+        shapes[0] = Some(input_shape.to_vec());
+        for i in 1..=target {
+            if !needed[i] {
+                continue;
+            }
+            let node = &self.nodes[i];
+            let ins: Vec<&[usize]> = node
+                .inputs
+                .iter()
+                .map(|&j| shapes[j].as_deref().unwrap_or(&[]))
+                .collect();
+            shapes[i] = Some(
+                node.op
+                    .output_shape(&ins)
+                    .map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?,
+            );
+        }
+        Ok(shapes)
+    }
+
+    /// Evaluates the network up to `target`, keeping only what the backward pass needs.
+    pub fn forward(&self, x: Tensor, target: NodeId) -> Result<Trace, EngineError> {
+        if target >= self.nodes.len() {
+            return Err(EngineError::Graph(format!("node {target} does not exist")));
+        }
+        let needed = self.ancestors(target);
+        let mut keep = vec![false; target + 1];
+        let mut last_use = vec![0usize; target + 1];
+        keep[target] = true;
+        for i in 1..=target {
+            if !needed[i] {
+                continue;
+            }
+            let node = &self.nodes[i];
+            keep[i] |= node.op.backward_needs_output();
+            for &j in &node.inputs {
+                keep[j] |= node.op.backward_needs_input();
+                last_use[j] = i;
+            }
+        }
+        let input_shape = x.shape().to_vec();
+        let shapes = self.shapes(&input_shape, target)?;
+        let mut values: Vec<Option<Tensor>> = vec![None; target + 1];
+        values[0] = Some(x);
+        for i in 1..=target {
+            if !needed[i] {
+                continue;
+            }
+            let node = &self.nodes[i];
+            let ins: Vec<&Tensor> = node
+                .inputs
+                .iter()
+                .map(|&j| {
+                    values[j]
+                        .as_ref()
+                        .ok_or_else(|| EngineError::Graph(format!("value of node {j} was dropped")))
+                })
+                .collect::<Result<_, _>>()?;
+            let y = node
+                .op
+                .forward(&ins)
+                .map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?;
+            values[i] = Some(y);
+            for &j in &node.inputs {
+                if last_use[j] == i && !keep[j] {
+                    values[j] = None;
+                }
+            }
+        }
+        Ok(Trace {
+            target,
+            input_shape,
+            shapes,
+            values,
+        })
+    }
+
+    /// The gradient of a scalar loss with respect to the network input, given the gradient with
+    /// respect to the target node's output.
+    pub fn backward(&self, trace: &Trace, grad: Tensor) -> Result<Tensor, EngineError> {
+        let target = trace.target;
+        if Some(grad.shape()) != trace.shapes[target].as_deref() {
+            return Err(EngineError::Shape(format!(
+                "gradient shape {:?} differs from the output shape {:?}",
+                grad.shape(),
+                trace.shapes[target]
+            )));
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; target + 1];
+        grads[target] = Some(grad);
+        for i in (1..=target).rev() {
+            let Some(g) = grads[i].take() else { continue };
+            let node = &self.nodes[i];
+            let in_shape = |k: usize| trace.shapes[node.inputs[k]].as_deref().unwrap_or(&[]);
+            let in_value = |k: usize| {
+                trace.values[node.inputs[k]].as_ref().ok_or_else(|| {
+                    EngineError::Graph(format!("input value of {} was not kept", node.name))
+                })
+            };
+            let input_grads: Vec<Tensor> = match &node.op {
+                Op::Input => unreachable!("node 0 is the only input"),
+                Op::Identity => vec![g],
+                Op::Conv2d(c) => vec![c.backward(in_shape(0), &g)?],
+                Op::ChannelAffine(a) => vec![a.backward(&g)?],
+                Op::Relu => {
+                    let y = trace.values[i]
+                        .as_ref()
+                        .ok_or_else(|| EngineError::Graph("relu output was not kept".into()))?;
+                    vec![relu_backward(y, &g)]
+                }
+                Op::Relu6 => vec![relu6_backward(in_value(0)?, &g)],
+                Op::MaxPool2d(p) => vec![p.backward(in_value(0)?, &g)?],
+                Op::AvgPool2d(p) => vec![p.backward(in_shape(0), &g)?],
+                Op::AdaptiveAvgPool2d(p) => vec![p.backward(in_shape(0), &g)?],
+                Op::Linear(l) => vec![l.backward(&g)?],
+                Op::Flatten => vec![g.reshape(in_shape(0).to_vec())?],
+                Op::Add => {
+                    let mut v = Vec::with_capacity(node.inputs.len());
+                    for _ in 1..node.inputs.len() {
+                        v.push(g.clone());
+                    }
+                    v.push(g);
+                    v
+                }
+            };
+            for (&j, gj) in node.inputs.iter().zip(input_grads) {
+                match &mut grads[j] {
+                    Some(acc) => acc.add_assign(&gj),
+                    slot => *slot = Some(gj),
+                }
+            }
+        }
+        grads[0]
+            .take()
+            .ok_or_else(|| EngineError::Graph("the target does not depend on the input".into()))
+    }
+}

@@ -1,0 +1,24 @@
+//! The numeric engine of deepvis: float32 NCHW tensors and, for every op that CNNs of the
+//! torchvision family use, the forward pass and the gradient with respect to the input.
+//! Weights are frozen; no weight gradient is ever formed.
+
+mod conv;
+mod gemm;
+mod graph;
+mod layers;
+mod pool;
+mod tensor;
+
+pub use conv::{Conv2d, Padding};
+pub use graph::{Graph, Node, NodeId, Op, Trace};
+pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Linear};
+pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
+pub use tensor::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("shape error: {0}")]
+    Shape(String),
+    #[error("graph error: {0}")]
+    Graph(String),
+}

@@ -1,0 +1,339 @@
+//! Max, average and adaptive-average pooling with PyTorch's output-size and divisor rules.
+
+use crate::{EngineError, Tensor};
+use rayon::prelude::*;
+
+/// Output extent of a pooling window along one axis, PyTorch's rule including `ceil_mode`
+/// (a last window must start inside the input or the left padding).
+fn pool_extent(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    ceil: bool,
+) -> Result<usize, EngineError> {
+    let span = dilation * (kernel - 1) + 1;
+    if input + 2 * pad < span {
+        return Err(EngineError::Shape(format!(
+            "pooling input extent {input} is smaller than the window {span}"
+        )));
+    }
+    let num = input + 2 * pad - span;
+    let mut out = if ceil {
+        num.div_ceil(stride)
+    } else {
+        num / stride
+    } + 1;
+    if ceil && (out - 1) * stride >= input + pad {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaxPool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub ceil_mode: bool,
+}
+
+impl MaxPool2d {
+    pub fn square(kernel: usize, stride: usize) -> Self {
+        MaxPool2d {
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            padding: (0, 0),
+            dilation: (1, 1),
+            ceil_mode: false,
+        }
+    }
+
+    pub fn output_shape(&self, s: &[usize]) -> Result<Vec<usize>, EngineError> {
+        let [n, c, h, w] = s[..] else {
+            return Err(EngineError::Shape(format!(
+                "max-pool expects NCHW input, got {s:?}"
+            )));
+        };
+        Ok(vec![
+            n,
+            c,
+            pool_extent(
+                h,
+                self.kernel.0,
+                self.stride.0,
+                self.padding.0,
+                self.dilation.0,
+                self.ceil_mode,
+            )?,
+            pool_extent(
+                w,
+                self.kernel.1,
+                self.stride.1,
+                self.padding.1,
+                self.dilation.1,
+                self.ceil_mode,
+            )?,
+        ])
+    }
+
+    /// Calls `f(output_index, argmax_input_index)` per output element of one plane; padding
+    /// never wins (it is −∞), and ties go to the first element in scan order, as in PyTorch.
+    fn scan_plane(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        mut f: impl FnMut(usize, usize),
+    ) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best = usize::MAX;
+                let mut best_v = f32::NEG_INFINITY;
+                for ky in 0..self.kernel.0 {
+                    let iy = (oy * self.stride.0 + ky * self.dilation.0) as isize
+                        - self.padding.0 as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..self.kernel.1 {
+                        let ix = (ox * self.stride.1 + kx * self.dilation.1) as isize
+                            - self.padding.1 as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let idx = iy as usize * w + ix as usize;
+                        let v = x[idx];
+                        if best == usize::MAX || v > best_v || v.is_nan() {
+                            best = idx;
+                            best_v = v;
+                        }
+                    }
+                }
+                f(oy * ow + ox, best);
+            }
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let out_shape = self.output_shape(x.shape())?;
+        let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
+        let mut y = Tensor::zeros(&out_shape);
+        y.data_mut()
+            .par_chunks_mut(oh * ow)
+            .zip(x.data().par_chunks(h * w))
+            .for_each(|(yp, xp)| {
+                self.scan_plane(xp, h, w, oh, ow, |o, i| yp[o] = xp[i]);
+            });
+        Ok(y)
+    }
+
+    pub fn backward(&self, x: &Tensor, grad_out: &Tensor) -> Result<Tensor, EngineError> {
+        let out_shape = self.output_shape(x.shape())?;
+        let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
+        let mut dx = Tensor::zeros(x.shape());
+        dx.data_mut()
+            .par_chunks_mut(h * w)
+            .zip(x.data().par_chunks(h * w))
+            .zip(grad_out.data().par_chunks(oh * ow))
+            .for_each(|((dp, xp), gp)| {
+                self.scan_plane(xp, h, w, oh, ow, |o, i| dp[i] += gp[o]);
+            });
+        Ok(dx)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AvgPool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub ceil_mode: bool,
+    pub count_include_pad: bool,
+}
+
+impl AvgPool2d {
+    pub fn output_shape(&self, s: &[usize]) -> Result<Vec<usize>, EngineError> {
+        let [n, c, h, w] = s[..] else {
+            return Err(EngineError::Shape(format!(
+                "avg-pool expects NCHW input, got {s:?}"
+            )));
+        };
+        Ok(vec![
+            n,
+            c,
+            pool_extent(
+                h,
+                self.kernel.0,
+                self.stride.0,
+                self.padding.0,
+                1,
+                self.ceil_mode,
+            )?,
+            pool_extent(
+                w,
+                self.kernel.1,
+                self.stride.1,
+                self.padding.1,
+                1,
+                self.ceil_mode,
+            )?,
+        ])
+    }
+
+    /// Window [start, end) along one axis clipped to the input, and PyTorch's divisor extent
+    /// (which counts padding but not the part past it that `ceil_mode` adds).
+    fn window(&self, o: usize, axis: usize, input: usize) -> (usize, usize, usize) {
+        let (k, s, p) = [
+            (self.kernel.0, self.stride.0, self.padding.0),
+            (self.kernel.1, self.stride.1, self.padding.1),
+        ][axis];
+        let start = (o * s) as isize - p as isize;
+        let end = (start + k as isize).min((input + p) as isize);
+        let pool = (end - start) as usize;
+        let (a, b) = (start.max(0) as usize, end.min(input as isize) as usize);
+        (a, b, pool)
+    }
+
+    fn for_each_window(
+        &self,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        mut f: impl FnMut(usize, (usize, usize), (usize, usize), f32),
+    ) {
+        for oy in 0..oh {
+            let (y0, y1, py) = self.window(oy, 0, h);
+            for ox in 0..ow {
+                let (x0, x1, px) = self.window(ox, 1, w);
+                let count = if self.count_include_pad {
+                    py * px
+                } else {
+                    (y1 - y0) * (x1 - x0)
+                };
+                f(oy * ow + ox, (y0, y1), (x0, x1), 1.0 / count.max(1) as f32);
+            }
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let out_shape = self.output_shape(x.shape())?;
+        let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
+        let mut y = Tensor::zeros(&out_shape);
+        y.data_mut()
+            .par_chunks_mut(oh * ow)
+            .zip(x.data().par_chunks(h * w))
+            .for_each(|(yp, xp)| {
+                self.for_each_window(h, w, oh, ow, |o, (y0, y1), (x0, x1), scale| {
+                    let mut acc = 0.0;
+                    for iy in y0..y1 {
+                        acc += xp[iy * w + x0..iy * w + x1].iter().sum::<f32>();
+                    }
+                    yp[o] = acc * scale;
+                });
+            });
+        Ok(y)
+    }
+
+    pub fn backward(
+        &self,
+        input_shape: &[usize],
+        grad_out: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let out_shape = self.output_shape(input_shape)?;
+        let (h, w, oh, ow) = (input_shape[2], input_shape[3], out_shape[2], out_shape[3]);
+        let mut dx = Tensor::zeros(input_shape);
+        dx.data_mut()
+            .par_chunks_mut(h * w)
+            .zip(grad_out.data().par_chunks(oh * ow))
+            .for_each(|(dp, gp)| {
+                self.for_each_window(h, w, oh, ow, |o, (y0, y1), (x0, x1), scale| {
+                    let g = gp[o] * scale;
+                    for iy in y0..y1 {
+                        dp[iy * w + x0..iy * w + x1]
+                            .iter_mut()
+                            .for_each(|d| *d += g);
+                    }
+                });
+            });
+        Ok(dx)
+    }
+}
+
+/// PyTorch's AdaptiveAvgPool2d: output cell i covers [floor(i·H/out), ceil((i+1)·H/out)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptiveAvgPool2d {
+    pub output: (usize, usize),
+}
+
+impl AdaptiveAvgPool2d {
+    fn bounds(i: usize, input: usize, out: usize) -> (usize, usize) {
+        ((i * input) / out, ((i + 1) * input).div_ceil(out))
+    }
+
+    pub fn output_shape(&self, s: &[usize]) -> Result<Vec<usize>, EngineError> {
+        let [n, c, _, _] = s[..] else {
+            return Err(EngineError::Shape(format!(
+                "adaptive avg-pool expects NCHW input, got {s:?}"
+            )));
+        };
+        Ok(vec![n, c, self.output.0, self.output.1])
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let out_shape = self.output_shape(x.shape())?;
+        let (h, w) = (x.shape()[2], x.shape()[3]);
+        let (oh, ow) = self.output;
+        let mut y = Tensor::zeros(&out_shape);
+        y.data_mut()
+            .par_chunks_mut(oh * ow)
+            .zip(x.data().par_chunks(h * w))
+            .for_each(|(yp, xp)| {
+                for oy in 0..oh {
+                    let (y0, y1) = Self::bounds(oy, h, oh);
+                    for ox in 0..ow {
+                        let (x0, x1) = Self::bounds(ox, w, ow);
+                        let mut acc = 0.0;
+                        for iy in y0..y1 {
+                            acc += xp[iy * w + x0..iy * w + x1].iter().sum::<f32>();
+                        }
+                        yp[oy * ow + ox] = acc / ((y1 - y0) * (x1 - x0)) as f32;
+                    }
+                }
+            });
+        Ok(y)
+    }
+
+    pub fn backward(
+        &self,
+        input_shape: &[usize],
+        grad_out: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let (h, w) = (input_shape[2], input_shape[3]);
+        let (oh, ow) = self.output;
+        let mut dx = Tensor::zeros(input_shape);
+        dx.data_mut()
+            .par_chunks_mut(h * w)
+            .zip(grad_out.data().par_chunks(oh * ow))
+            .for_each(|(dp, gp)| {
+                for oy in 0..oh {
+                    let (y0, y1) = Self::bounds(oy, h, oh);
+                    for ox in 0..ow {
+                        let (x0, x1) = Self::bounds(ox, w, ow);
+                        let g = gp[oy * ow + ox] / ((y1 - y0) * (x1 - x0)) as f32;
+                        for iy in y0..y1 {
+                            dp[iy * w + x0..iy * w + x1]
+                                .iter_mut()
+                                .for_each(|d| *d += g);
+                        }
+                    }
+                }
+            });
+        Ok(dx)
+    }
+}

@@ -1,0 +1,631 @@
+//! Every op's input gradient against central finite differences, and every op's forward pass
+//! against a naive reference written out here in f64.
+
+use deepvis_engine::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random(shape: &[usize], r: &mut ChaCha8Rng) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(
+        shape.to_vec(),
+        (0..n).map(|_| r.gen_range(-1.0..1.0)).collect(),
+    )
+    .unwrap()
+}
+
+/// Values bounded away from zero, so ReLU kinks stay farther than the finite-difference step.
+fn away_from_zero(shape: &[usize], r: &mut ChaCha8Rng) -> Tensor {
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|_| {
+            let v: f32 = r.gen_range(0.05..1.0);
+            if r.gen_bool(0.5) {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect();
+    Tensor::new(shape.to_vec(), data).unwrap()
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    a.data()
+        .iter()
+        .zip(b.data())
+        .map(|(x, y)| *x as f64 * *y as f64)
+        .sum()
+}
+
+/// Checks `backward(x, r)` = ∇ₓ ⟨r, forward(x)⟩ at `probes` coordinates by central differences.
+fn check_gradient(
+    x: &Tensor,
+    forward: impl Fn(&Tensor) -> Tensor,
+    backward: impl Fn(&Tensor, &Tensor) -> Tensor,
+    eps: f32,
+    probes: usize,
+    seed: u64,
+) {
+    let mut r = rng(seed);
+    let y = forward(x);
+    let proj = random(y.shape(), &mut r);
+    let grad = backward(x, &proj);
+    assert_eq!(grad.shape(), x.shape());
+    let scale = grad
+        .data()
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(1e-3);
+    for _ in 0..probes {
+        let i = r.gen_range(0..x.numel());
+        let mut plus = x.clone();
+        plus.data_mut()[i] += eps;
+        let mut minus = x.clone();
+        minus.data_mut()[i] -= eps;
+        let fd = (dot(&proj, &forward(&plus)) - dot(&proj, &forward(&minus))) / (2.0 * eps as f64);
+        let an = grad.data()[i] as f64;
+        let err = (fd - an).abs();
+        assert!(
+            err <= 2e-3 * scale as f64 + 1e-3 * an.abs(),
+            "coordinate {i}: analytic {an}, finite difference {fd}"
+        );
+    }
+}
+
+/// Straightforward convolution in f64, PyTorch semantics, with explicit per-side padding.
+#[allow(clippy::too_many_arguments)]
+fn naive_conv(
+    x: &Tensor,
+    c: &Conv2d,
+    pads: (usize, usize, usize, usize),
+) -> (Vec<usize>, Vec<f64>) {
+    let (n, cin, h, w) = x.dims4().unwrap();
+    let (pt, pb, pl, pr) = pads;
+    let (kh, kw) = c.kernel;
+    let oh = (h + pt + pb - c.dilation.0 * (kh - 1) - 1) / c.stride.0 + 1;
+    let ow = (w + pl + pr - c.dilation.1 * (kw - 1) - 1) / c.stride.1 + 1;
+    let (cin_g, cout_g) = (cin / c.groups, c.out_channels / c.groups);
+    let mut out = vec![0f64; n * c.out_channels * oh * ow];
+    for b in 0..n {
+        for o in 0..c.out_channels {
+            let g = o / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = c.bias.as_ref().map_or(0.0, |b| b[o] as f64);
+                    for ci in 0..cin_g {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy =
+                                    (oy * c.stride.0 + ky * c.dilation.0) as isize - pt as isize;
+                                let ix =
+                                    (ox * c.stride.1 + kx * c.dilation.1) as isize - pl as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xv = x.data()[((b * cin + g * cin_g + ci) * h + iy as usize)
+                                    * w
+                                    + ix as usize];
+                                let wv = c.weight[((o * cin_g + ci) * kh + ky) * kw + kx];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    out[((b * c.out_channels + o) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    (vec![n, c.out_channels, oh, ow], out)
+}
+
+struct ConvCase {
+    n: usize,
+    cin: usize,
+    cout: usize,
+    hw: (usize, usize),
+    k: (usize, usize),
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+    padding: Padding,
+    /// The per-side padding PyTorch/TF would use for this case, for the naive reference.
+    pads: (usize, usize, usize, usize),
+}
+
+fn conv_of(case: &ConvCase, r: &mut ChaCha8Rng) -> Conv2d {
+    let wn = case.cout * (case.cin / case.groups) * case.k.0 * case.k.1;
+    let conv = Conv2d {
+        in_channels: case.cin,
+        out_channels: case.cout,
+        kernel: case.k,
+        stride: (case.stride, case.stride),
+        dilation: (case.dilation, case.dilation),
+        groups: case.groups,
+        padding: case.padding,
+        weight: (0..wn).map(|_| r.gen_range(-0.5..0.5)).collect(),
+        bias: Some((0..case.cout).map(|_| r.gen_range(-0.5..0.5)).collect()),
+    };
+    conv.validate().unwrap();
+    conv
+}
+
+fn conv_cases() -> Vec<ConvCase> {
+    let p = Padding::symmetric;
+    vec![
+        // VGG-style 3×3, stride 1, pad 1.
+        ConvCase {
+            n: 2,
+            cin: 3,
+            cout: 5,
+            hw: (9, 11),
+            k: (3, 3),
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            padding: p(1),
+            pads: (1, 1, 1, 1),
+        },
+        // Big enough for several im2col row tiles (and the two-phase col2im schedule).
+        ConvCase {
+            n: 1,
+            cin: 64,
+            cout: 8,
+            hw: (70, 64),
+            k: (3, 3),
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            padding: p(1),
+            pads: (1, 1, 1, 1),
+        },
+        // AlexNet-style 11×11 stride 4, pad 2.
+        ConvCase {
+            n: 1,
+            cin: 3,
+            cout: 4,
+            hw: (31, 29),
+            k: (11, 11),
+            stride: 4,
+            dilation: 1,
+            groups: 1,
+            padding: p(2),
+            pads: (2, 2, 2, 2),
+        },
+        // Stride 2, no padding, rectangular kernel.
+        ConvCase {
+            n: 1,
+            cin: 4,
+            cout: 6,
+            hw: (10, 9),
+            k: (3, 2),
+            stride: 2,
+            dilation: 1,
+            groups: 1,
+            padding: p(0),
+            pads: (0, 0, 0, 0),
+        },
+        // Dilation.
+        ConvCase {
+            n: 1,
+            cin: 3,
+            cout: 4,
+            hw: (12, 12),
+            k: (3, 3),
+            stride: 1,
+            dilation: 2,
+            groups: 1,
+            padding: p(2),
+            pads: (2, 2, 2, 2),
+        },
+        // Grouped.
+        ConvCase {
+            n: 2,
+            cin: 6,
+            cout: 9,
+            hw: (8, 7),
+            k: (3, 3),
+            stride: 1,
+            dilation: 1,
+            groups: 3,
+            padding: p(1),
+            pads: (1, 1, 1, 1),
+        },
+        // Depthwise 3×3 stride 2 with TF "SAME" (asymmetric: 0 top/left, 1 bottom/right at even size).
+        ConvCase {
+            n: 2,
+            cin: 5,
+            cout: 5,
+            hw: (12, 10),
+            k: (3, 3),
+            stride: 2,
+            dilation: 1,
+            groups: 5,
+            padding: Padding::Same,
+            pads: (0, 1, 0, 1),
+        },
+        // Depthwise 5×5 stride 1 SAME.
+        ConvCase {
+            n: 1,
+            cin: 4,
+            cout: 4,
+            hw: (9, 9),
+            k: (5, 5),
+            stride: 1,
+            dilation: 1,
+            groups: 4,
+            padding: Padding::Same,
+            pads: (2, 2, 2, 2),
+        },
+        // Depthwise 5×5 stride 2 SAME at odd size: pad 2 each side... (9 → 5, total 4).
+        ConvCase {
+            n: 1,
+            cin: 3,
+            cout: 3,
+            hw: (9, 9),
+            k: (5, 5),
+            stride: 2,
+            dilation: 1,
+            groups: 3,
+            padding: Padding::Same,
+            pads: (2, 2, 2, 2),
+        },
+        // Dense 3×3 stride 2 SAME (EfficientNet stem) at even size.
+        ConvCase {
+            n: 1,
+            cin: 3,
+            cout: 4,
+            hw: (16, 16),
+            k: (3, 3),
+            stride: 2,
+            dilation: 1,
+            groups: 1,
+            padding: Padding::Same,
+            pads: (0, 1, 0, 1),
+        },
+        // Pointwise (1×1): the im2col-free path.
+        ConvCase {
+            n: 2,
+            cin: 7,
+            cout: 5,
+            hw: (6, 5),
+            k: (1, 1),
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            padding: Padding::Same,
+            pads: (0, 0, 0, 0),
+        },
+        // Asymmetric explicit padding.
+        ConvCase {
+            n: 1,
+            cin: 2,
+            cout: 3,
+            hw: (7, 8),
+            k: (3, 3),
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            padding: Padding::Explicit {
+                top: 0,
+                bottom: 2,
+                left: 1,
+                right: 0,
+            },
+            pads: (0, 2, 1, 0),
+        },
+    ]
+}
+
+#[test]
+fn conv_forward_matches_naive_reference() {
+    let mut r = rng(1);
+    for (i, case) in conv_cases().iter().enumerate() {
+        let conv = conv_of(case, &mut r);
+        let x = random(&[case.n, case.cin, case.hw.0, case.hw.1], &mut r);
+        let y = conv.forward(&x).unwrap();
+        let (shape, want) = naive_conv(&x, &conv, case.pads);
+        assert_eq!(y.shape(), &shape[..], "case {i}");
+        for (j, (a, b)) in y.data().iter().zip(&want).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
+                "case {i} element {j}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_input_gradient_matches_finite_differences() {
+    let mut r = rng(2);
+    for (i, case) in conv_cases().iter().enumerate() {
+        let conv = conv_of(case, &mut r);
+        let x = random(&[case.n, case.cin, case.hw.0, case.hw.1], &mut r);
+        check_gradient(
+            &x,
+            |x| conv.forward(x).unwrap(),
+            |x, g| conv.backward(x.shape(), g).unwrap(),
+            1e-2,
+            60,
+            100 + i as u64,
+        );
+    }
+}
+
+#[test]
+fn conv_gradient_is_the_exact_adjoint() {
+    // ⟨conv(x), g⟩ = ⟨x, conv_backward(g)⟩ for linear (bias-free) convs, over every element at once.
+    let mut r = rng(3);
+    for (i, case) in conv_cases().iter().enumerate() {
+        let mut conv = conv_of(case, &mut r);
+        conv.bias = None;
+        let x = random(&[case.n, case.cin, case.hw.0, case.hw.1], &mut r);
+        let y = conv.forward(&x).unwrap();
+        let g = random(y.shape(), &mut r);
+        let dx = conv.backward(x.shape(), &g).unwrap();
+        let (lhs, rhs) = (dot(&y, &g), dot(&x, &dx));
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+            "case {i}: {lhs} vs {rhs}"
+        );
+    }
+}
+
+#[test]
+fn conv_rejects_wrong_channels() {
+    let mut r = rng(4);
+    let conv = conv_of(&conv_cases()[0], &mut r);
+    let x = random(&[1, 4, 5, 5], &mut r);
+    assert!(conv.forward(&x).is_err());
+}
+
+#[test]
+fn max_pool_forward_and_gradient() {
+    let mut r = rng(5);
+    let pools = [
+        MaxPool2d::square(2, 2),
+        MaxPool2d {
+            kernel: (3, 3),
+            stride: (2, 2),
+            padding: (0, 0),
+            dilation: (1, 1),
+            ceil_mode: true,
+        },
+        MaxPool2d {
+            kernel: (3, 3),
+            stride: (2, 2),
+            padding: (1, 1),
+            dilation: (1, 1),
+            ceil_mode: false,
+        },
+    ];
+    for (i, pool) in pools.iter().enumerate() {
+        // Distinct values 0.01 apart: no near-tie within a window can flip under the FD step.
+        let mut values: Vec<f32> = (0..432).map(|v| v as f32 * 0.01 - 2.0).collect();
+        for j in (1..values.len()).rev() {
+            values.swap(j, r.gen_range(0..=j));
+        }
+        let x = Tensor::new(vec![2, 3, 9, 8], values).unwrap();
+        let y = pool.forward(&x).unwrap();
+        // Shapes as PyTorch computes them.
+        let want = [[2, 3, 4, 4], [2, 3, 4, 4], [2, 3, 5, 4]][i];
+        assert_eq!(y.shape(), &want, "pool {i}");
+        // Every output is the max of its window.
+        let (oh, ow) = (want[2], want[3]);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut m = f32::NEG_INFINITY;
+                for ky in 0..pool.kernel.0 {
+                    for kx in 0..pool.kernel.1 {
+                        let iy = (oy * pool.stride.0 + ky) as isize - pool.padding.0 as isize;
+                        let ix = (ox * pool.stride.1 + kx) as isize - pool.padding.1 as isize;
+                        if iy >= 0 && ix >= 0 && iy < 9 && ix < 8 {
+                            m = m.max(x.data()[iy as usize * 8 + ix as usize]);
+                        }
+                    }
+                }
+                assert_eq!(y.data()[oy * ow + ox], m);
+            }
+        }
+        check_gradient(
+            &x,
+            |x| pool.forward(x).unwrap(),
+            |x, g| pool.backward(x, g).unwrap(),
+            1e-3,
+            60,
+            200 + i as u64,
+        );
+    }
+}
+
+#[test]
+fn avg_pools_forward_and_gradient() {
+    let mut r = rng(6);
+    let x = random(&[2, 3, 7, 9], &mut r);
+    let pools = [
+        AvgPool2d {
+            kernel: (2, 2),
+            stride: (2, 2),
+            padding: (0, 0),
+            ceil_mode: false,
+            count_include_pad: true,
+        },
+        AvgPool2d {
+            kernel: (3, 3),
+            stride: (2, 2),
+            padding: (1, 1),
+            ceil_mode: true,
+            count_include_pad: true,
+        },
+        AvgPool2d {
+            kernel: (3, 3),
+            stride: (2, 2),
+            padding: (1, 1),
+            ceil_mode: false,
+            count_include_pad: false,
+        },
+    ];
+    for (i, pool) in pools.iter().enumerate() {
+        check_gradient(
+            &x,
+            |x| pool.forward(x).unwrap(),
+            |x, g| pool.backward(x.shape(), g).unwrap(),
+            1e-2,
+            40,
+            300 + i as u64,
+        );
+    }
+    // Corner of a padded window that counts padding: one real element of nine... PyTorch divides
+    // the top-left 3×3 window at padding 1 by 9 with count_include_pad, by 4 without.
+    let ones = Tensor::full(&[1, 1, 7, 9], 1.0);
+    assert!((pools[1].forward(&ones).unwrap().data()[0] - 4.0 / 9.0).abs() < 1e-6);
+    assert!((pools[2].forward(&ones).unwrap().data()[0] - 1.0).abs() < 1e-6);
+
+    for out in [(1, 1), (3, 4), (7, 9)] {
+        let pool = AdaptiveAvgPool2d { output: out };
+        check_gradient(
+            &x,
+            |x| pool.forward(x).unwrap(),
+            |x, g| pool.backward(x.shape(), g).unwrap(),
+            1e-2,
+            40,
+            310,
+        );
+    }
+    // Global average: the mean of each plane.
+    let g = AdaptiveAvgPool2d { output: (1, 1) }.forward(&x).unwrap();
+    let mean0: f32 = x.data()[..63].iter().sum::<f32>() / 63.0;
+    assert!((g.data()[0] - mean0).abs() < 1e-5);
+    // PyTorch's adaptive bins for 7 → 3: [0,3), [2,5), [4,7).
+    let ramp = Tensor::new(vec![1, 1, 7, 1], (0..7).map(|v| v as f32).collect()).unwrap();
+    let a = AdaptiveAvgPool2d { output: (3, 1) }.forward(&ramp).unwrap();
+    assert_eq!(a.data(), &[1.0, 3.0, 5.0]);
+}
+
+#[test]
+fn elementwise_and_dense_gradients() {
+    let mut r = rng(7);
+    let x = away_from_zero(&[2, 3, 5, 4], &mut r);
+    check_gradient(&x, relu, |x, g| relu_backward(&relu(x), g), 1e-3, 60, 400);
+    let x6 = Tensor::new(
+        x.shape().to_vec(),
+        x.data().iter().map(|v| v * 8.0 + 3.0).collect(),
+    )
+    .unwrap();
+    check_gradient(&x6, relu6, relu6_backward, 1e-3, 60, 401);
+    assert_eq!(
+        relu6(&Tensor::new(vec![3], vec![-1.0, 3.0, 7.5]).unwrap()).data(),
+        &[0.0, 3.0, 6.0]
+    );
+
+    let bn = ChannelAffine::from_batch_norm(
+        &[1.0, 2.0, 0.5],
+        &[0.1, -0.2, 0.3],
+        &[0.5, -1.0, 2.0],
+        &[4.0, 0.25, 1.0],
+        0.0,
+    );
+    let y = bn.forward(&x).unwrap();
+    // (x − mean) / sqrt(var) · weight + bias, element 0 is channel 0.
+    assert!((y.data()[0] - ((x.data()[0] - 0.5) / 2.0 + 0.1)).abs() < 1e-6);
+    check_gradient(
+        &x,
+        |x| bn.forward(x).unwrap(),
+        |_, g| bn.backward(g).unwrap(),
+        1e-2,
+        40,
+        402,
+    );
+
+    let lin = Linear {
+        in_features: 60,
+        out_features: 7,
+        weight: (0..420).map(|_| r.gen_range(-0.5..0.5)).collect(),
+        bias: Some((0..7).map(|_| r.gen_range(-0.5..0.5)).collect()),
+    };
+    let flat = random(&[2, 60], &mut r);
+    let y = lin.forward(&flat).unwrap();
+    let want: f32 = (0..60)
+        .map(|i| flat.data()[60 + i] * lin.weight[3 * 60 + i])
+        .sum::<f32>()
+        + lin.bias.as_ref().unwrap()[3];
+    assert!((y.data()[7 + 3] - want).abs() < 1e-5);
+    check_gradient(
+        &flat,
+        |x| lin.forward(x).unwrap(),
+        |_, g| lin.backward(g).unwrap(),
+        1e-2,
+        40,
+        403,
+    );
+}
+
+/// A residual block: conv → bn → relu6 → depthwise → add(input) → pool → flatten → linear,
+/// differentiated through the graph as a whole.
+#[test]
+fn graph_gradient_through_a_residual_network() {
+    let mut r = rng(8);
+    let case = |cin, cout, k, groups, stride| ConvCase {
+        n: 2,
+        cin,
+        cout,
+        hw: (8, 8),
+        k: (k, k),
+        stride,
+        dilation: 1,
+        groups,
+        padding: Padding::Same,
+        pads: (0, 0, 0, 0),
+    };
+    let mut g = Graph::new();
+    let c1 = g.then("conv", Op::Conv2d(conv_of(&case(3, 4, 3, 1, 1), &mut r)));
+    g.then(
+        "bn",
+        Op::ChannelAffine(ChannelAffine {
+            scale: vec![1.5, 0.7, 1.1, 0.9],
+            shift: vec![0.1, 0.2, -0.1, 0.0],
+        }),
+    );
+    g.then("act", Op::Relu6);
+    let dw = g.then("dw", Op::Conv2d(conv_of(&case(4, 4, 3, 4, 1), &mut r)));
+    g.push("add", Op::Add, &[dw, c1]);
+    g.then("relu", Op::Relu);
+    g.then("pool", Op::MaxPool2d(MaxPool2d::square(2, 2)));
+    g.then(
+        "gap",
+        Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (2, 2) }),
+    );
+    g.then("flat", Op::Flatten);
+    g.then("drop", Op::Identity);
+    let fc = g.then(
+        "fc",
+        Op::Linear(Linear {
+            in_features: 16,
+            out_features: 3,
+            weight: (0..48).map(|_| r.gen_range(-1.0..1.0)).collect(),
+            bias: None,
+        }),
+    );
+    let x = random(&[2, 3, 8, 8], &mut r);
+    for target in [c1, dw, fc] {
+        check_gradient(
+            &x,
+            |x| g.forward(x.clone(), target).unwrap().output().clone(),
+            |x, gy| {
+                let t = g.forward(x.clone(), target).unwrap();
+                g.backward(&t, gy.clone()).unwrap()
+            },
+            1e-3,
+            50,
+            500 + target as u64,
+        );
+    }
+    assert_eq!(
+        g.shapes(&[2, 3, 8, 8], fc).unwrap()[fc].as_deref(),
+        Some(&[2usize, 3][..])
+    );
+}
