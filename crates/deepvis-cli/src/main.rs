@@ -1,1 +1,82 @@
-fn main() {}
+//! The `deepvis` command line: a thin layer over the library crates.
+
+mod bench;
+mod filters;
+mod inspect;
+mod source;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "deepvis",
+    version,
+    about = "See what each filter of a CNN has learned: optimize images that excite chosen filters.",
+    long_about = "See what each filter of a CNN has learned: optimize images that excite chosen filters.\n\n\
+        Without a subcommand, the arguments are those of `deepvis filters`, so the original tool's \
+        flags work verbatim:\n  deepvis --img_size 512 --layer_num 28 --filter_start 0 --filter_end 100 \
+        --step_size 3 --model_name vgg16"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render filters (channels) of a layer as images, a grid sheet, a gallery and a manifest.
+    Filters(filters::FiltersArgs),
+    /// List every addressable layer of a model: name, op, output shape.
+    Layers(inspect::LayersArgs),
+    /// Classify a photo and print the top-5 ImageNet classes (checks that weights loaded right).
+    Predict(inspect::PredictArgs),
+    /// Write a layer's activation (and a channel's input gradient) to a safetensors file.
+    Probe(inspect::ProbeArgs),
+    /// Convert a weight file (.pth zip or legacy, safetensors) to safetensors.
+    Convert(inspect::ConvertArgs),
+    /// Download a zoo model's weights into the cache (checksum-verified).
+    Download(inspect::DownloadArgs),
+    /// Time one optimization step (forward to a layer + input gradient) per image.
+    Bench(bench::BenchArgs),
+    /// List the models of the zoo.
+    Models,
+}
+
+/// `deepvis --flag …` means `deepvis filters --flag …`, as the original tool had no subcommands.
+fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
+    let first = args.get(1).map(String::as_str);
+    let is_flag = first.is_some_and(|a| a.starts_with('-'));
+    let is_meta = matches!(first, Some("-h" | "--help" | "-V" | "--version"));
+    if is_flag && !is_meta {
+        args.insert(1, "filters".to_string());
+    }
+    args
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(with_default_subcommand(std::env::args().collect()));
+    let result = match cli.command {
+        Command::Filters(a) => filters::run(a),
+        Command::Layers(a) => inspect::layers(a),
+        Command::Predict(a) => inspect::predict(a),
+        Command::Probe(a) => inspect::probe(a),
+        Command::Convert(a) => inspect::convert(a),
+        Command::Download(a) => inspect::download(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Models => inspect::models(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, so a user sees what failed and why.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -260,6 +260,40 @@ impl Graph {
         Ok(shapes)
     }
 
+    /// Multiply-adds ×2 of every convolution and linear layer up to `target`: the FLOPs of one
+    /// forward pass by direct count (the input-gradient pass costs about the same again).
+    pub fn forward_flops(&self, input_shape: &[usize], target: NodeId) -> Result<u64, EngineError> {
+        let shapes = self.shapes(input_shape, target)?;
+        let mut flops = 0u64;
+        for (node, shape) in self.nodes[..=target].iter().zip(&shapes) {
+            let Some(out) = shape else { continue };
+            let numel: u64 = out.iter().map(|&d| d as u64).product();
+            flops += match &node.op {
+                Op::Conv2d(c) => {
+                    2 * numel * (c.in_channels / c.groups * c.kernel.0 * c.kernel.1) as u64
+                }
+                Op::Linear(l) => 2 * numel * l.in_features as u64,
+                _ => 0,
+            };
+        }
+        Ok(flops)
+    }
+
+    /// Bytes of float32 activations one forward pass to `target` creates, an upper bound on
+    /// what a forward and backward pass hold at once (the trace keeps less).
+    pub fn activation_bytes(
+        &self,
+        input_shape: &[usize],
+        target: NodeId,
+    ) -> Result<u64, EngineError> {
+        let shapes = self.shapes(input_shape, target)?;
+        Ok(shapes
+            .iter()
+            .flatten()
+            .map(|s| s.iter().map(|&d| d as u64).product::<u64>() * 4)
+            .sum())
+    }
+
     /// Evaluates the network up to `target`, keeping only what the backward pass needs.
     pub fn forward(&self, x: Tensor, target: NodeId) -> Result<Trace, EngineError> {
         if target >= self.nodes.len() {

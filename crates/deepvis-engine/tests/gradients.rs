@@ -274,6 +274,19 @@ fn conv_cases() -> Vec<ConvCase> {
             padding: Padding::Same,
             pads: (2, 2, 2, 2),
         },
+        // Depthwise 5×5 stride 2 SAME at even size: 1 top/left, 2 bottom/right.
+        ConvCase {
+            n: 1,
+            cin: 3,
+            cout: 3,
+            hw: (14, 14),
+            k: (5, 5),
+            stride: 2,
+            dilation: 1,
+            groups: 3,
+            padding: Padding::Same,
+            pads: (1, 2, 1, 2),
+        },
         // Dense 3×3 stride 2 SAME (EfficientNet stem) at even size.
         ConvCase {
             n: 1,

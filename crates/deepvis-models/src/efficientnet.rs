@@ -25,12 +25,23 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
 ];
 
 fn same(cin: usize, cout: usize, k: usize, stride: usize, groups: usize) -> ConvSpec {
-    ConvSpec { cin, cout, k, stride, padding: Padding::Same, groups, bias: false }
+    ConvSpec {
+        cin,
+        cout,
+        k,
+        stride,
+        padding: Padding::Same,
+        groups,
+        bias: false,
+    }
 }
 
 pub(crate) fn efficientnet_lite0(params: &mut Params, head: bool) -> Result<Graph, ModelError> {
     let mut g = Graph::new();
-    g.then("_conv_stem.conv", conv(params, "_conv_stem", same(3, 32, 3, 2, 1))?);
+    g.then(
+        "_conv_stem.conv",
+        conv(params, "_conv_stem", same(3, 32, 3, 2, 1))?,
+    );
     g.then("_bn0", batch_norm(params, "_bn0", 32, EPS)?);
     let mut x = g.then("_conv_stem", Op::Relu6);
 
@@ -41,25 +52,65 @@ pub(crate) fn efficientnet_lite0(params: &mut Params, head: bool) -> Result<Grap
             let p = format!("_blocks.{block}");
             let mid = cin * expand;
             if expand != 1 {
-                g.then(format!("{p}._expand_conv"), conv(params, &format!("{p}._expand_conv"), same(cin, mid, 1, 1, 1))?);
-                g.then(format!("{p}._bn0"), batch_norm(params, &format!("{p}._bn0"), mid, EPS)?);
+                g.then(
+                    format!("{p}._expand_conv"),
+                    conv(
+                        params,
+                        &format!("{p}._expand_conv"),
+                        same(cin, mid, 1, 1, 1),
+                    )?,
+                );
+                g.then(
+                    format!("{p}._bn0"),
+                    batch_norm(params, &format!("{p}._bn0"), mid, EPS)?,
+                );
                 g.then(format!("{p}._act0"), Op::Relu6);
             }
-            g.then(format!("{p}._depthwise_conv"), conv(params, &format!("{p}._depthwise_conv"), same(mid, mid, k, s, mid))?);
-            g.then(format!("{p}._bn1"), batch_norm(params, &format!("{p}._bn1"), mid, EPS)?);
+            g.then(
+                format!("{p}._depthwise_conv"),
+                conv(
+                    params,
+                    &format!("{p}._depthwise_conv"),
+                    same(mid, mid, k, s, mid),
+                )?,
+            );
+            g.then(
+                format!("{p}._bn1"),
+                batch_norm(params, &format!("{p}._bn1"), mid, EPS)?,
+            );
             g.then(format!("{p}._act1"), Op::Relu6);
-            g.then(format!("{p}._project_conv"), conv(params, &format!("{p}._project_conv"), same(mid, cout, 1, 1, 1))?);
-            let bn2 = g.then(format!("{p}._bn2"), batch_norm(params, &format!("{p}._bn2"), cout, EPS)?);
-            x = if s == 1 && cin == cout { g.push(p, Op::Add, &[bn2, x]) } else { g.push(p, Op::Identity, &[bn2]) };
+            g.then(
+                format!("{p}._project_conv"),
+                conv(
+                    params,
+                    &format!("{p}._project_conv"),
+                    same(mid, cout, 1, 1, 1),
+                )?,
+            );
+            let bn2 = g.then(
+                format!("{p}._bn2"),
+                batch_norm(params, &format!("{p}._bn2"), cout, EPS)?,
+            );
+            x = if s == 1 && cin == cout {
+                g.push(p, Op::Add, &[bn2, x])
+            } else {
+                g.push(p, Op::Identity, &[bn2])
+            };
             block += 1;
         }
     }
 
-    g.then("_conv_head.conv", conv(params, "_conv_head", same(320, 1280, 1, 1, 1))?);
+    g.then(
+        "_conv_head.conv",
+        conv(params, "_conv_head", same(320, 1280, 1, 1, 1))?,
+    );
     g.then("_bn1", batch_norm(params, "_bn1", 1280, EPS)?);
     g.then("_conv_head", Op::Relu6);
     if head {
-        g.then("_avg_pooling", Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (1, 1) }));
+        g.then(
+            "_avg_pooling",
+            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (1, 1) }),
+        );
         g.then("flatten", Op::Flatten);
         g.then("_dropout", Op::Identity);
         g.then("_fc", linear(params, "_fc", 1280, 1000)?);

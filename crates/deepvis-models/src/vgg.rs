@@ -9,9 +9,15 @@ use deepvis_engine::{AdaptiveAvgPool2d, Graph, MaxPool2d, Op, Padding};
 /// Layer configurations from torchvision (`M` = 2×2 max-pool), as channel counts with 0 for M.
 pub(crate) fn vgg_config(depth: u32) -> Option<&'static [usize]> {
     const A: &[usize] = &[64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0];
-    const B: &[usize] = &[64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0];
-    const D: &[usize] = &[64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
-    const E: &[usize] = &[64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0];
+    const B: &[usize] = &[
+        64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0,
+    ];
+    const D: &[usize] = &[
+        64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+    ];
+    const E: &[usize] = &[
+        64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0,
+    ];
     match depth {
         11 => Some(A),
         13 => Some(B),
@@ -23,7 +29,11 @@ pub(crate) fn vgg_config(depth: u32) -> Option<&'static [usize]> {
 
 /// The classifier head used by VGG and AlexNet: `classifier.N` in torchvision's numbering,
 /// after `avgpool` and a flatten. Skipped when the checkpoint holds the feature extractor only.
-fn classifier(g: &mut Graph, params: &mut Params, layers: &[(usize, ClassifierLayer)]) -> Result<(), ModelError> {
+fn classifier(
+    g: &mut Graph,
+    params: &mut Params,
+    layers: &[(usize, ClassifierLayer)],
+) -> Result<(), ModelError> {
     g.then("flatten", Op::Flatten);
     for (i, layer) in layers {
         let name = format!("classifier.{i}");
@@ -44,22 +54,45 @@ enum ClassifierLayer {
     Dropout,
 }
 
-pub(crate) fn vgg(params: &mut Params, depth: u32, bn: bool, head: bool) -> Result<Graph, ModelError> {
-    let cfg = vgg_config(depth).ok_or_else(|| ModelError::Architecture(format!("no VGG of depth {depth}")))?;
+pub(crate) fn vgg(
+    params: &mut Params,
+    depth: u32,
+    bn: bool,
+    head: bool,
+) -> Result<Graph, ModelError> {
+    let cfg = vgg_config(depth)
+        .ok_or_else(|| ModelError::Architecture(format!("no VGG of depth {depth}")))?;
     let mut g = Graph::new();
     let mut idx = 0;
     let mut cin = 3;
     for &c in cfg {
         if c == 0 {
-            g.then(format!("features.{idx}"), Op::MaxPool2d(MaxPool2d::square(2, 2)));
+            g.then(
+                format!("features.{idx}"),
+                Op::MaxPool2d(MaxPool2d::square(2, 2)),
+            );
             idx += 1;
             continue;
         }
-        let spec = ConvSpec { cin, cout: c, k: 3, stride: 1, padding: Padding::symmetric(1), groups: 1, bias: true };
-        g.then(format!("features.{idx}"), conv(params, &format!("features.{idx}"), spec)?);
+        let spec = ConvSpec {
+            cin,
+            cout: c,
+            k: 3,
+            stride: 1,
+            padding: Padding::symmetric(1),
+            groups: 1,
+            bias: true,
+        };
+        g.then(
+            format!("features.{idx}"),
+            conv(params, &format!("features.{idx}"), spec)?,
+        );
         idx += 1;
         if bn {
-            g.then(format!("features.{idx}"), batch_norm(params, &format!("features.{idx}"), c, 1e-5)?);
+            g.then(
+                format!("features.{idx}"),
+                batch_norm(params, &format!("features.{idx}"), c, 1e-5)?,
+            );
             idx += 1;
         }
         g.then(format!("features.{idx}"), Op::Relu);
@@ -67,7 +100,10 @@ pub(crate) fn vgg(params: &mut Params, depth: u32, bn: bool, head: bool) -> Resu
         cin = c;
     }
     if head {
-        g.then("avgpool", Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (7, 7) }));
+        g.then(
+            "avgpool",
+            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (7, 7) }),
+        );
         use ClassifierLayer::*;
         let layers = [
             (0, Linear(512 * 7 * 7, 4096)),
@@ -85,19 +121,38 @@ pub(crate) fn vgg(params: &mut Params, depth: u32, bn: bool, head: bool) -> Resu
 
 pub(crate) fn alexnet(params: &mut Params, head: bool) -> Result<Graph, ModelError> {
     let mut g = Graph::new();
-    let convs: [(usize, usize, usize, usize, usize, usize); 5] =
-        [(0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1), (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1)];
+    let convs: [(usize, usize, usize, usize, usize, usize); 5] = [
+        (0, 3, 64, 11, 4, 2),
+        (3, 64, 192, 5, 1, 2),
+        (6, 192, 384, 3, 1, 1),
+        (8, 384, 256, 3, 1, 1),
+        (10, 256, 256, 3, 1, 1),
+    ];
     for (idx, cin, cout, k, stride, pad) in convs {
         let name = format!("features.{idx}");
-        let spec = ConvSpec { cin, cout, k, stride, padding: Padding::symmetric(pad), groups: 1, bias: true };
+        let spec = ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            padding: Padding::symmetric(pad),
+            groups: 1,
+            bias: true,
+        };
         g.then(name.clone(), conv(params, &name, spec)?);
         g.then(format!("features.{}", idx + 1), Op::Relu);
         if matches!(idx, 0 | 3 | 10) {
-            g.then(format!("features.{}", idx + 2), Op::MaxPool2d(MaxPool2d::square(3, 2)));
+            g.then(
+                format!("features.{}", idx + 2),
+                Op::MaxPool2d(MaxPool2d::square(3, 2)),
+            );
         }
     }
     if head {
-        g.then("avgpool", Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (6, 6) }));
+        g.then(
+            "avgpool",
+            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (6, 6) }),
+        );
         use ClassifierLayer::*;
         let layers = [
             (0, Dropout),

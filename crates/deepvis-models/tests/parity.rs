@@ -6,13 +6,21 @@ use deepvis_models::{Model, WeightsFrom};
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
-    assert!(p.exists(), "reference fixture {} is missing: the tests need ../shared beside the repository", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name);
+    assert!(
+        p.exists(),
+        "reference fixture {} is missing: the tests need ../shared beside the repository",
+        p.display()
+    );
     p
 }
 
 fn tensor(dict: &StateDict, key: &str) -> Tensor {
-    let t = dict.get(key).unwrap_or_else(|| panic!("fixture lacks {key}"));
+    let t = dict
+        .get(key)
+        .unwrap_or_else(|| panic!("fixture lacks {key}"));
     Tensor::new(t.shape.clone(), t.data.clone()).unwrap()
 }
 
@@ -20,7 +28,11 @@ fn tensor(dict: &StateDict, key: &str) -> Tensor {
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.shape(), want.shape());
     let scale = want.data().iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let diff = got.data().iter().zip(want.data()).fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    let diff = got
+        .data()
+        .iter()
+        .zip(want.data())
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
     diff / scale.max(1e-12)
 }
 
@@ -33,16 +45,37 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 /// 1e-4 of the largest. A wrong op gives relative L2 errors of order 1.
 fn assert_grad_close(got: &Tensor, want: &Tensor, what: &str, strict: bool) {
     let scale = want.data().iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let close = got.data().iter().zip(want.data()).filter(|(a, b)| ((**a - **b) as f64).abs() <= 1e-4 * scale).count();
+    let close = got
+        .data()
+        .iter()
+        .zip(want.data())
+        .filter(|(a, b)| ((**a - **b) as f64).abs() <= 1e-4 * scale)
+        .count();
     let frac = close as f64 / got.numel() as f64;
     let l2 = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
-    let diff = l2(&mut got.data().iter().zip(want.data()).map(|(a, b)| (*a - *b) as f64));
+    let diff = l2(&mut got
+        .data()
+        .iter()
+        .zip(want.data())
+        .map(|(a, b)| (*a - *b) as f64));
     let rel_l2 = diff / l2(&mut want.data().iter().map(|v| *v as f64));
-    eprintln!("{what}: max rel err {:.2e}, {:.4}% within 1e-4, relative L2 {rel_l2:.2e}", rel_err(got, want), 100.0 * frac);
+    eprintln!(
+        "{what}: max rel err {:.2e}, {:.4}% within 1e-4, relative L2 {rel_l2:.2e}",
+        rel_err(got, want),
+        100.0 * frac
+    );
     if strict {
-        assert!(rel_err(got, want) < 1e-4, "{what}: max relative error {:.2e}", rel_err(got, want));
+        assert!(
+            rel_err(got, want) < 1e-4,
+            "{what}: max relative error {:.2e}",
+            rel_err(got, want)
+        );
     }
-    assert!(rel_l2 < 3e-2, "{what}: {:.4}% within 1e-4, relative L2 {rel_l2:.2e}", 100.0 * frac);
+    assert!(
+        rel_l2 < 3e-2,
+        "{what}: {:.4}% within 1e-4, relative L2 {rel_l2:.2e}",
+        100.0 * frac
+    );
 }
 
 /// d mean(output[0, c]) / d input, as in the fixtures.
@@ -61,12 +94,20 @@ fn channel_grad(model: &Model, layer: &str, input: &Tensor, c: usize) -> (f32, T
 fn vgg16_matches_pytorch() {
     let dict = weights::load(&fixture("vgg16_features_random.safetensors")).unwrap();
     let model = Model::build("vgg16", WeightsFrom::Dict(&dict, "fixture")).unwrap();
-    assert!(!model.has_head, "the fixture holds the feature extractor only");
+    assert!(
+        !model.has_head,
+        "the fixture holds the feature extractor only"
+    );
     let golden = weights::load(&fixture("vgg16_golden.safetensors")).unwrap();
     let input = tensor(&golden, "input_normalized");
     for layer in [4, 5, 9, 16, 21, 28, 30] {
         let id = model.layer(&layer.to_string()).unwrap();
-        let got = model.graph.forward(input.clone(), id).unwrap().output().clone();
+        let got = model
+            .graph
+            .forward(input.clone(), id)
+            .unwrap()
+            .output()
+            .clone();
         let err = rel_err(&got, &tensor(&golden, &format!("act.features.{layer}")));
         eprintln!("vgg16 act features.{layer}: rel err {err:.2e}");
         assert!(err < 1e-4, "features.{layer}: {err}");
@@ -74,8 +115,16 @@ fn vgg16_matches_pytorch() {
     let cases: serde_json_free::Cases = serde_json_free::cases(&fixture("vgg16_golden.json"));
     for (layer, c, value) in cases {
         let (v, g) = channel_grad(&model, &format!("features.{layer}"), &input, c);
-        assert!(((v - value) as f64).abs() < 1e-4 * (1.0 + value.abs() as f64), "objective {v} vs {value}");
-        assert_grad_close(&g, &tensor(&golden, &format!("grad.features.{layer}.c{c}")), &format!("vgg16 grad features.{layer} c{c}"), layer < 28);
+        assert!(
+            ((v - value) as f64).abs() < 1e-4 * (1.0 + value.abs() as f64),
+            "objective {v} vs {value}"
+        );
+        assert_grad_close(
+            &g,
+            &tensor(&golden, &format!("grad.features.{layer}.c{c}")),
+            &format!("vgg16 grad features.{layer} c{c}"),
+            layer < 28,
+        );
     }
 }
 
@@ -85,14 +134,32 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
     assert!(model.has_head);
     let golden = weights::load(&fixture("efficientnet_lite0_golden.safetensors")).unwrap();
     let input = tensor(&golden, "input_normalized");
-    for key in ["_conv_stem", "_blocks.0", "_blocks.3", "_blocks.8", "_blocks.15", "_conv_head", "_fc"] {
+    for key in [
+        "_conv_stem",
+        "_blocks.0",
+        "_blocks.3",
+        "_blocks.8",
+        "_blocks.15",
+        "_conv_head",
+        "_fc",
+    ] {
         let id = model.layer(key).unwrap();
-        let got = model.graph.forward(input.clone(), id).unwrap().output().clone();
+        let got = model
+            .graph
+            .forward(input.clone(), id)
+            .unwrap()
+            .output()
+            .clone();
         let err = rel_err(&got, &tensor(&golden, &format!("act.{key}")));
         eprintln!("efficientnet act {key}: rel err {err:.2e}");
         assert!(err < 2e-4, "{key}: {err}");
     }
-    for (key, c) in [("_blocks.2", 5), ("_blocks.8", 33), ("_conv_head", 100), ("_fc", 285)] {
+    for (key, c) in [
+        ("_blocks.2", 5),
+        ("_blocks.8", 33),
+        ("_conv_head", 100),
+        ("_fc", 285),
+    ] {
         let (_, g) = if key == "_fc" {
             let id = model.layer(key).unwrap();
             let trace = model.graph.forward(input.clone(), id).unwrap();
@@ -102,11 +169,25 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
         } else {
             channel_grad(&model, key, &input, c)
         };
-        assert_grad_close(&g, &tensor(&golden, &format!("grad.{key}.c{c}")), &format!("efficientnet grad {key} c{c}"), key == "_blocks.2");
+        assert_grad_close(
+            &g,
+            &tensor(&golden, &format!("grad.{key}.c{c}")),
+            &format!("efficientnet grad {key} c{c}"),
+            key == "_blocks.2",
+        );
     }
     // The top-1 class of the cat photo is 285, "Egyptian cat".
-    let logits = model.graph.forward(input, model.layer("_fc").unwrap()).unwrap().output().clone();
-    let top = logits.data().iter().enumerate().fold((0, f32::MIN), |b, (i, v)| if *v > b.1 { (i, *v) } else { b });
+    let logits = model
+        .graph
+        .forward(input, model.layer("_fc").unwrap())
+        .unwrap()
+        .output()
+        .clone();
+    let top =
+        logits.data().iter().enumerate().fold(
+            (0, f32::MIN),
+            |b, (i, v)| if *v > b.1 { (i, *v) } else { b },
+        );
     assert_eq!(top.0, 285);
 }
 
@@ -124,7 +205,11 @@ mod serde_json_free {
                 let end = rest.find([',', '\n', '}']).unwrap();
                 rest[..end].trim().parse().unwrap()
             };
-            out.push((field("layer") as usize, field("channel") as usize, field("objective_value") as f32));
+            out.push((
+                field("layer") as usize,
+                field("channel") as usize,
+                field("objective_value") as f32,
+            ));
         }
         out
     }

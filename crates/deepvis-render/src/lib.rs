@@ -64,18 +64,26 @@ fn denormalize_grad(g: &mut Tensor, norm: &Normalization) {
 
 /// Mean activation of `channels[b]` in batch item b of a layer output ([N, C, H, W] or [N, F]),
 /// and the gradient of their sum with respect to that output.
-pub fn channel_objective(out: &Tensor, channels: &[usize]) -> Result<(Vec<f32>, Tensor), RenderError> {
+pub fn channel_objective(
+    out: &Tensor,
+    channels: &[usize],
+) -> Result<(Vec<f32>, Tensor), RenderError> {
     let shape = out.shape();
     let (n, c) = (shape[0], shape[1]);
     let plane: usize = shape[2..].iter().product();
     if channels.len() != n {
-        return Err(RenderError::Invalid(format!("{} channels for a batch of {n}", channels.len())));
+        return Err(RenderError::Invalid(format!(
+            "{} channels for a batch of {n}",
+            channels.len()
+        )));
     }
     let mut grad = Tensor::zeros(shape);
     let mut values = Vec::with_capacity(n);
     for (b, &ch) in channels.iter().enumerate() {
         if ch >= c {
-            return Err(RenderError::Invalid(format!("channel {ch} is out of range: the layer has {c} channels")));
+            return Err(RenderError::Invalid(format!(
+                "channel {ch} is out of range: the layer has {c} channels"
+            )));
         }
         let off = (b * c + ch) * plane;
         let sum: f64 = out.data()[off..off + plane].iter().map(|v| *v as f64).sum();
@@ -104,8 +112,11 @@ pub fn objective_and_grad(
 /// The start image of one channel: grey with uniform noise, drawn from a generator seeded by
 /// (seed, channel), so a channel's result does not depend on which batch it ran in.
 pub fn initial_image(size: usize, seed: u64, channel: usize) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (channel as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    (0..3 * size * size).map(|_| 0.5 + rng.gen_range(-0.1..0.1)).collect()
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (channel as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (0..3 * size * size)
+        .map(|_| 0.5 + rng.gen_range(-0.1..0.1))
+        .collect()
 }
 
 /// Runs the original tool's gradient ascent for `channels` of `layer`, in batches.
@@ -121,7 +132,9 @@ pub fn ascend_channels(
 ) -> Result<(), RenderError> {
     let s = settings.size;
     if s == 0 || settings.batch == 0 {
-        return Err(RenderError::Invalid("size and batch must be positive".into()));
+        return Err(RenderError::Invalid(
+            "size and batch must be positive".into(),
+        ));
     }
     let norm = &model.info.normalization;
     let total = channels.len() * settings.steps;
@@ -141,7 +154,10 @@ pub fn ascend_channels(
             done += n;
             on_step(done, total);
         }
-        let (finals, _) = channel_objective(model.graph.forward(normalize(&x, norm), layer)?.output(), group)?;
+        let (finals, _) = channel_objective(
+            model.graph.forward(normalize(&x, norm), layer)?.output(),
+            group,
+        )?;
         let initial = initial.unwrap_or_else(|| finals.clone());
         let per = 3 * s * s;
         for (b, &ch) in group.iter().enumerate() {

@@ -1,0 +1,89 @@
+//! `deepvis bench`: milliseconds per optimization step (forward to a layer and the gradient
+//! back to the input) beside PyTorch's number for the same step, as a ratio.
+
+use crate::source::ModelArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use deepvis_engine::Tensor;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Target layer.
+    #[arg(long, default_value = "28")]
+    pub layer: String,
+    /// Channel whose mean activation is differentiated.
+    #[arg(long, default_value_t = 15)]
+    pub channel: usize,
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 9)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// JSON line from `../shared/bench/torch_reference.py step` for the same case.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let model = &loaded.model;
+    let layer = model.layer(&a.layer)?;
+    let shape = [a.batch, 3, a.size, a.size];
+    let x = Tensor::full(&shape, 0.1);
+    let flops = 2 * model.graph.forward_flops(&shape, layer)?;
+    let channels: Vec<usize> = vec![a.channel; a.batch];
+    let norm = deepvis_models::Normalization {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    };
+    let mut times = Vec::with_capacity(a.iters);
+    for i in 0..a.warmup + a.iters.max(1) {
+        let t = Instant::now();
+        let (_, g) = deepvis_render::objective_and_grad(&model.graph, &norm, layer, &x, &channels)?;
+        std::hint::black_box(g);
+        if i >= a.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2] * 1e3;
+    let gflops = flops as f64 / 1e9 / (ms / 1e3);
+    let mut line = serde_json::json!({
+        "what": "deepvis fwd+input-grad step",
+        "model": a.model.model,
+        "layer": model.graph.nodes()[layer].name,
+        "size": a.size,
+        "batch": a.batch,
+        "threads": rayon::current_num_threads(),
+        "ms_per_step": (ms * 100.0).round() / 100.0,
+        "ms_per_image_step": (ms / a.batch as f64 * 100.0).round() / 100.0,
+        "gflop_per_step": (flops as f64 / 1e7).round() / 100.0,
+        "gflop_per_s": (gflops * 10.0).round() / 10.0,
+    });
+    if let Some(path) = &a.reference {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let reference: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or(""))
+            .with_context(|| {
+                format!(
+                    "{} is not a JSON line from torch_reference.py",
+                    path.display()
+                )
+            })?;
+        let torch_ms = reference["ms_per_step"]
+            .as_f64()
+            .context("the reference has no ms_per_step")?;
+        line["torch_ms_per_step"] = torch_ms.into();
+        line["speedup_vs_torch"] = ((torch_ms / ms * 100.0).round() / 100.0).into();
+    }
+    println!("{line}");
+    Ok(())
+}

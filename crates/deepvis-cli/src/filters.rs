@@ -1,0 +1,379 @@
+//! `deepvis filters`: the original tool's job. Renders filters `start..end` of a layer, writes
+//! one PNG per filter, a labeled grid sheet, a manifest and a gallery page; resumes where an
+//! interrupted run stopped.
+
+use crate::source::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use deepvis_models::Model;
+use deepvis_output::{
+    grid_sheet, load_rgb, write_gallery, FilterRecord, Manifest, RgbImage, MANIFEST_FILE,
+};
+use deepvis_render::{ascend_channels, AscentSettings};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct FiltersArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Layer to visualize: its PyTorch name (`features.28`, `_blocks.8`) or, for models with a
+    /// `features` Sequential, its index there (`28`). See `deepvis layers`.
+    #[arg(long, alias = "layer_num")]
+    pub layer: String,
+    /// Filters (channels) to render: `A..B` (B excluded, like Python's range), `A..=B`, `N`,
+    /// or a comma list `3,7,12`. Default: 0..16.
+    #[arg(long)]
+    pub filters: Option<String>,
+    /// First filter (the original tool's flag; use with --filter_end).
+    #[arg(
+        long = "filter_start",
+        alias = "filter-start",
+        conflicts_with = "filters"
+    )]
+    pub filter_start: Option<usize>,
+    /// End of the filter range, excluded (the original tool's flag).
+    #[arg(long = "filter_end", alias = "filter-end", conflicts_with = "filters")]
+    pub filter_end: Option<usize>,
+    /// Image side in pixels.
+    #[arg(long, alias = "img_size", default_value_t = 224)]
+    pub size: usize,
+    /// Gradient-ascent steps per image.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Change of the image per step, in 0–255 pixel units (RMS over the image): the gradient
+    /// is normalized to unit RMS and scaled by step_size / 255; pixels stay in [0, 255].
+    #[arg(long, alias = "step_size", default_value_t = 3.0)]
+    pub step_size: f32,
+    /// Images optimized together (default: as many as fit in half the free memory, at most 8).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Random seed: the same seed, settings and weights give the same images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "deepvis-out")]
+    pub out: PathBuf,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Parses `A..B`, `A..=B`, `N` or `a,b,c`.
+pub fn parse_filters(spec: &str) -> Result<Vec<usize>> {
+    let spec = spec.trim();
+    let num = |s: &str| -> Result<usize> {
+        s.trim()
+            .parse()
+            .with_context(|| format!("'{s}' in --filters '{spec}' is not a filter index"))
+    };
+    if let Some((a, b)) = spec.split_once("..") {
+        let (start, end) = match b.strip_prefix('=') {
+            Some(b) => (num(a)?, num(b)? + 1),
+            None => (num(a)?, num(b)?),
+        };
+        if start >= end {
+            bail!("the filter range {spec} is empty or reversed; write START..END with START < END (END excluded)");
+        }
+        return Ok((start..end).collect());
+    }
+    let list: Vec<usize> = spec.split(',').map(num).collect::<Result<_>>()?;
+    if list.is_empty() {
+        bail!("--filters is empty");
+    }
+    Ok(list)
+}
+
+fn filter_list(a: &FiltersArgs) -> Result<Vec<usize>> {
+    match (&a.filters, a.filter_start, a.filter_end) {
+        (Some(spec), _, _) => parse_filters(spec),
+        (None, None, None) => Ok((0..16).collect()),
+        (None, start, end) => {
+            let start = start.unwrap_or(0);
+            let Some(end) = end else {
+                bail!(
+                    "--filter_start needs --filter_end (the end is excluded, like Python's range)"
+                );
+            };
+            if start >= end {
+                bail!("--filter_start {start} must be less than --filter_end {end} (the end is excluded)");
+            }
+            Ok((start..end).collect())
+        }
+    }
+}
+
+/// Available memory in bytes, from /proc/meminfo where there is one.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Checks that one image of this size fits and picks the batch: a forward and backward pass
+/// holds at most about twice the activations of one forward pass.
+pub fn plan_batch(
+    model: &Model,
+    layer: usize,
+    size: usize,
+    requested: Option<usize>,
+    count: usize,
+) -> Result<usize> {
+    let per_image = model
+        .graph
+        .activation_bytes(&[1, 3, size, size], layer)
+        .map_err(|e| anyhow::anyhow!("image size {size} does not work for this layer: {e}"))?
+        .saturating_mul(2);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if let Some(avail) = available_memory() {
+        if per_image > avail {
+            bail!(
+                "image size {size} needs about {:.1} GiB per image for this layer, but only {:.1} GiB is free; choose a smaller --size",
+                gib(per_image),
+                gib(avail)
+            );
+        }
+        if let Some(b) = requested {
+            if per_image.saturating_mul(b as u64) > avail {
+                bail!(
+                    "--batch {b} at size {size} needs about {:.1} GiB, but only {:.1} GiB is free; use a smaller --batch",
+                    gib(per_image * b as u64),
+                    gib(avail)
+                );
+            }
+        }
+        if requested.is_none() {
+            let fit = (avail / 2 / per_image.max(1)).max(1) as usize;
+            return Ok(fit.min(8).min(count));
+        }
+    }
+    Ok(requested.unwrap_or(8.min(count)))
+}
+
+pub fn run(a: FiltersArgs) -> Result<()> {
+    if a.size == 0 {
+        bail!("--size must be at least 1 pixel");
+    }
+    if a.batch == Some(0) {
+        bail!("--batch must be at least 1");
+    }
+    if !(a.step_size.is_finite() && a.step_size > 0.0) {
+        bail!("--step-size must be a positive number");
+    }
+    let filters = filter_list(&a)?;
+    let loaded = a.model.load()?;
+    let model = &loaded.model;
+    let layer = model.layer(&a.layer)?;
+    let layer_name = model.graph.nodes()[layer].name.clone();
+    let channels = model.channels(layer, a.size)?;
+    if let Some(&bad) = filters.iter().find(|&&f| f >= channels) {
+        bail!(
+            "filter {bad} is out of range: layer {layer_name} of {} has {channels} filters (0..{channels})",
+            a.model.model
+        );
+    }
+    let batch = plan_batch(model, layer, a.size, a.batch, filters.len())?;
+
+    let out = &a.out;
+    let manifest_path = out.join(MANIFEST_FILE);
+    let mut manifest = match Manifest::load(&manifest_path)? {
+        Some(m) if m.model != a.model.model => bail!(
+            "{} holds results of model '{}'; choose another --out for '{}'",
+            manifest_path.display(),
+            m.model,
+            a.model.model
+        ),
+        Some(m) => m,
+        None => Manifest::new(
+            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
+            &a.model.model,
+            Some(loaded.weights_label.clone()),
+            loaded.weights_sha256.clone(),
+        ),
+    };
+    if manifest.weights_sha256 != loaded.weights_sha256 {
+        bail!(
+            "{} was made with other weights (sha256 {}); choose another --out",
+            manifest_path.display(),
+            manifest.weights_sha256.as_deref().unwrap_or("unknown")
+        );
+    }
+    let settings = json!({
+        "method": "seed",
+        "size": a.size,
+        "steps": a.steps,
+        "step_size": a.step_size,
+    });
+    let layer_dir = Path::new(&a.model.model).join(&layer_name);
+    let png_rel = |f: usize| layer_dir.join(format!("filter_{f:04}.png"));
+
+    // Resume: filters whose record and image are already there are not rendered again.
+    let todo: Vec<usize> = filters
+        .iter()
+        .copied()
+        .filter(|&f| {
+            manifest.find(&layer_name, &settings, a.seed, f).is_none()
+                || !out.join(png_rel(f)).is_file()
+        })
+        .collect();
+    let skipped = filters.len() - todo.len();
+    let progress = Progress::new(a.quiet, todo.len() * a.steps, skipped);
+
+    let render_settings = AscentSettings {
+        size: a.size,
+        steps: a.steps,
+        step_size: a.step_size,
+        batch,
+    };
+    let mut batch_start = Instant::now();
+    let mut in_batch = 0;
+    ascend_channels(
+        model,
+        layer,
+        &todo,
+        &render_settings,
+        a.seed,
+        |done, total| progress.step(done, total),
+        |result| {
+            if in_batch == 0 {
+                in_batch = batch.min(todo.len());
+            }
+            let rel = png_rel(result.channel);
+            let image = RgbImage::from_planar_f32(&result.image, a.size, a.size);
+            image
+                .save_png(&out.join(&rel))
+                .map_err(|e| deepvis_render::RenderError::Invalid(e.to_string()))?;
+            let seconds = batch_start.elapsed().as_secs_f64() / in_batch as f64;
+            manifest.upsert_filter(
+                &layer_name,
+                &settings,
+                a.seed,
+                FilterRecord {
+                    filter: result.channel,
+                    png: rel.to_string_lossy().into_owned(),
+                    initial_activation: result.initial_activation,
+                    final_activation: result.final_activation,
+                    seconds,
+                },
+            );
+            in_batch -= 1;
+            if in_batch == 0 {
+                // After each batch, so an interrupted run resumes from here.
+                manifest
+                    .save(&manifest_path)
+                    .map_err(|e| deepvis_render::RenderError::Invalid(e.to_string()))?;
+                batch_start = Instant::now();
+            }
+            Ok(())
+        },
+    )?;
+    progress.finish();
+
+    let grid_rel = layer_dir.join("grid.png");
+    let mut tiles = Vec::with_capacity(filters.len());
+    for &f in &filters {
+        let path = out.join(png_rel(f));
+        let (chw, h, w) =
+            load_rgb(&path).with_context(|| format!("reading back {}", path.display()))?;
+        tiles.push((format!("filter {f}"), RgbImage::from_planar_f32(&chw, h, w)));
+    }
+    let refs: Vec<(String, &RgbImage)> = tiles.iter().map(|(l, t)| (l.clone(), t)).collect();
+    grid_sheet(&refs, None, None).save_png(&out.join(&grid_rel))?;
+    manifest.set_grid(&layer_name, &settings, a.seed, grid_rel.to_string_lossy());
+    manifest.save(&manifest_path)?;
+    let gallery = write_gallery(&manifest, out)?;
+
+    if !a.quiet {
+        let run = manifest.run(&layer_name, &settings, a.seed);
+        if let Some(run) = run {
+            let gains: Vec<f32> = run
+                .filters
+                .iter()
+                .filter(|r| filters.contains(&r.filter))
+                .map(|r| r.final_activation - r.initial_activation)
+                .collect();
+            let mean_gain = gains.iter().sum::<f32>() / gains.len().max(1) as f32;
+            eprintln!(
+                "{} filters of {} {layer_name} ({} rendered, {skipped} already done); mean activation gain {mean_gain:.3}",
+                filters.len(),
+                a.model.model,
+                todo.len()
+            );
+        }
+        eprintln!("grid:     {}", out.join(&grid_rel).display());
+        eprintln!("manifest: {}", manifest_path.display());
+        eprintln!("gallery:  {}", gallery.display());
+    }
+    Ok(())
+}
+
+/// A bar with ETA on a terminal; a line every few seconds otherwise; nothing with --quiet.
+struct Progress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    start: Instant,
+    last: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(quiet: bool, total_steps: usize, skipped: usize) -> Self {
+        let now = Instant::now();
+        if quiet {
+            return Progress {
+                bar: None,
+                plain: false,
+                start: now,
+                last: now.into(),
+            };
+        }
+        if skipped > 0 {
+            eprintln!("resuming: {skipped} filters already rendered with these settings");
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total_steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} image-steps  ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Progress {
+                bar: Some(bar),
+                plain: false,
+                start: now,
+                last: now.into(),
+            }
+        } else {
+            Progress {
+                bar: None,
+                plain: true,
+                start: now,
+                last: now.into(),
+            }
+        }
+    }
+
+    fn step(&self, done: usize, total: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+        } else if self.plain
+            && (self.last.get().elapsed() >= Duration::from_secs(5) || done == total)
+        {
+            self.last.set(Instant::now());
+            let elapsed = self.start.elapsed().as_secs_f64();
+            let eta = elapsed / done.max(1) as f64 * (total - done) as f64;
+            eprintln!("{done}/{total} image-steps, {elapsed:.0} s elapsed, ETA {eta:.0} s");
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Subcommands that look at a model rather than optimize images: layers, predict, probe,
+//! convert, download, models.
+
+use crate::source::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use deepvis_engine::Tensor;
+use deepvis_models::{imagenet_classes, Model, WeightsFrom};
+use deepvis_output::{load_rgb, resize_bilinear_planar};
+use deepvis_render::normalize;
+use deepvis_weights::{DType, StateDict, StoredTensor};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct LayersArgs {
+    /// Model name (see `deepvis models`).
+    #[arg(long, alias = "model_name", default_value = "efficientnet_lite0")]
+    pub model: String,
+    /// Input size used to compute the output shapes.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+}
+
+pub fn layers(a: LayersArgs) -> Result<()> {
+    if a.size == 0 {
+        bail!("--size must be at least 1 pixel");
+    }
+    // The architecture alone gives names and shapes; no weights are needed.
+    let model = Model::build(&a.model, WeightsFrom::Random(0))?;
+    println!(
+        "{:<34} {:<24} {:>9}  output at {}x{}",
+        "layer", "op", "channels", a.size, a.size
+    );
+    for l in model.layers(a.size)? {
+        let channels = l.shape.get(1).copied().unwrap_or(0);
+        let shape = l
+            .shape
+            .iter()
+            .skip(1)
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        println!("{:<34} {:<24} {:>9}  {}", l.name, l.op, channels, shape);
+    }
+    if let Some(seq) = model.info.sequential {
+        println!("\nLayers of `{seq}` may also be given by index: --layer 28 means {seq}.28.");
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Photo to classify (PNG or JPEG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Classify at this size (default: the model's native size, after a resize of the shorter
+    /// side to size·256/224 and a centre crop, as torchvision evaluates).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// How many classes to print.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+}
+
+/// Resize the shorter side to `resize`, then centre-crop `crop`×`crop`.
+fn resize_and_crop(chw: &[f32], h: usize, w: usize, resize: usize, crop: usize) -> Vec<f32> {
+    let (nh, nw) = if h <= w {
+        (resize, (w * resize).div_ceil(h))
+    } else {
+        ((h * resize).div_ceil(w), resize)
+    };
+    let r = resize_bilinear_planar(chw, h, w, nh, nw);
+    let (top, left) = ((nh - crop) / 2, (nw - crop) / 2);
+    let mut out = Vec::with_capacity(3 * crop * crop);
+    for c in 0..3 {
+        for y in 0..crop {
+            let row = (c * nh + top + y) * nw + left;
+            out.extend_from_slice(&r[row..row + crop]);
+        }
+    }
+    out
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let model = &loaded.model;
+    if !model.has_head {
+        bail!(
+            "these weights hold no classifier ({}…); pass a full checkpoint to predict",
+            model.info.head_prefix
+        );
+    }
+    let size = a.size.unwrap_or(model.info.native_size);
+    if size == 0 {
+        bail!("--size must be at least 1 pixel");
+    }
+    let (chw, h, w) = load_rgb(&a.image)?;
+    let input = resize_and_crop(&chw, h, w, (size * 256).div_ceil(224), size);
+    let x = normalize(
+        &Tensor::new(vec![1, 3, size, size], input)?,
+        &model.info.normalization,
+    );
+    let logits = model.graph.forward(x, model.graph.last())?.output().clone();
+    let max = logits.data().iter().fold(f32::MIN, |m, v| m.max(*v));
+    let exp: Vec<f64> = logits
+        .data()
+        .iter()
+        .map(|v| ((v - max) as f64).exp())
+        .collect();
+    let total: f64 = exp.iter().sum();
+    let mut order: Vec<usize> = (0..exp.len()).collect();
+    order.sort_by(|&i, &j| exp[j].total_cmp(&exp[i]));
+    let names = imagenet_classes();
+    for &i in order.iter().take(a.top) {
+        println!(
+            "{:>6.2}%  {:>4}  {}",
+            100.0 * exp[i] / total,
+            i,
+            names.get(i).copied().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input photo, resized to --size×--size, RGB in [0, 1], then the model's normalization.
+    #[arg(
+        long,
+        conflicts_with = "input_tensor",
+        required_unless_present = "input_tensor"
+    )]
+    pub image: Option<PathBuf>,
+    /// Side of the resized photo.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// An already normalized NCHW input: FILE.safetensors:TENSOR_NAME.
+    #[arg(long)]
+    pub input_tensor: Option<String>,
+    /// Layer whose output is written.
+    #[arg(long)]
+    pub layer: String,
+    /// Also write d mean(layer[0, channel]) / d normalized input as `input_grad`.
+    #[arg(long)]
+    pub channel: Option<usize>,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn probe(a: ProbeArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let model = &loaded.model;
+    let layer = model.layer(&a.layer)?;
+    let input = match (&a.image, &a.input_tensor) {
+        (_, Some(spec)) => {
+            let (file, name) = spec
+                .rsplit_once(':')
+                .with_context(|| format!("--input-tensor '{spec}' must be FILE:TENSOR_NAME"))?;
+            let dict = deepvis_weights::load(std::path::Path::new(file))?;
+            let t = dict
+                .get(name)
+                .with_context(|| format!("{file} has no tensor named '{name}'"))?;
+            if t.shape.len() != 4 || t.shape[1] != 3 {
+                bail!(
+                    "tensor '{name}' in {file} has shape {:?}; expected [N, 3, H, W]",
+                    t.shape
+                );
+            }
+            Tensor::new(t.shape.clone(), t.data.clone())?
+        }
+        (Some(path), None) => {
+            if a.size == 0 {
+                bail!("--size must be at least 1 pixel");
+            }
+            let (chw, h, w) = load_rgb(path)?;
+            let rgb = resize_bilinear_planar(&chw, h, w, a.size, a.size);
+            normalize(
+                &Tensor::new(vec![1, 3, a.size, a.size], rgb)?,
+                &model.info.normalization,
+            )
+        }
+        (None, None) => bail!("pass --image FILE or --input-tensor FILE:NAME"),
+    };
+    let trace = model.graph.forward(input, layer)?;
+    let out = trace.output();
+    let mut dict = StateDict::new();
+    dict.insert(
+        "activation",
+        StoredTensor::new(out.shape().to_vec(), DType::F32, out.data().to_vec()),
+    );
+    if let Some(c) = a.channel {
+        let ch = out.shape()[1];
+        if c >= ch {
+            bail!(
+                "channel {c} is out of range: layer {} has {ch} channels",
+                a.layer
+            );
+        }
+        let plane: usize = out.shape()[2..].iter().product();
+        let mut g = Tensor::zeros(out.shape());
+        for n in 0..out.shape()[0] {
+            g.data_mut()[(n * ch + c) * plane..(n * ch + c + 1) * plane].fill(1.0 / plane as f32);
+        }
+        let grad = model.graph.backward(&trace, g)?;
+        dict.insert(
+            "input_grad",
+            StoredTensor::new(grad.shape().to_vec(), DType::F32, grad.into_data()),
+        );
+    }
+    deepvis_weights::save_safetensors(&dict, &a.out, DType::F32)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StoreAs {
+    F32,
+    F16,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input weight file (.pth zip or legacy format, or safetensors).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Storage type of floating-point tensors.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: StoreAs,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    let dict = deepvis_weights::load(&a.weights)?;
+    let dtype = match a.dtype {
+        StoreAs::F32 => DType::F32,
+        StoreAs::F16 => DType::F16,
+    };
+    deepvis_weights::save_safetensors(&dict, &a.out, dtype)?;
+    eprintln!("wrote {} ({} tensors)", a.out.display(), dict.len());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn download(a: DownloadArgs) -> Result<()> {
+    let path = a.model.fetch()?;
+    // Loading proves the file is a complete checkpoint of this model.
+    Model::load(&a.model.model, &path)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+pub fn models() -> Result<()> {
+    for m in deepvis_models::ZOO {
+        let source = if m.bundled {
+            "bundled".to_string()
+        } else {
+            m.url.unwrap_or("--weights only").to_string()
+        };
+        println!(
+            "{:<20} {}\n{:<20} weights: {source}",
+            m.name, m.description, ""
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Crash-safe file replacement: every file this crate writes goes through
+//! [`write_atomic`], so an interrupted run leaves either the old file or the
+//! new one, never a truncated mix (important because runs are resumable and
+//! the manifest is re-read on the next start).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::OutputError;
+
+/// Marker embedded in temporary file names, so leftovers from a killed
+/// process are recognizable.
+pub(crate) const TEMP_MARKER: &str = ".deepvis-tmp.";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` atomically.
+///
+/// Creates missing parent directories, writes to a uniquely named temporary
+/// file in the same directory (same filesystem, so the rename is atomic),
+/// fsyncs it, and renames it over `path`. On failure the temporary file is
+/// removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| {
+            OutputError::io(
+                "write",
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
+            )
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(|e| OutputError::io("create directory", &dir, e))?;
+
+    let (tmp_path, mut file) = create_temp(&dir, &file_name)?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| OutputError::io("write", path, e))
+        .and_then(|()| {
+            drop(file);
+            fs::rename(&tmp_path, path).map_err(|e| OutputError::io("replace", path, e))
+        });
+    if let Err(e) = result {
+        // Best effort: the original error is what the user needs to see.
+        let _ = fs::remove_file(&tmp_path);
+        return Err(e);
+    }
+    sync_dir(&dir);
+    Ok(())
+}
+
+/// Opens a fresh temp file with `create_new`, so two writers (threads or
+/// processes) targeting the same file can never share a temp file.
+fn create_temp(dir: &Path, file_name: &str) -> Result<(PathBuf, File), OutputError> {
+    let pid = std::process::id();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut last_err = None;
+    for _ in 0..16 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{file_name}{TEMP_MARKER}{pid}.{n}.{nanos}"));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(e) => return Err(OutputError::io("create temporary file", &tmp, e)),
+        }
+    }
+    Err(OutputError::io(
+        "create temporary file in",
+        dir,
+        last_err.unwrap_or_else(|| io::Error::other("temporary names exhausted")),
+    ))
+}
+
+/// Persists the rename itself on Unix; without it a power loss right after
+/// the rename can resurrect the old directory entry. Not possible (and not
+/// needed) on Windows, and failure only weakens durability, so it is ignored.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn creates_parents_and_leaves_no_temp_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("a/b/out.txt");
+        write_atomic(&target, b"hello").expect("write");
+        assert_eq!(fs::read(&target).expect("read"), b"hello");
+        assert_eq!(entries(&tmp.path().join("a/b")), vec!["out.txt"]);
+    }
+
+    #[test]
+    fn replaces_existing_content() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("out.txt");
+        write_atomic(&target, b"a much longer first version").expect("write 1");
+        write_atomic(&target, b"short").expect("write 2");
+        assert_eq!(fs::read(&target).expect("read"), b"short");
+        assert_eq!(entries(tmp.path()), vec!["out.txt"]);
+    }
+
+    #[test]
+    fn failure_leaves_no_temp_file_and_names_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A directory where the file should go makes the rename fail.
+        let target = tmp.path().join("occupied");
+        fs::create_dir(&target).expect("mkdir");
+        fs::write(target.join("keep"), b"x").expect("fill dir");
+        let err = write_atomic(&target, b"data").expect_err("rename over dir must fail");
+        assert!(err.to_string().contains("occupied"), "{err}");
+        assert_eq!(entries(tmp.path()), vec!["occupied"]);
+    }
+
+    #[test]
+    fn concurrent_writers_do_not_collide() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("shared.txt");
+        std::thread::scope(|s| {
+            for i in 0..8u8 {
+                let target = &target;
+                s.spawn(move || write_atomic(target, &[i; 64]).expect("write"));
+            }
+        });
+        let got = fs::read(&target).expect("read");
+        assert_eq!(got.len(), 64);
+        assert!(
+            got.iter().all(|&b| b == got[0]),
+            "content must come from one writer"
+        );
+        assert_eq!(entries(tmp.path()), vec!["shared.txt"]);
+    }
+}

@@ -1,0 +1,298 @@
+//! The run manifest: a JSON record of every filter visualization produced in
+//! an output directory, used both to build the gallery and to resume an
+//! interrupted run by skipping filters that are already done.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{write_atomic, OutputError};
+
+/// Conventional manifest file name inside an output directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Producer, e.g. "deepvis 0.1.0".
+    pub tool: String,
+    pub model: String,
+    /// Weights file path, or "bundled".
+    #[serde(default)]
+    pub weights: Option<String>,
+    #[serde(default)]
+    pub weights_sha256: Option<String>,
+    #[serde(default)]
+    pub runs: Vec<LayerRun>,
+}
+
+/// All filters visualized for one layer with one set of settings and seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRun {
+    pub layer: String,
+    /// Everything that affects the output images (steps, lr, size, ...);
+    /// a run is only resumed when these match exactly.
+    pub settings: Value,
+    pub seed: u64,
+    /// Grid sheet PNG, relative to the manifest's directory.
+    #[serde(default)]
+    pub grid: Option<String>,
+    /// Sorted by `filter`, at most one record per filter.
+    #[serde(default)]
+    pub filters: Vec<FilterRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FilterRecord {
+    pub filter: usize,
+    /// PNG path relative to the manifest's directory.
+    pub png: String,
+    /// Stored as `null` when not finite: JSON has no NaN/Inf, and a diverged
+    /// optimization must not make the whole manifest unsavable.
+    #[serde(with = "non_finite_as_null")]
+    pub initial_activation: f32,
+    #[serde(with = "non_finite_as_null")]
+    pub final_activation: f32,
+    pub seconds: f64,
+}
+
+mod non_finite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f32(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    }
+}
+
+impl Manifest {
+    /// An empty manifest.
+    pub fn new(
+        tool: impl Into<String>,
+        model: impl Into<String>,
+        weights: Option<String>,
+        weights_sha256: Option<String>,
+    ) -> Self {
+        Manifest {
+            tool: tool.into(),
+            model: model.into(),
+            weights,
+            weights_sha256,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Reads a manifest. A missing file is `Ok(None)` (a fresh output
+    /// directory); an unreadable or malformed one is an error rather than
+    /// silently starting over, which would orphan the existing results.
+    pub fn load(path: &Path) -> Result<Option<Self>, OutputError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(OutputError::io("read", path, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| OutputError::CorruptManifest {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    /// Writes the manifest as pretty JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), OutputError> {
+        let mut bytes =
+            serde_json::to_vec_pretty(self).map_err(|source| OutputError::Serialize {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        bytes.push(b'\n');
+        write_atomic(path, &bytes)
+    }
+
+    /// The run with exactly this layer, settings and seed.
+    pub fn run(&self, layer: &str, settings: &Value, seed: u64) -> Option<&LayerRun> {
+        self.runs
+            .iter()
+            .find(|r| r.layer == layer && r.seed == seed && &r.settings == settings)
+    }
+
+    /// Like [`Self::run`], creating an empty run at the end if absent.
+    pub fn run_mut(&mut self, layer: &str, settings: &Value, seed: u64) -> &mut LayerRun {
+        let idx = match self
+            .runs
+            .iter()
+            .position(|r| r.layer == layer && r.seed == seed && &r.settings == settings)
+        {
+            Some(i) => i,
+            None => {
+                self.runs.push(LayerRun {
+                    layer: layer.to_string(),
+                    settings: settings.clone(),
+                    seed,
+                    grid: None,
+                    filters: Vec::new(),
+                });
+                self.runs.len() - 1
+            }
+        };
+        &mut self.runs[idx]
+    }
+
+    /// Records a finished filter: replaces the record for the same filter in
+    /// the matching run, or inserts it in filter order (creating the run if
+    /// needed).
+    pub fn upsert_filter(&mut self, layer: &str, settings: &Value, seed: u64, rec: FilterRecord) {
+        let filters = &mut self.run_mut(layer, settings, seed).filters;
+        match filters.binary_search_by_key(&rec.filter, |f| f.filter) {
+            Ok(i) => filters[i] = rec,
+            Err(i) => filters.insert(i, rec),
+        }
+    }
+
+    /// Records the grid sheet path of a run (creating the run if needed).
+    pub fn set_grid(&mut self, layer: &str, settings: &Value, seed: u64, grid: impl Into<String>) {
+        self.run_mut(layer, settings, seed).grid = Some(grid.into());
+    }
+
+    /// The record of a filter already done with exactly these parameters.
+    pub fn find(
+        &self,
+        layer: &str,
+        settings: &Value,
+        seed: u64,
+        filter: usize,
+    ) -> Option<&FilterRecord> {
+        let filters = &self.run(layer, settings, seed)?.filters;
+        filters
+            .binary_search_by_key(&filter, |f| f.filter)
+            .ok()
+            .map(|i| &filters[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(filter: usize, png: &str, final_activation: f32) -> FilterRecord {
+        FilterRecord {
+            filter,
+            png: png.to_string(),
+            initial_activation: 0.125,
+            final_activation,
+            seconds: 1.5,
+        }
+    }
+
+    fn settings() -> Value {
+        // Awkward floats on purpose: they must survive a JSON round trip
+        // exactly or resuming would never match.
+        json!({"steps": 200, "lr": 0.05f32 as f64, "decay": 0.1 + 0.2, "size": 224})
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(MANIFEST_FILE);
+        assert_eq!(Manifest::load(&path).expect("load missing"), None);
+
+        let mut m = Manifest::new("deepvis 0.1.0", "vgg16", Some("bundled".into()), None);
+        m.upsert_filter("conv5_1", &settings(), 7, rec(3, "conv5_1/f3.png", 9.25));
+        m.upsert_filter(
+            "conv5_1",
+            &settings(),
+            7,
+            rec(1, "conv5_1/f1.png", f32::NAN),
+        );
+        m.set_grid("conv5_1", &settings(), 7, "conv5_1/grid.png");
+        m.upsert_filter(
+            "conv3_1",
+            &json!({"steps": 10}),
+            u64::MAX,
+            rec(0, "a.png", 1.0),
+        );
+        m.save(&path).expect("save");
+
+        let loaded = Manifest::load(&path).expect("load").expect("present");
+        assert_eq!(loaded.tool, m.tool);
+        assert_eq!(loaded.runs.len(), 2);
+        assert_eq!(loaded.runs[0].settings, settings());
+        assert_eq!(loaded.runs[1].seed, u64::MAX);
+        assert_eq!(loaded.runs[0].grid.as_deref(), Some("conv5_1/grid.png"));
+        // NaN is stored as null and comes back as NaN.
+        let f1 = loaded.find("conv5_1", &settings(), 7, 1).expect("f1");
+        assert!(f1.final_activation.is_nan());
+        let f3 = loaded.find("conv5_1", &settings(), 7, 3).expect("f3");
+        assert_eq!(f3, &rec(3, "conv5_1/f3.png", 9.25));
+        let text = fs::read_to_string(&path).expect("read");
+        assert!(text.contains("\"final_activation\": null"), "{text}");
+    }
+
+    #[test]
+    fn upsert_replaces_and_keeps_sorted() {
+        let mut m = Manifest::new("deepvis", "m", None, None);
+        let s = settings();
+        for f in [5, 2, 9] {
+            m.upsert_filter("l", &s, 1, rec(f, "old.png", 0.0));
+        }
+        m.upsert_filter("l", &s, 1, rec(2, "new.png", 4.0));
+        assert_eq!(m.runs.len(), 1);
+        let run = &m.runs[0];
+        let order: Vec<usize> = run.filters.iter().map(|f| f.filter).collect();
+        assert_eq!(order, vec![2, 5, 9]);
+        assert_eq!(run.filters[0].png, "new.png");
+
+        // Different seed, settings or layer make separate runs.
+        m.upsert_filter("l", &s, 2, rec(2, "x.png", 0.0));
+        m.upsert_filter("l", &json!({"steps": 1}), 1, rec(2, "x.png", 0.0));
+        m.upsert_filter("other", &s, 1, rec(2, "x.png", 0.0));
+        assert_eq!(m.runs.len(), 4);
+        assert_eq!(m.runs[0].filters.len(), 3);
+    }
+
+    #[test]
+    fn find_matches_all_keys() {
+        let mut m = Manifest::new("deepvis", "m", None, None);
+        m.upsert_filter("l", &settings(), 1, rec(4, "f4.png", 2.0));
+        assert_eq!(
+            m.find("l", &settings(), 1, 4).map(|r| r.png.as_str()),
+            Some("f4.png")
+        );
+        assert!(m.find("l", &settings(), 1, 3).is_none());
+        assert!(m.find("l", &settings(), 2, 4).is_none());
+        assert!(m.find("x", &settings(), 1, 4).is_none());
+        assert!(m.find("l", &json!({}), 1, 4).is_none());
+    }
+
+    #[test]
+    fn corrupt_manifest_is_an_error() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(MANIFEST_FILE);
+        for bad in [&b"{\"tool\": \"deepvis\", "[..], b"", b"[1, 2, 3]"] {
+            fs::write(&path, bad).expect("write");
+            let err = Manifest::load(&path).expect_err("corrupt must fail");
+            assert!(matches!(err, OutputError::CorruptManifest { .. }), "{err}");
+            assert!(err.to_string().contains(MANIFEST_FILE), "{err}");
+        }
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(MANIFEST_FILE);
+        fs::write(&path, br#"{"tool": "deepvis 0.1.0", "model": "vgg16"}"#).expect("write");
+        let m = Manifest::load(&path).expect("load").expect("present");
+        assert!(m.runs.is_empty() && m.weights.is_none());
+    }
+}
