@@ -151,22 +151,30 @@ impl Default for Graph {
 
 /// The values one forward pass kept for its backward pass.
 pub struct Trace {
-    target: NodeId,
+    /// The nodes whose values were asked for; the last one is the primary target.
+    targets: Vec<NodeId>,
     input_shape: Vec<usize>,
     shapes: Vec<Option<Vec<usize>>>,
     values: Vec<Option<Tensor>>,
 }
 
 impl Trace {
-    /// The output of the target node.
+    /// The output of the (last) target node.
     pub fn output(&self) -> &Tensor {
-        self.values[self.target]
-            .as_ref()
-            .expect("the target's value is always kept")
+        self.value(self.target()).expect("target values are always kept")
+    }
+
+    /// The output of any target node (or of a node the backward pass keeps).
+    pub fn value(&self, id: NodeId) -> Option<&Tensor> {
+        self.values.get(id).and_then(Option::as_ref)
     }
 
     pub fn target(&self) -> NodeId {
-        self.target
+        *self.targets.last().expect("a trace has at least one target")
+    }
+
+    pub fn targets(&self) -> &[NodeId] {
+        &self.targets
     }
 
     pub fn input_shape(&self) -> &[usize] {
@@ -220,9 +228,17 @@ impl Graph {
 
     /// Which nodes the value of `target` depends on.
     fn ancestors(&self, target: NodeId) -> Vec<bool> {
-        let mut needed = vec![false; target + 1];
-        needed[target] = true;
-        for i in (0..=target).rev() {
+        self.ancestors_of(&[target])
+    }
+
+    /// Which nodes the values of `targets` depend on (indexed up to the deepest target).
+    fn ancestors_of(&self, targets: &[NodeId]) -> Vec<bool> {
+        let last = targets.iter().copied().max().unwrap_or(0);
+        let mut needed = vec![false; last + 1];
+        for &t in targets {
+            needed[t] = true;
+        }
+        for i in (0..=last).rev() {
             if needed[i] {
                 for &j in &self.nodes[i].inputs {
                     needed[j] = true;
@@ -238,10 +254,17 @@ impl Graph {
         input_shape: &[usize],
         target: NodeId,
     ) -> Result<Vec<Option<Vec<usize>>>, EngineError> {
-        let needed = self.ancestors(target);
-        let mut shapes: Vec<Option<Vec<usize>>> = vec![None; target + 1];
+        self.shapes_of(input_shape, &self.ancestors(target))
+    }
+
+    fn shapes_of(
+        &self,
+        input_shape: &[usize],
+        needed: &[bool],
+    ) -> Result<Vec<Option<Vec<usize>>>, EngineError> {
+        let mut shapes: Vec<Option<Vec<usize>>> = vec![None; needed.len()];
         shapes[0] = Some(input_shape.to_vec());
-        for i in 1..=target {
+        for i in 1..needed.len() {
             if !needed[i] {
                 continue;
             }
@@ -296,13 +319,24 @@ impl Graph {
 
     /// Evaluates the network up to `target`, keeping only what the backward pass needs.
     pub fn forward(&self, x: Tensor, target: NodeId) -> Result<Trace, EngineError> {
+        self.forward_multi(x, &[target])
+    }
+
+    /// Evaluates the network up to the deepest of `targets`, keeping every target's value (for
+    /// objectives over several layers) and what the backward pass needs.
+    pub fn forward_multi(&self, x: Tensor, targets: &[NodeId]) -> Result<Trace, EngineError> {
+        let Some(&target) = targets.iter().max() else {
+            return Err(EngineError::Graph("no target node".into()));
+        };
         if target >= self.nodes.len() {
             return Err(EngineError::Graph(format!("node {target} does not exist")));
         }
-        let needed = self.ancestors(target);
+        let needed = self.ancestors_of(targets);
         let mut keep = vec![false; target + 1];
         let mut last_use = vec![0usize; target + 1];
-        keep[target] = true;
+        for &t in targets {
+            keep[t] = true;
+        }
         for i in 1..=target {
             if !needed[i] {
                 continue;
@@ -315,7 +349,7 @@ impl Graph {
             }
         }
         let input_shape = x.shape().to_vec();
-        let shapes = self.shapes(&input_shape, target)?;
+        let shapes = self.shapes_of(&input_shape, &needed)?;
         let mut values: Vec<Option<Tensor>> = vec![None; target + 1];
         values[0] = Some(x);
         for i in 1..=target {
@@ -326,16 +360,9 @@ impl Graph {
             let ins: Vec<&Tensor> = node
                 .inputs
                 .iter()
-                .map(|&j| {
-                    values[j]
-                        .as_ref()
-                        .ok_or_else(|| EngineError::Graph(format!("value of node {j} was dropped")))
-                })
+                .map(|&j| values[j].as_ref().ok_or_else(|| EngineError::Graph(format!("value of node {j} was dropped"))))
                 .collect::<Result<_, _>>()?;
-            let y = node
-                .op
-                .forward(&ins)
-                .map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?;
+            let y = node.op.forward(&ins).map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?;
             values[i] = Some(y);
             for &j in &node.inputs {
                 if last_use[j] == i && !keep[j] {
@@ -343,27 +370,36 @@ impl Graph {
                 }
             }
         }
-        Ok(Trace {
-            target,
-            input_shape,
-            shapes,
-            values,
-        })
+        let mut targets = targets.to_vec();
+        targets.sort_unstable();
+        targets.dedup();
+        Ok(Trace { targets, input_shape, shapes, values })
     }
 
     /// The gradient of a scalar loss with respect to the network input, given the gradient with
     /// respect to the target node's output.
     pub fn backward(&self, trace: &Trace, grad: Tensor) -> Result<Tensor, EngineError> {
-        let target = trace.target;
-        if Some(grad.shape()) != trace.shapes[target].as_deref() {
-            return Err(EngineError::Shape(format!(
-                "gradient shape {:?} differs from the output shape {:?}",
-                grad.shape(),
-                trace.shapes[target]
-            )));
-        }
+        self.backward_multi(trace, vec![(trace.target(), grad)])
+    }
+
+    /// The input gradient of a loss that depends on several traced nodes, given the gradient
+    /// with respect to each of their outputs.
+    pub fn backward_multi(&self, trace: &Trace, seeds: Vec<(NodeId, Tensor)>) -> Result<Tensor, EngineError> {
+        let target = trace.values.len() - 1;
         let mut grads: Vec<Option<Tensor>> = vec![None; target + 1];
-        grads[target] = Some(grad);
+        for (id, grad) in seeds {
+            if id > target || Some(grad.shape()) != trace.shapes[id].as_deref() {
+                return Err(EngineError::Shape(format!(
+                    "gradient of shape {:?} for node {id}, whose output is {:?}",
+                    grad.shape(),
+                    trace.shapes.get(id)
+                )));
+            }
+            match &mut grads[id] {
+                Some(acc) => acc.add_assign(&grad),
+                slot => *slot = Some(grad),
+            }
+        }
         for i in (1..=target).rev() {
             let Some(g) = grads[i].take() else { continue };
             let node = &self.nodes[i];

@@ -642,3 +642,26 @@ fn graph_gradient_through_a_residual_network() {
         Some(&[2usize, 3][..])
     );
 }
+
+/// A loss over two nodes at once equals the sum of the two single-node gradients.
+#[test]
+fn backward_multi_sums_the_gradients_of_several_nodes() {
+    let mut r = rng(9);
+    let case = ConvCase { n: 1, cin: 3, cout: 4, hw: (6, 6), k: (3, 3), stride: 1, dilation: 1, groups: 1, padding: Padding::symmetric(1), pads: (1, 1, 1, 1) };
+    let mut g = Graph::new();
+    let a = g.then("a", Op::Conv2d(conv_of(&case, &mut r)));
+    g.then("relu", Op::Relu);
+    let case2 = ConvCase { cin: 4, ..case };
+    let b = g.then("b", Op::Conv2d(conv_of(&case2, &mut r)));
+    let x = away_from_zero(&[1, 3, 6, 6], &mut r);
+    let trace = g.forward_multi(x.clone(), &[b, a]).unwrap();
+    assert_eq!(trace.targets(), &[a, b]);
+    let ga = random(trace.value(a).unwrap().shape(), &mut r);
+    let gb = random(trace.value(b).unwrap().shape(), &mut r);
+    let both = g.backward_multi(&trace, vec![(a, ga.clone()), (b, gb.clone())]).unwrap();
+    let only_a = g.backward(&g.forward(x.clone(), a).unwrap(), ga).unwrap();
+    let only_b = g.backward(&g.forward(x, b).unwrap(), gb).unwrap();
+    for ((s, p), q) in both.data().iter().zip(only_a.data()).zip(only_b.data()) {
+        assert!((s - (p + q)).abs() < 1e-5);
+    }
+}
