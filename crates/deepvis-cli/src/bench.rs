@@ -84,6 +84,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         line["torch_ms_per_step"] = torch_ms.into();
         line["speedup_vs_torch"] = ((torch_ms / ms * 100.0).round() / 100.0).into();
     }
-    println!("{line}");
+    outln!("{line}");
     Ok(())
 }

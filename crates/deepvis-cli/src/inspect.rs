@@ -27,7 +27,7 @@ pub fn layers(a: LayersArgs) -> Result<()> {
     }
     // The architecture alone gives names and shapes; no weights are needed.
     let model = Model::build(&a.model, WeightsFrom::Random(0))?;
-    println!(
+    outln!(
         "{:<34} {:<24} {:>9}  output at {}x{}",
         "layer", "op", "channels", a.size, a.size
     );
@@ -40,10 +40,10 @@ pub fn layers(a: LayersArgs) -> Result<()> {
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("x");
-        println!("{:<34} {:<24} {:>9}  {}", l.name, l.op, channels, shape);
+        outln!("{:<34} {:<24} {:>9}  {}", l.name, l.op, channels, shape);
     }
     if let Some(seq) = model.info.sequential {
-        println!("\nLayers of `{seq}` may also be given by index: --layer 28 means {seq}.28.");
+        outln!("\nLayers of `{seq}` may also be given by index: --layer 28 means {seq}.28.");
     }
     Ok(())
 }
@@ -114,7 +114,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     order.sort_by(|&i, &j| exp[j].total_cmp(&exp[i]));
     let names = imagenet_classes();
     for &i in order.iter().take(a.top) {
-        println!(
+        outln!(
             "{:>6.2}%  {:>4}  {}",
             100.0 * exp[i] / total,
             i,
@@ -257,7 +257,7 @@ pub fn download(a: DownloadArgs) -> Result<()> {
     let path = a.model.fetch()?;
     // Loading proves the file is a complete checkpoint of this model.
     Model::load(&a.model.model, &path)?;
-    println!("{}", path.display());
+    outln!("{}", path.display());
     Ok(())
 }
 
@@ -268,7 +268,7 @@ pub fn models() -> Result<()> {
         } else {
             m.url.unwrap_or("--weights only").to_string()
         };
-        println!(
+        outln!(
             "{:<20} {}\n{:<20} weights: {source}",
             m.name, m.description, ""
         );
