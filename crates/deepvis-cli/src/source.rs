@@ -18,7 +18,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Never use the network; use --weights or an already cached download.
-    #[arg(long, env = "DEEPVIS_OFFLINE")]
+    #[arg(long, env = "DEEPVIS_OFFLINE", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
     pub offline: bool,
     /// Download cache (default: $DEEPVIS_CACHE, $XDG_CACHE_HOME/deepvis or ~/.cache/deepvis).
     #[arg(long)]

@@ -1,0 +1,244 @@
+//! The `deepvis` binary end to end: the main job on the bundled model, the original tool's
+//! flags, resuming, parity through `probe`, and clear one-line errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn deepvis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deepvis"))
+        .args(args)
+        .env("DEEPVIS_CACHE", std::env::temp_dir().join("deepvis-test-empty-cache"))
+        .env_remove("DEEPVIS_OFFLINE")
+        .output()
+        .expect("the binary runs")
+}
+
+fn shared(rel: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel);
+    assert!(p.exists(), "{} is missing: tests need ../shared beside the repository", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "failed: {}", stderr(&o));
+    o
+}
+
+/// A clear failure: non-zero exit, one line starting with "error:", no panic.
+fn fails_clearly(args: &[&str], expect: &str) {
+    let o = deepvis(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+    assert!(err.to_lowercase().contains(&expect.to_lowercase()), "{args:?}: '{expect}' not in: {err}");
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn renders_filters_of_the_bundled_model_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let args = ["filters", "--layer", "_blocks.8", "--filters", "0..3", "--size", "64", "--steps", "10", "--out", out];
+    ok(deepvis(&args));
+    let layer_dir = tmp.path().join("efficientnet_lite0/_blocks.8");
+    for f in 0..3 {
+        assert!(layer_dir.join(format!("filter_{f:04}.png")).is_file());
+    }
+    assert!(layer_dir.join("grid.png").is_file());
+    assert!(tmp.path().join("index.html").is_file());
+    let m = manifest(tmp.path());
+    assert_eq!(m["model"], "efficientnet_lite0");
+    assert_eq!(m["weights_sha256"].as_str().unwrap().len(), 64);
+    let run = &m["runs"][0];
+    assert_eq!(run["layer"], "_blocks.8");
+    assert_eq!(run["seed"], 0);
+    assert_eq!(run["settings"]["size"], 64);
+    let filters = run["filters"].as_array().unwrap();
+    assert_eq!(filters.len(), 3);
+    for rec in filters {
+        let (a, b) = (rec["initial_activation"].as_f64().unwrap(), rec["final_activation"].as_f64().unwrap());
+        assert!(b > a + 1.0 && b > 2.0 * a.abs(), "activation did not rise: {a} → {b}");
+        assert!(rec["seconds"].as_f64().unwrap() > 0.0);
+        assert!(tmp.path().join(rec["png"].as_str().unwrap()).is_file());
+    }
+
+    // A second run with the same settings renders nothing again and changes no image.
+    let before = std::fs::read(layer_dir.join("filter_0001.png")).unwrap();
+    let o = ok(deepvis(&args));
+    assert!(stderr(&o).contains("resuming: 3 filters already rendered"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(layer_dir.join("filter_0001.png")).unwrap(), before);
+
+    // An interrupted run: one image lost. Only it is rendered again, identically.
+    std::fs::remove_file(layer_dir.join("filter_0001.png")).unwrap();
+    let o = ok(deepvis(&args));
+    assert!(stderr(&o).contains("resuming: 2 filters"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(layer_dir.join("filter_0001.png")).unwrap(), before);
+}
+
+#[test]
+fn results_reproduce_from_the_seed_whatever_the_batch() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, batch: &str, seed: &str| {
+        ok(deepvis(&[
+            "filters", "--layer", "_blocks.3", "--filters", "5,9", "--size", "48", "--steps", "4", "--batch", batch,
+            "--seed", seed, "--out", dir.to_str().unwrap(), "--quiet",
+        ]))
+    };
+    run(a.path(), "2", "7");
+    run(b.path(), "1", "7");
+    run(c.path(), "2", "8");
+    let png = |d: &Path, f: usize| std::fs::read(d.join(format!("efficientnet_lite0/_blocks.3/filter_{f:04}.png"))).unwrap();
+    assert_eq!(png(a.path(), 5), png(b.path(), 5));
+    assert_eq!(png(a.path(), 9), png(b.path(), 9));
+    assert_ne!(png(a.path(), 9), png(c.path(), 9), "another seed gives another image");
+}
+
+#[test]
+fn the_original_tools_flags_work_verbatim() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = shared("fixtures/vgg16_features_random.safetensors");
+    ok(deepvis(&[
+        "--img_size", "40", "--layer_num", "28", "--filter_start", "3", "--filter_end", "5", "--step_size", "3",
+        "--model_name", "vgg16", "--weights", &weights, "--steps", "2", "--out", tmp.path().to_str().unwrap(),
+    ]));
+    let dir = tmp.path().join("vgg16/features.28");
+    assert!(dir.join("filter_0003.png").is_file() && dir.join("filter_0004.png").is_file());
+    assert!(!dir.join("filter_0005.png").exists(), "filter_end is excluded, like range()");
+    let m = manifest(tmp.path());
+    assert_eq!(m["runs"][0]["settings"]["step_size"], 3.0);
+
+    // The exact original command needs torchvision's weights; offline it says how to pass them.
+    let o = Command::new(env!("CARGO_BIN_EXE_deepvis"))
+        .args(["--img_size", "512", "--layer_num", "28", "--filter_start", "0", "--filter_end", "100", "--step_size", "3", "--model_name", "vgg16"])
+        .env("DEEPVIS_OFFLINE", "1")
+        .env("DEEPVIS_CACHE", tmp.path().join("cache"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("--weights") && err.contains("vgg16-397923af.pth") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn probe_matches_the_pytorch_fixtures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("probe.safetensors");
+    let golden = shared("fixtures/efficientnet_lite0_golden.safetensors");
+    let probe = |layer: &str, channel: &str| {
+        let input = format!("{golden}:input_normalized");
+        let mut args: Vec<String> = ["probe", "--input-tensor", &input, "--layer", layer].map(String::from).to_vec();
+        if !channel.is_empty() {
+            args.extend(["--channel".to_string(), channel.to_string()]);
+        }
+        args.extend(["--out".to_string(), out.to_string_lossy().into_owned()]);
+        ok(Command::new(env!("CARGO_BIN_EXE_deepvis")).args(&args).output().unwrap());
+        deepvis_weights::load(&out).unwrap()
+    };
+    let want = deepvis_weights::load(Path::new(&golden)).unwrap();
+    let close = |got: &deepvis_weights::StateDict, k: &str, w: &str| {
+        let (a, b) = (got.get(k).unwrap(), want.get(w).unwrap());
+        assert_eq!(a.shape, b.shape);
+        let scale = b.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a.data.iter().zip(&b.data).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err / scale < 1e-4, "{k}: relative error {}", err / scale);
+    };
+    let got = probe("_blocks.3", "");
+    close(&got, "activation", "act._blocks.3");
+    assert!(got.get("input_grad").is_none());
+    close(&probe("_blocks.2", "5"), "input_grad", "grad._blocks.2.c5");
+}
+
+#[test]
+fn predict_names_the_right_classes() {
+    let o = ok(deepvis(&["predict", "--image", &shared("images/chelsea.png")]));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let first = text.lines().next().unwrap();
+    assert!(first.contains("cat"), "{text}");
+    assert_eq!(text.lines().count(), 5);
+    let o = ok(deepvis(&["predict", "--image", &shared("images/coffee.png"), "--top", "1"]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("espresso"));
+}
+
+#[test]
+fn layers_lists_torchvision_numbering() {
+    let o = ok(deepvis(&["layers", "--model", "vgg16"]));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let line = text.lines().find(|l| l.starts_with("features.28 ")).expect("features.28 listed");
+    assert!(line.contains("Conv2d") && line.contains("512"), "{line}");
+    assert!(text.lines().any(|l| l.starts_with("classifier.6 ")));
+}
+
+#[test]
+fn convert_reads_legacy_pth_into_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("small.safetensors");
+    ok(deepvis(&["convert", "--weights", &shared("fixtures/small_legacy.pth"), "--out", out.to_str().unwrap()]));
+    let got = deepvis_weights::load(&out).unwrap();
+    let want = deepvis_weights::load(Path::new(&shared("fixtures/small.safetensors"))).unwrap();
+    for (k, t) in want.iter() {
+        assert_eq!(got.get(k).unwrap().data, t.data, "{k}");
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let vgg = shared("fixtures/vgg16_features_random.safetensors");
+    let text_file = tmp.path().join("notes.txt");
+    std::fs::write(&text_file, "these are not weights").unwrap();
+    let truncated = tmp.path().join("half.pth");
+    let bytes = std::fs::read(shared("fixtures/small_zip.pth")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let base = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["filters", "--out", out, "--steps", "1"].iter().map(|s| s.to_string()).collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let check = |args: Vec<String>, expect: &str| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_clearly(&refs, expect);
+    };
+    check(base(&["--model", "resnet9000", "--layer", "3", "--size", "32"]), "unknown model 'resnet9000'");
+    check(base(&["--layer", "_blocks.99"]), "unknown layer '_blocks.99'");
+    check(base(&["--layer", "_blocks.8", "--filters", "0..500"]), "filter 112 is out of range");
+    check(base(&["--layer", "_blocks.8", "--filters", "9..3"]), "empty or reversed");
+    check(base(&["--layer", "_blocks.8", "--filters", "x..3"]), "not a filter index");
+    check(base(&["--layer", "_blocks.8", "--filter_start", "5", "--filter_end", "5"]), "must be less than");
+    check(
+        ["filters", "--out", out, "--size", "0", "--layer", "_blocks.8"].iter().map(|s| s.to_string()).collect(),
+        "--size must be at least 1",
+    );
+    check(base(&["--layer", "_blocks.8", "--size", "200000"]), "choose a smaller --size");
+    let mut a = base(&["--model", "vgg16", "--layer", "31"]);
+    a.extend(["--weights".into(), vgg.clone()]);
+    check(a, "layer 31 is out of range");
+    let mut a = base(&["--model", "vgg16", "--layer", "28"]);
+    a.extend(["--weights".into(), tmp.path().join("nope.pth").to_string_lossy().into_owned()]);
+    check(a, "nope.pth");
+    let mut a = base(&["--model", "vgg16", "--layer", "28"]);
+    a.extend(["--weights".into(), text_file.to_string_lossy().into_owned()]);
+    check(a, "not recognized");
+    let mut a = base(&["--model", "vgg16", "--layer", "28"]);
+    a.extend(["--weights".into(), truncated.to_string_lossy().into_owned()]);
+    check(a, "half.pth");
+    // Weights of another model: the first missing key is named.
+    let mut a = base(&["--model", "alexnet", "--layer", "3"]);
+    a.extend(["--weights".into(), vgg.clone()]);
+    check(a, "key 'features.0.weight' has shape");
+    fails_clearly(&["download", "--model", "vgg16", "--offline", "--cache-dir", out], "pass --weights");
+    fails_clearly(&["predict", "--image", &shared("images/chelsea.png"), "--model", "vgg16", "--weights", &vgg], "no classifier");
+}
