@@ -22,7 +22,7 @@ pub struct FiltersArgs {
     pub model: ModelArgs,
     /// Layer to visualize: its PyTorch name (`features.28`, `_blocks.8`) or, for models with a
     /// `features` Sequential, its index there (`28`). See `deepvis layers`.
-    #[arg(long, alias = "layer_num")]
+    #[arg(long, visible_alias = "layer_num")]
     pub layer: String,
     /// Filters (channels) to render: `A..B` (B excluded, like Python's range), `A..=B`, `N`,
     /// or a comma list `3,7,12`. Default: 0..16.
@@ -39,14 +39,14 @@ pub struct FiltersArgs {
     #[arg(long = "filter_end", alias = "filter-end", conflicts_with = "filters")]
     pub filter_end: Option<usize>,
     /// Image side in pixels.
-    #[arg(long, alias = "img_size", default_value_t = 224)]
+    #[arg(long, visible_alias = "img_size", default_value_t = 224)]
     pub size: usize,
     /// Gradient-ascent steps per image.
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
     /// Change of the image per step, in 0–255 pixel units (RMS over the image): the gradient
     /// is normalized to unit RMS and scaled by step_size / 255; pixels stay in [0, 255].
-    #[arg(long, alias = "step_size", default_value_t = 3.0)]
+    #[arg(long, visible_alias = "step_size", default_value_t = 3.0)]
     pub step_size: f32,
     /// Images optimized together (default: as many as fit in half the free memory, at most 8).
     #[arg(long)]

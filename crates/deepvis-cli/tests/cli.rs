@@ -242,3 +242,35 @@ fn bad_input_gets_one_clear_line() {
     fails_clearly(&["download", "--model", "vgg16", "--offline", "--cache-dir", out], "pass --weights");
     fails_clearly(&["predict", "--image", &shared("images/chelsea.png"), "--model", "vgg16", "--weights", &vgg], "no classifier");
 }
+
+/// The whole download path of the CLI against a loopback server (via `DEEPVIS_MIRROR`): a file
+/// whose hash does not match the prefix in torchvision's file name is refused and not kept.
+#[test]
+fn downloads_are_checked_against_the_hash_in_the_file_name() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).unwrap();
+        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let body = b"not the real vgg16 weights";
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        conn.write_all(head.as_bytes()).unwrap();
+        conn.write_all(body).unwrap();
+        request
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_deepvis"))
+        .args(["download", "--model", "vgg16", "--cache-dir", cache.path().to_str().unwrap()])
+        .env("DEEPVIS_MIRROR", format!("http://127.0.0.1:{port}/models"))
+        .env_remove("DEEPVIS_OFFLINE")
+        .output()
+        .unwrap();
+    let request = server.join().unwrap();
+    assert!(request.starts_with("GET /models/vgg16-397923af.pth "), "{request}");
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("hash mismatch") && err.contains("397923af"), "{err}");
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0, "nothing is left in the cache");
+}
