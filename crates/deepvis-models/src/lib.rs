@@ -201,7 +201,7 @@ pub struct Model {
 
 /// Where to take weights from.
 pub enum WeightsFrom<'a> {
-    Dict(&'a StateDict, &'a str),
+    Dict(StateDict, &'a str),
     /// Seeded random weights: for speed measurements, where values do not matter.
     Random(u64),
 }
@@ -242,7 +242,7 @@ impl Model {
         info(name)?;
         let mut dict = deepvis_weights::load(path)?;
         dict.strip_prefix("module.");
-        Model::build(name, WeightsFrom::Dict(&dict, &path.display().to_string()))
+        Model::build(name, WeightsFrom::Dict(dict, &path.display().to_string()))
     }
 
     /// The bundled weights of a model that has them.
@@ -259,7 +259,7 @@ impl Model {
         )?;
         Model::build(
             name,
-            WeightsFrom::Dict(&dict, "bundled efficientnet_lite0 weights"),
+            WeightsFrom::Dict(dict, "bundled efficientnet_lite0 weights"),
         )
     }
 

@@ -7,20 +7,22 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 
-pub(crate) enum Params<'a> {
+pub(crate) enum Params {
+    /// Tensors are moved out of the dict as the architecture takes them (no copy of a
+    /// half-gigabyte VGG checkpoint); what is left at the end was not expected.
     Dict {
-        dict: &'a StateDict,
-        used: BTreeSet<String>,
+        dict: StateDict,
+        ignored: BTreeSet<String>,
         origin: String,
     },
     Random(ChaCha8Rng),
 }
 
-impl<'a> Params<'a> {
-    pub fn from_dict(dict: &'a StateDict, origin: &str) -> Self {
+impl Params {
+    pub fn from_dict(dict: StateDict, origin: &str) -> Self {
         Params::Dict {
             dict,
-            used: BTreeSet::new(),
+            ignored: BTreeSet::new(),
             origin: origin.to_string(),
         }
     }
@@ -41,7 +43,7 @@ impl<'a> Params<'a> {
     /// kind picks sensible random values for batch-norm statistics.
     pub fn take(&mut self, key: &str, shape: &[usize], kind: Kind) -> Result<Vec<f32>, ModelError> {
         match self {
-            Params::Dict { dict, used, origin } => {
+            Params::Dict { dict, origin, .. } => {
                 let t = dict.get(key).ok_or_else(|| ModelError::MissingKey {
                     key: key.into(),
                     origin: origin.clone(),
@@ -61,8 +63,7 @@ impl<'a> Params<'a> {
                         origin: origin.clone(),
                     });
                 }
-                used.insert(key.to_string());
-                Ok(t.data.clone())
+                Ok(dict.remove(key).map(|t| t.data).unwrap_or_default())
             }
             Params::Random(rng) => {
                 let n: usize = shape.iter().product();
@@ -82,15 +83,15 @@ impl<'a> Params<'a> {
 
     /// Marks `key` as known without reading it (e.g. BatchNorm's `num_batches_tracked`).
     pub fn ignore(&mut self, key: &str) {
-        if let Params::Dict { used, .. } = self {
-            used.insert(key.to_string());
+        if let Params::Dict { ignored, .. } = self {
+            ignored.insert(key.to_string());
         }
     }
 
     /// Fails on the first key of the dict that the architecture did not use.
     pub fn finish(self) -> Result<(), ModelError> {
-        if let Params::Dict { dict, used, origin } = self {
-            if let Some(key) = dict.keys().find(|k| !used.contains(*k)) {
+        if let Params::Dict { dict, ignored, origin } = self {
+            if let Some(key) = dict.keys().find(|k| !ignored.contains(*k)) {
                 return Err(ModelError::UnexpectedKey {
                     key: key.to_string(),
                     origin,

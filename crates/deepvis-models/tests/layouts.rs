@@ -28,7 +28,7 @@ fn every_torchvision_layout_loads_strictly() {
     for (name, entries) in layouts() {
         let entries = entries.as_array().unwrap();
         let dict = dict_of(entries);
-        let model = Model::build(&name, WeightsFrom::Dict(&dict, "layout")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = Model::build(&name, WeightsFrom::Dict(dict, "layout")).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(model.has_head, "{name}");
         // Every conv of torchvision's `features` is a node of the same name.
         for e in entries {
@@ -49,17 +49,17 @@ fn every_torchvision_layout_loads_strictly() {
         let victim = entries[2][0].as_str().unwrap();
         let mut missing = dict_of(entries);
         missing.remove(victim);
-        match Model::build(&name, WeightsFrom::Dict(&missing, "f")) {
+        match Model::build(&name, WeightsFrom::Dict(missing, "f")) {
             Err(ModelError::MissingKey { key, .. }) => assert_eq!(key, victim),
             other => panic!("{name}: expected a missing key, got {:?}", other.err()),
         }
         let mut extra = dict_of(entries);
         extra.insert("features.99.weight", StoredTensor::new(vec![1], DType::F32, vec![0.0]));
-        let err = Model::build(&name, WeightsFrom::Dict(&extra, "f")).err().unwrap();
+        let err = Model::build(&name, WeightsFrom::Dict(extra, "f")).err().unwrap();
         assert!(err.to_string().contains("unexpected key 'features.99.weight'"), "{err}");
         let mut bad = dict_of(entries);
         bad.insert(victim, StoredTensor::new(vec![7], DType::F32, vec![0.0; 7]));
-        let err = Model::build(&name, WeightsFrom::Dict(&bad, "f")).err().unwrap();
+        let err = Model::build(&name, WeightsFrom::Dict(bad, "f")).err().unwrap();
         assert!(matches!(err, ModelError::ShapeMismatch { .. }) && err.to_string().contains(victim), "{err}");
     }
 }
@@ -75,7 +75,7 @@ fn features_only_checkpoints_load_without_the_classifier() {
         .cloned()
         .collect();
     let dict = dict_of(&entries);
-    let model = Model::build("vgg16", WeightsFrom::Dict(&dict, "f")).unwrap();
+    let model = Model::build("vgg16", WeightsFrom::Dict(dict, "f")).unwrap();
     assert!(!model.has_head);
     let err = model.layer("classifier.6").unwrap_err().to_string();
     assert!(err.contains("classifier"), "{err}");

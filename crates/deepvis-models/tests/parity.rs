@@ -93,7 +93,7 @@ fn channel_grad(model: &Model, layer: &str, input: &Tensor, c: usize) -> (f32, T
 #[test]
 fn vgg16_matches_pytorch() {
     let dict = weights::load(&fixture("vgg16_features_random.safetensors")).unwrap();
-    let model = Model::build("vgg16", WeightsFrom::Dict(&dict, "fixture")).unwrap();
+    let model = Model::build("vgg16", WeightsFrom::Dict(dict, "fixture")).unwrap();
     assert!(
         !model.has_head,
         "the fixture holds the feature extractor only"
