@@ -27,6 +27,9 @@ pub struct BenchArgs {
     pub iters: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Skip measuring the float32 GEMM peak (a 2048³ matmul) that GFLOP/s is compared with.
+    #[arg(long)]
+    pub no_peak: bool,
     /// JSON line from `../shared/bench/torch_reference.py step` for the same case.
     #[arg(long)]
     pub reference: Option<PathBuf>,
@@ -68,6 +71,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "gflop_per_step": (flops as f64 / 1e7).round() / 100.0,
         "gflop_per_s": (gflops * 10.0).round() / 10.0,
     });
+    if !a.no_peak {
+        let peak = gemm_peak_gflops();
+        line["gemm_peak_gflop_per_s"] = ((peak * 10.0).round() / 10.0).into();
+        line["percent_of_gemm_peak"] = ((gflops / peak * 1000.0).round() / 10.0).into();
+    }
     if let Some(path) = &a.reference {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -86,4 +94,27 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     outln!("{line}");
     Ok(())
+}
+
+/// The best of a few 2048³ float32 matmuls through `gemm` on all threads: what "100 %" means
+/// for a convolution engine built on it.
+fn gemm_peak_gflops() -> f64 {
+    const N: usize = 2048;
+    let a = vec![0.5f32; N * N];
+    let b = vec![0.25f32; N * N];
+    let mut c = vec![0f32; N * N];
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let t = Instant::now();
+        // SAFETY: three owned N×N row-major matrices; c aliases neither input.
+        unsafe {
+            gemm::gemm(
+                N, N, N, c.as_mut_ptr(), 1, N as isize, false, a.as_ptr(), 1, N as isize, b.as_ptr(), 1, N as isize,
+                0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        };
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (N as f64).powi(3) / best / 1e9
 }
