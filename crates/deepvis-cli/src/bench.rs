@@ -109,8 +109,25 @@ fn gemm_peak_gflops() -> f64 {
         // SAFETY: three owned N×N row-major matrices; c aliases neither input.
         unsafe {
             gemm::gemm(
-                N, N, N, c.as_mut_ptr(), 1, N as isize, false, a.as_ptr(), 1, N as isize, b.as_ptr(), 1, N as isize,
-                0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                N,
+                N,
+                N,
+                c.as_mut_ptr(),
+                1,
+                N as isize,
+                false,
+                a.as_ptr(),
+                1,
+                N as isize,
+                b.as_ptr(),
+                1,
+                N as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
             )
         };
         best = best.min(t.elapsed().as_secs_f64());

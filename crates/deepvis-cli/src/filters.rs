@@ -2,6 +2,7 @@
 //! one PNG per filter, a labeled grid sheet, a manifest and a gallery page; resumes where an
 //! interrupted run stopped.
 
+use crate::settings::RenderArgs;
 use crate::source::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -9,7 +10,8 @@ use deepvis_models::Model;
 use deepvis_output::{
     grid_sheet, load_rgb, write_gallery, FilterRecord, Manifest, RgbImage, MANIFEST_FILE,
 };
-use deepvis_render::{ascend_channels, AscentSettings};
+use deepvis_render::render::{render, seed_init, Init};
+use deepvis_render::{BatchObjective, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -38,16 +40,8 @@ pub struct FiltersArgs {
     /// End of the filter range, excluded (the original tool's flag).
     #[arg(long = "filter_end", alias = "filter-end", conflicts_with = "filters")]
     pub filter_end: Option<usize>,
-    /// Image side in pixels.
-    #[arg(long, visible_alias = "img_size", default_value_t = 224)]
-    pub size: usize,
-    /// Gradient-ascent steps per image.
-    #[arg(long, default_value_t = 40)]
-    pub steps: usize,
-    /// Change of the image per step, in 0–255 pixel units (RMS over the image): the gradient
-    /// is normalized to unit RMS and scaled by step_size / 255; pixels stay in [0, 255].
-    #[arg(long, visible_alias = "step_size", default_value_t = 3.0)]
-    pub step_size: f32,
+    #[command(flatten)]
+    pub render: RenderArgs,
     /// Images optimized together (default: as many as fit in half the free memory, at most 8).
     #[arg(long)]
     pub batch: Option<usize>,
@@ -155,28 +149,26 @@ pub fn plan_batch(
 }
 
 pub fn run(a: FiltersArgs) -> Result<()> {
-    if a.size == 0 {
-        bail!("--size must be at least 1 pixel");
-    }
+    a.render.validate()?;
     if a.batch == Some(0) {
         bail!("--batch must be at least 1");
-    }
-    if !(a.step_size.is_finite() && a.step_size > 0.0) {
-        bail!("--step-size must be a positive number");
     }
     let filters = filter_list(&a)?;
     let loaded = a.model.load()?;
     let model = &loaded.model;
     let layer = model.layer(&a.layer)?;
     let layer_name = model.graph.nodes()[layer].name.clone();
-    let channels = model.channels(layer, a.size)?;
+    let size = a.render.size;
+    let channels = model.channels(layer, size)?;
     if let Some(&bad) = filters.iter().find(|&&f| f >= channels) {
         bail!(
             "filter {bad} is out of range: layer {layer_name} of {} has {channels} filters (0..{channels})",
             a.model.model
         );
     }
-    let batch = plan_batch(model, layer, a.size, a.batch, filters.len())?;
+    let batch = plan_batch(model, layer, size, a.batch, filters.len())?;
+    let base_settings = a.render.settings(a.seed)?;
+    let seed_method = a.render.is_seed_method(&base_settings);
 
     let out = &a.out;
     let manifest_path = out.join(MANIFEST_FILE);
@@ -202,75 +194,85 @@ pub fn run(a: FiltersArgs) -> Result<()> {
             manifest.weights_sha256.as_deref().unwrap_or("unknown")
         );
     }
-    let settings = json!({
-        "method": "seed",
-        "size": a.size,
-        "steps": a.steps,
-        "step_size": a.step_size,
-    });
+    let mut settings = a.render.manifest_settings(&base_settings);
+    if !seed_method {
+        // Transforms draw per batch, so the grouping is part of what reproduces an image.
+        settings["batch"] = json!(batch);
+    }
     let layer_dir = Path::new(&a.model.model).join(&layer_name);
     let png_rel = |f: usize| layer_dir.join(format!("filter_{f:04}.png"));
-
-    // Resume: filters whose record and image are already there are not rendered again.
-    let todo: Vec<usize> = filters
-        .iter()
-        .copied()
-        .filter(|&f| {
-            manifest.find(&layer_name, &settings, a.seed, f).is_none()
-                || !out.join(png_rel(f)).is_file()
-        })
-        .collect();
-    let skipped = filters.len() - todo.len();
-    let progress = Progress::new(a.quiet, todo.len() * a.steps, skipped);
-
-    let render_settings = AscentSettings {
-        size: a.size,
-        steps: a.steps,
-        step_size: a.step_size,
-        batch,
+    let is_done = |m: &Manifest, f: usize| {
+        m.find(&layer_name, &settings, a.seed, f).is_some() && out.join(png_rel(f)).is_file()
     };
-    let mut batch_start = Instant::now();
-    let mut in_batch = 0;
-    ascend_channels(
-        model,
-        layer,
-        &todo,
-        &render_settings,
-        a.seed,
-        |done, total| progress.step(done, total),
-        |result| {
-            if in_batch == 0 {
-                in_batch = batch.min(todo.len());
-            }
-            let rel = png_rel(result.channel);
-            let image = RgbImage::from_planar_f32(&result.image, a.size, a.size);
-            image
-                .save_png(&out.join(&rel))
-                .map_err(|e| deepvis_render::RenderError::Invalid(e.to_string()))?;
-            let seconds = batch_start.elapsed().as_secs_f64() / in_batch as f64;
+
+    // The seed method treats every image on its own, so any grouping gives the same images.
+    // Other methods share random transforms within a batch: groups are fixed slices of the
+    // whole filter list, and a group with anything missing is rendered again as a whole.
+    let groups: Vec<Vec<usize>> = if seed_method {
+        let todo: Vec<usize> = filters
+            .iter()
+            .copied()
+            .filter(|&f| !is_done(&manifest, f))
+            .collect();
+        todo.chunks(batch).map(<[usize]>::to_vec).collect()
+    } else {
+        filters
+            .chunks(batch)
+            .filter(|g| g.iter().any(|&f| !is_done(&manifest, f)))
+            .map(<[usize]>::to_vec)
+            .collect()
+    };
+    let rendering: usize = groups.iter().map(Vec::len).sum();
+    let skipped = filters.iter().filter(|&&f| is_done(&manifest, f)).count();
+    let steps = base_settings.total_steps();
+    let progress = Progress::new(a.quiet, rendering * steps, skipped);
+
+    let mut done_steps = 0;
+    for group in &groups {
+        let start = Instant::now();
+        let objectives: Vec<Objective> = group
+            .iter()
+            .map(|&f| Objective::channel(model, &layer_name, f))
+            .collect::<Result<_, _>>()?;
+        let objective = BatchObjective::PerImage(objectives);
+        let mut settings_g = base_settings.clone();
+        let init = if seed_method {
+            Init::Images(seed_init(size, a.seed, group))
+        } else {
+            settings_g.seed = a.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            Init::Random
+        };
+        let n = group.len();
+        let result = render(model, &objective, n, &settings_g, init, |p| {
+            progress.step(done_steps + p.step * n, rendering * steps)
+        })?;
+        done_steps += steps * n;
+        let per = 3 * result.size * result.size;
+        let seconds = start.elapsed().as_secs_f64() / n as f64;
+        for (b, &f) in group.iter().enumerate() {
+            let rel = png_rel(f);
+            RgbImage::from_planar_f32(
+                &result.images[b * per..(b + 1) * per],
+                result.size,
+                result.size,
+            )
+            .save_png(&out.join(&rel))?;
             manifest.upsert_filter(
                 &layer_name,
                 &settings,
                 a.seed,
                 FilterRecord {
-                    filter: result.channel,
+                    filter: f,
                     png: rel.to_string_lossy().into_owned(),
-                    initial_activation: result.initial_activation,
-                    final_activation: result.final_activation,
+                    initial_activation: result.initial[b],
+                    final_activation: result.final_values[b],
                     seconds,
                 },
             );
-            in_batch -= 1;
-            if in_batch == 0 {
-                // After each batch, so an interrupted run resumes from here.
-                manifest
-                    .save(&manifest_path)
-                    .map_err(|e| deepvis_render::RenderError::Invalid(e.to_string()))?;
-                batch_start = Instant::now();
-            }
-            Ok(())
-        },
-    )?;
+        }
+        // After each batch, so an interrupted run resumes from here.
+        manifest.save(&manifest_path)?;
+    }
     progress.finish();
 
     let grid_rel = layer_dir.join("grid.png");
@@ -298,10 +300,9 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                 .collect();
             let mean_gain = gains.iter().sum::<f32>() / gains.len().max(1) as f32;
             eprintln!(
-                "{} filters of {} {layer_name} ({} rendered, {skipped} already done); mean activation gain {mean_gain:.3}",
+                "{} filters of {} {layer_name} ({rendering} rendered, {skipped} already done); mean activation gain {mean_gain:.3}",
                 filters.len(),
-                a.model.model,
-                todo.len()
+                a.model.model
             );
         }
         eprintln!("grid:     {}", out.join(&grid_rel).display());
@@ -312,7 +313,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
 }
 
 /// A bar with ETA on a terminal; a line every few seconds otherwise; nothing with --quiet.
-struct Progress {
+pub struct Progress {
     bar: Option<ProgressBar>,
     plain: bool,
     start: Instant,
@@ -320,7 +321,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(quiet: bool, total_steps: usize, skipped: usize) -> Self {
+    pub fn new(quiet: bool, total_steps: usize, skipped: usize) -> Self {
         let now = Instant::now();
         if quiet {
             return Progress {
@@ -358,7 +359,7 @@ impl Progress {
         }
     }
 
-    fn step(&self, done: usize, total: usize) {
+    pub fn step(&self, done: usize, total: usize) {
         if let Some(bar) = &self.bar {
             bar.set_position(done as u64);
         } else if self.plain
@@ -371,7 +372,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -29,7 +29,11 @@ pub fn layers(a: LayersArgs) -> Result<()> {
     let model = Model::build(&a.model, WeightsFrom::Random(0))?;
     outln!(
         "{:<34} {:<24} {:>9}  output at {}x{}",
-        "layer", "op", "channels", a.size, a.size
+        "layer",
+        "op",
+        "channels",
+        a.size,
+        a.size
     );
     for l in model.layers(a.size)? {
         let channels = l.shape.get(1).copied().unwrap_or(0);
@@ -270,7 +274,9 @@ pub fn models() -> Result<()> {
         };
         outln!(
             "{:<20} {}\n{:<20} weights: {source}",
-            m.name, m.description, ""
+            m.name,
+            m.description,
+            ""
         );
     }
     Ok(())

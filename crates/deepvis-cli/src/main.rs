@@ -11,6 +11,8 @@ macro_rules! outln {
 mod bench;
 mod filters;
 mod inspect;
+mod render_cmd;
+mod settings;
 mod source;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,10 @@ struct Cli {
 enum Command {
     /// Render filters (channels) of a layer as images, a grid sheet, a gallery and a manifest.
     Filters(filters::FiltersArgs),
+    /// Render any objective: channels, neurons, classes, directions, sums, diversity.
+    Render(render_cmd::RenderCmdArgs),
+    /// DeepDream: amplify what a layer sees in a photo, at the photo's size.
+    Dream(render_cmd::DreamArgs),
     /// List every addressable layer of a model: name, op, output shape.
     Layers(inspect::LayersArgs),
     /// Classify a photo and print the top-5 ImageNet classes (checks that weights loaded right).
@@ -58,6 +64,13 @@ fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
     let is_meta = matches!(first, Some("-h" | "--help" | "-V" | "--version"));
     if is_flag && !is_meta {
         args.insert(1, "filters".to_string());
+        // The original tool's invocation gets the original tool's method unless told otherwise.
+        if !args
+            .iter()
+            .any(|a| a == "--preset" || a.starts_with("--preset="))
+        {
+            args.extend(["--preset".to_string(), "seed".to_string()]);
+        }
     }
     args
 }
@@ -66,6 +79,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(with_default_subcommand(std::env::args().collect()));
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
+        Command::Render(a) => render_cmd::render(a),
+        Command::Dream(a) => render_cmd::dream(a),
         Command::Layers(a) => inspect::layers(a),
         Command::Predict(a) => inspect::predict(a),
         Command::Probe(a) => inspect::probe(a),

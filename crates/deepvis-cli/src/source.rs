@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Model name (see `deepvis models`). The default is bundled and works offline.
-    #[arg(long, visible_alias = "model_name", default_value = "efficientnet_lite0")]
+    #[arg(
+        long,
+        visible_alias = "model_name",
+        default_value = "efficientnet_lite0"
+    )]
     pub model: String,
     /// Weight file: PyTorch .pth (zip or legacy format) or safetensors. Without it, zoo models
     /// are downloaded from torchvision's published URL into the cache (checksum-verified).
@@ -81,7 +85,10 @@ impl ModelArgs {
     pub fn fetch(&self) -> Result<PathBuf> {
         let info = deepvis_models::info(&self.model)?;
         let Some(official) = info.url else {
-            bail!("model '{}' has no download; pass --weights FILE", self.model);
+            bail!(
+                "model '{}' has no download; pass --weights FILE",
+                self.model
+            );
         };
         // A mirror serves the same file names (checked against the same hash prefixes).
         let url = match std::env::var("DEEPVIS_MIRROR") {

@@ -3,11 +3,135 @@
 //! Dense and grouped convolutions go through im2col + `gemm` (AVX-512 kernels via its `x86-v4`
 //! feature), tiled by output rows so the column buffer stays cache-sized instead of the 100+ MB a
 //! whole 224×224×64 layer would need. Depthwise convolutions use a direct loop: as a GEMM they
-//! would have an inner dimension of only kh·kw.
+//! would have an inner dimension of only kh·kw. Dense 3×3 stride-1 convolutions can instead use
+//! Winograd F(4×4, 3×3) (see `winograd.rs` and `ConvAlgo` for when).
 
 use crate::gemm::{matmul, MatMut, MatRef};
+use crate::winograd::{self, WinoGeom, WinogradWeights};
 use crate::{EngineError, Tensor};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Which algorithm computes a convolution and its input gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// Winograd in both directions where it applies and pays (dense 3×3 stride 1 with at
+    /// least 16 channels each way), else im2col + GEMM. Forward values differ from `Im2col`'s
+    /// in the last bits (relative ~1e-6), which can flip a ReLU whose input lies within ~1e-7
+    /// of zero (the VGG16 parity fixture has one at `features.10`); the parity tests allow for
+    /// that downstream of it.
+    Auto,
+    /// im2col + GEMM (direct loops for depthwise): the reference path.
+    Im2col,
+    /// Winograd F(4×4, 3×3) in both directions wherever it applies (dense 3×3, stride 1,
+    /// dilation 1), else im2col: the fastest, with forward values that differ from `Im2col`'s
+    /// in the last bits (relative error ~1e-6).
+    Winograd,
+}
+
+const ALGO_UNSET: u8 = u8::MAX;
+static DEFAULT_ALGO: AtomicU8 = AtomicU8::new(ALGO_UNSET);
+
+impl ConvAlgo {
+    fn code(self) -> u8 {
+        match self {
+            ConvAlgo::Auto => 0,
+            ConvAlgo::Im2col => 1,
+            ConvAlgo::Winograd => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Self {
+        match c {
+            1 => ConvAlgo::Im2col,
+            2 => ConvAlgo::Winograd,
+            _ => ConvAlgo::Auto,
+        }
+    }
+
+    /// Parses "auto", "im2col" or "winograd".
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(ConvAlgo::Auto),
+            "im2col" | "gemm" | "reference" => Some(ConvAlgo::Im2col),
+            "winograd" => Some(ConvAlgo::Winograd),
+            _ => None,
+        }
+    }
+}
+
+/// The algorithm `Conv2d::forward`/`backward` use: set by `set_conv_algo`, else by the
+/// environment variable `DEEPVIS_CONV_ALGO` (auto | im2col | winograd), else `Auto`.
+pub fn conv_algo() -> ConvAlgo {
+    let c = DEFAULT_ALGO.load(Ordering::Relaxed);
+    if c != ALGO_UNSET {
+        return ConvAlgo::from_code(c);
+    }
+    let algo = std::env::var("DEEPVIS_CONV_ALGO")
+        .ok()
+        .and_then(|v| ConvAlgo::parse(&v))
+        .unwrap_or(ConvAlgo::Auto);
+    // A concurrent set_conv_algo wins over the environment.
+    let _ = DEFAULT_ALGO.compare_exchange(
+        ALGO_UNSET,
+        algo.code(),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    ConvAlgo::from_code(DEFAULT_ALGO.load(Ordering::Relaxed))
+}
+
+/// Sets the process-wide default algorithm (for benchmarks and A/B comparisons).
+pub fn set_conv_algo(algo: ConvAlgo) {
+    DEFAULT_ALGO.store(algo.code(), Ordering::Relaxed);
+}
+
+/// Weights prepared for the fast paths, made on first use. Cloning a convolution gives it an
+/// empty cache. The cache notices a replaced weight vector and in-place edits of sampled
+/// values, not every in-place edit: after changing `weight` in place, set
+/// `cache = ConvCache::default()`.
+#[derive(Default)]
+pub struct ConvCache {
+    winograd: Mutex<Option<(WeightStamp, Arc<WinogradWeights>)>>,
+}
+
+impl Clone for ConvCache {
+    fn clone(&self) -> Self {
+        ConvCache::default()
+    }
+}
+
+impl std::fmt::Debug for ConvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConvCache")
+    }
+}
+
+/// Identifies the weight a cache entry was made from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WeightStamp {
+    ptr: usize,
+    len: usize,
+    sample: u64,
+}
+
+impl WeightStamp {
+    fn of(w: &[f32]) -> Self {
+        let step = (w.len() / 61).max(1);
+        let sample = w
+            .iter()
+            .step_by(step)
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+                (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        WeightStamp {
+            ptr: w.as_ptr() as usize,
+            len: w.len(),
+            sample,
+        }
+    }
+}
 
 /// How a convolution (or pool) pads its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +209,8 @@ pub struct Conv2d {
     /// [out, in / groups, kh, kw], PyTorch's layout.
     pub weight: Vec<f32>,
     pub bias: Option<Vec<f32>>,
+    /// Prepared forms of `weight` (made on first use); construct with `ConvCache::default()`.
+    pub cache: ConvCache,
 }
 
 /// Geometry of one convolution call, resolved for a concrete input shape.
@@ -142,18 +268,68 @@ impl Geometry {
 
 /// A raw pointer that may cross threads; every use writes a region no other task touches.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(crate) struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     // A method, not field access, so closures capture the whole Send + Sync wrapper.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 impl Conv2d {
+    /// Whether Winograd computes this convolution for `g` under `algo`.
+    fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo, forward: bool) -> Option<WinoGeom> {
+        let eligible = g.kh == 3
+            && g.kw == 3
+            && g.sh == 1
+            && g.sw == 1
+            && g.dh == 1
+            && g.dw == 1
+            && g.groups == 1;
+        let wanted = match algo {
+            ConvAlgo::Im2col => false,
+            ConvAlgo::Winograd => true,
+            // Below 16 channels either way the 36 transform-domain GEMMs are too thin to beat
+            // one im2col GEMM with an inner dimension of 9·cin.
+            ConvAlgo::Auto => g.cin >= 16 && g.cout >= 16,
+        };
+        (eligible && wanted).then_some(WinoGeom {
+            n: g.n,
+            cin: g.cin,
+            cout: g.cout,
+            h: g.h,
+            w: g.w,
+            oh: g.oh,
+            ow: g.ow,
+            pt: g.pt,
+            pl: g.pl,
+        })
+    }
+
+    fn winograd_weights(&self) -> Arc<WinogradWeights> {
+        let stamp = WeightStamp::of(&self.weight);
+        let mut slot = self
+            .cache
+            .winograd
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*slot {
+            Some((s, w)) if *s == stamp => w.clone(),
+            _ => {
+                let w = Arc::new(WinogradWeights::new(
+                    &self.weight,
+                    self.out_channels,
+                    self.in_channels,
+                ));
+                *slot = Some((stamp, w.clone()));
+                w
+            }
+        }
+    }
+
     pub fn validate(&self) -> Result<(), EngineError> {
         let (kh, kw) = self.kernel;
         let g = self.groups;
@@ -247,11 +423,26 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.forward_with(x, conv_algo())
+    }
+
+    /// `forward` with an explicit algorithm (tests compare every path against `Im2col`).
+    pub fn forward_with(&self, x: &Tensor, algo: ConvAlgo) -> Result<Tensor, EngineError> {
         let g = self.geometry(x.shape())?;
-        let mut y = Tensor::zeros(&[g.n, g.cout, g.oh, g.ow]);
+        let shape = [g.n, g.cout, g.oh, g.ow];
+        if let Some(wg) = self.winograd_geometry(&g, algo, true) {
+            let w = self.winograd_weights();
+            let mut y = Tensor::for_overwrite(&shape);
+            winograd::forward(&wg, &w, self.bias.as_deref(), x.data(), y.data_mut());
+            return Ok(y);
+        }
+        let mut y;
         if g.depthwise() {
+            y = Tensor::zeros(&shape);
             depthwise_forward(&g, &self.weight, x.data(), y.data_mut());
         } else {
+            // Every element is written by exactly one non-accumulating GEMM.
+            y = Tensor::for_overwrite(&shape);
             self.gemm_forward(&g, x.data(), y.data_mut());
         }
         if let Some(bias) = &self.bias {
@@ -274,6 +465,16 @@ impl Conv2d {
         input_shape: &[usize],
         grad_out: &Tensor,
     ) -> Result<Tensor, EngineError> {
+        self.backward_with(input_shape, grad_out, conv_algo())
+    }
+
+    /// `backward` with an explicit algorithm.
+    pub fn backward_with(
+        &self,
+        input_shape: &[usize],
+        grad_out: &Tensor,
+        algo: ConvAlgo,
+    ) -> Result<Tensor, EngineError> {
         let g = self.geometry(input_shape)?;
         if grad_out.shape() != [g.n, g.cout, g.oh, g.ow] {
             return Err(EngineError::Shape(format!(
@@ -283,6 +484,11 @@ impl Conv2d {
             )));
         }
         let mut dx = Tensor::zeros(input_shape);
+        if let Some(wg) = self.winograd_geometry(&g, algo, false) {
+            let w = self.winograd_weights();
+            winograd::backward(&wg, &w, grad_out.data(), dx.data_mut());
+            return Ok(dx);
+        }
         if g.depthwise() {
             depthwise_backward(&g, &self.weight, grad_out.data(), dx.data_mut());
         } else {
@@ -354,12 +560,9 @@ impl Conv2d {
             unsafe { matmul(cout_g, cols, k, dst, false, lhs, rhs, par) };
         };
         if outer {
-            tasks
-                .par_iter()
-                .for_each_init(Vec::new, |col, t| run(t, col));
+            tasks.par_iter().for_each(|t| with_col(|col| run(t, col)));
         } else {
-            let mut col = Vec::new();
-            tasks.iter().for_each(|t| run(t, &mut col));
+            with_col(|col| tasks.iter().for_each(|t| run(t, col)));
         }
     }
 
@@ -415,12 +618,9 @@ impl Conv2d {
         };
         if g.pointwise() {
             if outer {
-                tasks
-                    .par_iter()
-                    .for_each_init(Vec::new, |col, t| run(t, col));
+                tasks.par_iter().for_each(|t| with_col(|col| run(t, col)));
             } else {
-                let mut col = Vec::new();
-                tasks.iter().for_each(|t| run(t, &mut col));
+                with_col(|col| tasks.iter().for_each(|t| run(t, col)));
             }
             return;
         }
@@ -430,15 +630,26 @@ impl Conv2d {
         for phase in 0..2 {
             let batch: Vec<_> = tasks.iter().filter(|t| (t.2 / rows) % 2 == phase).collect();
             if outer {
-                batch
-                    .par_iter()
-                    .for_each_init(Vec::new, |col, t| run(t, col));
+                batch.par_iter().for_each(|t| with_col(|col| run(t, col)));
             } else {
-                let mut col = Vec::new();
-                batch.iter().for_each(|t| run(t, &mut col));
+                with_col(|col| batch.iter().for_each(|t| run(t, col)));
             }
         }
     }
+}
+
+thread_local! {
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's im2col buffer, kept between calls so the step loop does not
+/// page-fault a fresh multi-megabyte buffer in for every tile. `f` must not re-enter (it may
+/// use a single-threaded GEMM, never rayon work that could run another tile on this thread).
+fn with_col<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    COL.with(|c| match c.try_borrow_mut() {
+        Ok(mut col) => f(&mut col),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Range of output x for which input x = ox·s − pad + offset lies inside [0, w).

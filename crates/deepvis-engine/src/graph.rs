@@ -161,7 +161,8 @@ pub struct Trace {
 impl Trace {
     /// The output of the (last) target node.
     pub fn output(&self) -> &Tensor {
-        self.value(self.target()).expect("target values are always kept")
+        self.value(self.target())
+            .expect("target values are always kept")
     }
 
     /// The output of any target node (or of a node the backward pass keeps).
@@ -170,7 +171,10 @@ impl Trace {
     }
 
     pub fn target(&self) -> NodeId {
-        *self.targets.last().expect("a trace has at least one target")
+        *self
+            .targets
+            .last()
+            .expect("a trace has at least one target")
     }
 
     pub fn targets(&self) -> &[NodeId] {
@@ -360,9 +364,16 @@ impl Graph {
             let ins: Vec<&Tensor> = node
                 .inputs
                 .iter()
-                .map(|&j| values[j].as_ref().ok_or_else(|| EngineError::Graph(format!("value of node {j} was dropped"))))
+                .map(|&j| {
+                    values[j]
+                        .as_ref()
+                        .ok_or_else(|| EngineError::Graph(format!("value of node {j} was dropped")))
+                })
                 .collect::<Result<_, _>>()?;
-            let y = node.op.forward(&ins).map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?;
+            let y = node
+                .op
+                .forward(&ins)
+                .map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?;
             values[i] = Some(y);
             for &j in &node.inputs {
                 if last_use[j] == i && !keep[j] {
@@ -373,7 +384,12 @@ impl Graph {
         let mut targets = targets.to_vec();
         targets.sort_unstable();
         targets.dedup();
-        Ok(Trace { targets, input_shape, shapes, values })
+        Ok(Trace {
+            targets,
+            input_shape,
+            shapes,
+            values,
+        })
     }
 
     /// The gradient of a scalar loss with respect to the network input, given the gradient with
@@ -384,7 +400,11 @@ impl Graph {
 
     /// The input gradient of a loss that depends on several traced nodes, given the gradient
     /// with respect to each of their outputs.
-    pub fn backward_multi(&self, trace: &Trace, seeds: Vec<(NodeId, Tensor)>) -> Result<Tensor, EngineError> {
+    pub fn backward_multi(
+        &self,
+        trace: &Trace,
+        seeds: Vec<(NodeId, Tensor)>,
+    ) -> Result<Tensor, EngineError> {
         let target = trace.values.len() - 1;
         let mut grads: Vec<Option<Tensor>> = vec![None; target + 1];
         for (id, grad) in seeds {

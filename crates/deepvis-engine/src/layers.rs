@@ -46,26 +46,28 @@ impl ChannelAffine {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         let (c, plane) = self.check(x.shape())?;
-        let mut y = x.clone();
+        let mut y = Tensor::for_overwrite(x.shape());
         y.data_mut()
             .par_chunks_mut(plane)
+            .zip(x.data().par_chunks(plane))
             .enumerate()
-            .for_each(|(i, p)| {
+            .for_each(|(i, (p, s))| {
                 let (a, b) = (self.scale[i % c], self.shift[i % c]);
-                p.iter_mut().for_each(|v| *v = *v * a + b);
+                p.iter_mut().zip(s).for_each(|(v, x)| *v = *x * a + b);
             });
         Ok(y)
     }
 
     pub fn backward(&self, grad_out: &Tensor) -> Result<Tensor, EngineError> {
         let (c, plane) = self.check(grad_out.shape())?;
-        let mut dx = grad_out.clone();
+        let mut dx = Tensor::for_overwrite(grad_out.shape());
         dx.data_mut()
             .par_chunks_mut(plane)
+            .zip(grad_out.data().par_chunks(plane))
             .enumerate()
-            .for_each(|(i, p)| {
+            .for_each(|(i, (p, g))| {
                 let a = self.scale[i % c];
-                p.iter_mut().for_each(|v| *v *= a);
+                p.iter_mut().zip(g).for_each(|(v, g)| *v = *g * a);
             });
         Ok(dx)
     }
@@ -73,52 +75,51 @@ impl ChannelAffine {
 
 const CHUNK: usize = 1 << 14;
 
-pub fn relu(x: &Tensor) -> Tensor {
-    let mut y = x.clone();
-    y.data_mut()
+/// out[i] = f(a[i], b[i]) over equal-length slices, in parallel chunks, into a fresh tensor.
+fn map2(shape: &[usize], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Tensor {
+    let mut out = Tensor::for_overwrite(shape);
+    out.data_mut()
         .par_chunks_mut(CHUNK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
-    y
+        .zip(a.par_chunks(CHUNK))
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|((o, a), b)| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(*a, *b);
+            }
+        });
+    out
+}
+
+pub fn relu(x: &Tensor) -> Tensor {
+    map2(x.shape(), x.data(), x.data(), |v, _| v.max(0.0))
 }
 
 /// PyTorch's threshold_backward: the gradient passes where the output is positive.
 pub fn relu_backward(output: &Tensor, grad_out: &Tensor) -> Tensor {
-    let mut dx = grad_out.clone();
-    dx.data_mut()
-        .par_chunks_mut(CHUNK)
-        .zip(output.data().par_chunks(CHUNK))
-        .for_each(|(d, y)| {
-            d.iter_mut().zip(y).for_each(|(d, y)| {
-                if *y <= 0.0 {
-                    *d = 0.0
-                }
-            });
-        });
-    dx
+    debug_assert_eq!(output.shape(), grad_out.shape());
+    map2(grad_out.shape(), grad_out.data(), output.data(), |g, y| {
+        if y <= 0.0 {
+            0.0
+        } else {
+            g
+        }
+    })
 }
 
 pub fn relu6(x: &Tensor) -> Tensor {
-    let mut y = x.clone();
-    y.data_mut()
-        .par_chunks_mut(CHUNK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)));
-    y
+    map2(x.shape(), x.data(), x.data(), |v, _| v.clamp(0.0, 6.0))
 }
 
 /// PyTorch's hardtanh_backward: the gradient passes where 0 < x < 6 strictly.
 pub fn relu6_backward(input: &Tensor, grad_out: &Tensor) -> Tensor {
-    let mut dx = grad_out.clone();
-    dx.data_mut()
-        .par_chunks_mut(CHUNK)
-        .zip(input.data().par_chunks(CHUNK))
-        .for_each(|(d, x)| {
-            d.iter_mut().zip(x).for_each(|(d, x)| {
-                if !(*x > 0.0 && *x < 6.0) {
-                    *d = 0.0
-                }
-            });
-        });
-    dx
+    debug_assert_eq!(input.shape(), grad_out.shape());
+    map2(grad_out.shape(), grad_out.data(), input.data(), |g, x| {
+        if x > 0.0 && x < 6.0 {
+            g
+        } else {
+            0.0
+        }
+    })
 }
 
 /// y = x·Wᵀ + b over the last axis; input [N, in], weight [out, in] (PyTorch's layout).

@@ -8,8 +8,9 @@ mod graph;
 mod layers;
 mod pool;
 mod tensor;
+mod winograd;
 
-pub use conv::{Conv2d, Padding};
+pub use conv::{conv_algo, set_conv_algo, Conv2d, ConvAlgo, ConvCache, Padding};
 pub use graph::{Graph, Node, NodeId, Op, Trace};
 pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Linear};
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};

@@ -90,6 +90,35 @@ impl MaxPool2d {
         ow: usize,
         mut f: impl FnMut(usize, usize),
     ) {
+        if self.kernel == (2, 2)
+            && self.stride == (2, 2)
+            && self.padding == (0, 0)
+            && self.dilation == (1, 1)
+            && 2 * oh <= h
+            && 2 * ow <= w
+        {
+            // VGG's pool: every window lies inside the input, so no bounds checks.
+            for oy in 0..oh {
+                let (r0, r1) = (&x[2 * oy * w..][..w], &x[(2 * oy + 1) * w..][..w]);
+                for ox in 0..ow {
+                    let c = [
+                        (r0[2 * ox], 2 * oy * w + 2 * ox),
+                        (r0[2 * ox + 1], 2 * oy * w + 2 * ox + 1),
+                        (r1[2 * ox], (2 * oy + 1) * w + 2 * ox),
+                        (r1[2 * ox + 1], (2 * oy + 1) * w + 2 * ox + 1),
+                    ];
+                    let (mut best_v, mut best) = c[0];
+                    for &(v, i) in &c[1..] {
+                        if v > best_v || v.is_nan() {
+                            best = i;
+                            best_v = v;
+                        }
+                    }
+                    f(oy * ow + ox, best);
+                }
+            }
+            return;
+        }
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut best = usize::MAX;
@@ -122,7 +151,8 @@ impl MaxPool2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         let out_shape = self.output_shape(x.shape())?;
         let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
-        let mut y = Tensor::zeros(&out_shape);
+        // scan_plane visits every output element once.
+        let mut y = Tensor::for_overwrite(&out_shape);
         y.data_mut()
             .par_chunks_mut(oh * ow)
             .zip(x.data().par_chunks(h * w))
@@ -135,12 +165,21 @@ impl MaxPool2d {
     pub fn backward(&self, x: &Tensor, grad_out: &Tensor) -> Result<Tensor, EngineError> {
         let out_shape = self.output_shape(x.shape())?;
         let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
-        let mut dx = Tensor::zeros(x.shape());
+        if grad_out.shape() != out_shape {
+            return Err(EngineError::Shape(format!(
+                "max-pool output gradient {:?}, expected {out_shape:?}",
+                grad_out.shape()
+            )));
+        }
+        // Zeroed plane by plane inside the parallel loop, while the plane is about to be
+        // written anyway, rather than in one serial pass over the whole tensor first.
+        let mut dx = Tensor::for_overwrite(x.shape());
         dx.data_mut()
             .par_chunks_mut(h * w)
             .zip(x.data().par_chunks(h * w))
             .zip(grad_out.data().par_chunks(oh * ow))
             .for_each(|((dp, xp), gp)| {
+                dp.fill(0.0);
                 self.scan_plane(xp, h, w, oh, ow, |o, i| dp[i] += gp[o]);
             });
         Ok(dx)

@@ -1,10 +1,151 @@
 use crate::EngineError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// A dense float32 tensor in row-major order; 4-D tensors are NCHW.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Large tensors recycle their storage through a process-wide pool when dropped: an
+/// optimization loop allocates the same activation sizes every step, and fresh allocations of
+/// that size come from mmap, so every step would otherwise page-fault its whole working set in
+/// again (the kernel time once exceeded the arithmetic in cheap ops such as ReLU).
+#[derive(Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f32>,
+}
+
+impl Clone for Tensor {
+    fn clone(&self) -> Self {
+        let mut data = buffers::take(self.data.len());
+        data.copy_from_slice(&self.data);
+        Tensor {
+            shape: self.shape.clone(),
+            data,
+        }
+    }
+}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.data));
+    }
+}
+
+pub(crate) mod buffers {
+    use super::*;
+
+    /// Smaller buffers come from malloc's heap cheaply enough.
+    const MIN_POOLED: usize = 32 * 1024;
+
+    struct Pool {
+        free: Vec<Vec<f32>>,
+        bytes: usize,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool {
+        free: Vec::new(),
+        bytes: 0,
+    });
+    /// Bytes in pooled-size buffers handed out and not yet returned, and its high-water mark:
+    /// the pool keeps at most that much, so it never holds more than one step's working set.
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    fn lock() -> std::sync::MutexGuard<'static, Pool> {
+        POOL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer of `len` floats with unspecified (but initialized) contents.
+    pub(crate) fn take(len: usize) -> Vec<f32> {
+        if len < MIN_POOLED {
+            return vec![0.0; len];
+        }
+        let bytes = len * 4;
+        let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        let reused = {
+            let mut pool = lock();
+            // Best fit among buffers at most 1/8 larger than needed, so a small request never
+            // pins a big buffer.
+            let best = pool
+                .free
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.capacity() >= len && v.capacity() <= len + len / 8)
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| {
+                let v = pool.free.remove(i);
+                pool.bytes -= v.capacity() * 4;
+                v
+            })
+        };
+        if reused.is_none() {
+            // A fresh buffer: first let go of pooled ones so that pooled plus live bytes stay
+            // within the largest working set seen, i.e. the pool never raises peak memory
+            // above what the same run would need without it. Oldest first: the least likely
+            // to be asked for again soon.
+            let room = PEAK.load(Ordering::Relaxed).saturating_sub(live);
+            let mut pool = lock();
+            while pool.bytes > room && !pool.free.is_empty() {
+                let v = pool.free.remove(0);
+                pool.bytes -= v.capacity() * 4;
+            }
+        }
+        match reused {
+            Some(mut v) => {
+                // Contents are unspecified: only extend, never clear.
+                if v.len() < len {
+                    v.resize(len, 0.0);
+                } else {
+                    v.truncate(len);
+                }
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    /// A zero-filled buffer of `len` floats.
+    pub(crate) fn take_zeroed(len: usize) -> Vec<f32> {
+        let mut v = take(len);
+        if len >= MIN_POOLED {
+            use rayon::prelude::*;
+            v.par_chunks_mut(MIN_POOLED).for_each(|c| c.fill(0.0));
+        }
+        v
+    }
+
+    /// A caller's buffer became a tensor's (`Tensor::new`): it returns to the pool on drop.
+    pub(crate) fn adopt(len: usize) {
+        if len >= MIN_POOLED {
+            let live = LIVE.fetch_add(len * 4, Ordering::Relaxed) + len * 4;
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+    }
+
+    /// A pooled-size buffer left the tensor world (`into_data`).
+    pub(crate) fn forget(len: usize) {
+        if len >= MIN_POOLED {
+            LIVE.fetch_sub(len * 4, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn give(v: Vec<f32>) {
+        if v.len() < MIN_POOLED {
+            return;
+        }
+        LIVE.fetch_sub(v.len() * 4, Ordering::Relaxed);
+        let bytes = v.capacity() * 4;
+        let cap = PEAK.load(Ordering::Relaxed);
+        let mut pool = lock();
+        pool.bytes += bytes;
+        pool.free.push(v);
+        while pool.bytes > cap && !pool.free.is_empty() {
+            let v = pool.free.remove(0);
+            pool.bytes -= v.capacity() * 4;
+        }
+    }
 }
 
 impl Tensor {
@@ -16,20 +157,31 @@ impl Tensor {
                 data.len()
             )));
         }
+        buffers::adopt(data.len());
         Ok(Tensor { shape, data })
     }
 
     pub fn zeros(shape: &[usize]) -> Self {
         Tensor {
             shape: shape.to_vec(),
-            data: vec![0.0; shape.iter().product()],
+            data: buffers::take_zeroed(shape.iter().product()),
         }
     }
 
     pub fn full(shape: &[usize], value: f32) -> Self {
+        let mut data = buffers::take(shape.iter().product());
+        data.fill(value);
         Tensor {
             shape: shape.to_vec(),
-            data: vec![value; shape.iter().product()],
+            data,
+        }
+    }
+
+    /// A tensor whose every element the caller overwrites before reading.
+    pub(crate) fn for_overwrite(shape: &[usize]) -> Self {
+        Tensor {
+            shape: shape.to_vec(),
+            data: buffers::take(shape.iter().product()),
         }
     }
 
@@ -45,8 +197,11 @@ impl Tensor {
         &mut self.data
     }
 
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
+    pub fn into_data(mut self) -> Vec<f32> {
+        let data = std::mem::take(&mut self.data);
+        // The caller owns the buffer now; it no longer counts as the pool's.
+        buffers::forget(data.len());
+        data
     }
 
     pub fn numel(&self) -> usize {
@@ -81,10 +236,9 @@ impl Tensor {
         let per = self.numel() / self.shape[0];
         let mut shape = self.shape.clone();
         shape[0] = 1;
-        Tensor {
-            shape,
-            data: self.data[index * per..(index + 1) * per].to_vec(),
-        }
+        let mut data = buffers::take(per);
+        data.copy_from_slice(&self.data[index * per..(index + 1) * per]);
+        Tensor { shape, data }
     }
 
     pub fn add_assign(&mut self, other: &Tensor) {

@@ -149,6 +149,7 @@ fn conv_of(case: &ConvCase, r: &mut ChaCha8Rng) -> Conv2d {
         padding: case.padding,
         weight: (0..wn).map(|_| r.gen_range(-0.5..0.5)).collect(),
         bias: Some((0..case.cout).map(|_| r.gen_range(-0.5..0.5)).collect()),
+        cache: Default::default(),
     };
     conv.validate().unwrap();
     conv
@@ -647,7 +648,18 @@ fn graph_gradient_through_a_residual_network() {
 #[test]
 fn backward_multi_sums_the_gradients_of_several_nodes() {
     let mut r = rng(9);
-    let case = ConvCase { n: 1, cin: 3, cout: 4, hw: (6, 6), k: (3, 3), stride: 1, dilation: 1, groups: 1, padding: Padding::symmetric(1), pads: (1, 1, 1, 1) };
+    let case = ConvCase {
+        n: 1,
+        cin: 3,
+        cout: 4,
+        hw: (6, 6),
+        k: (3, 3),
+        stride: 1,
+        dilation: 1,
+        groups: 1,
+        padding: Padding::symmetric(1),
+        pads: (1, 1, 1, 1),
+    };
     let mut g = Graph::new();
     let a = g.then("a", Op::Conv2d(conv_of(&case, &mut r)));
     g.then("relu", Op::Relu);
@@ -658,10 +670,143 @@ fn backward_multi_sums_the_gradients_of_several_nodes() {
     assert_eq!(trace.targets(), &[a, b]);
     let ga = random(trace.value(a).unwrap().shape(), &mut r);
     let gb = random(trace.value(b).unwrap().shape(), &mut r);
-    let both = g.backward_multi(&trace, vec![(a, ga.clone()), (b, gb.clone())]).unwrap();
+    let both = g
+        .backward_multi(&trace, vec![(a, ga.clone()), (b, gb.clone())])
+        .unwrap();
     let only_a = g.backward(&g.forward(x.clone(), a).unwrap(), ga).unwrap();
     let only_b = g.backward(&g.forward(x, b).unwrap(), gb).unwrap();
     for ((s, p), q) in both.data().iter().zip(only_a.data()).zip(only_b.data()) {
         assert!((s - (p + q)).abs() < 1e-5);
+    }
+}
+
+/// Dense 3×3 stride-1 convolutions with at least 16 channels: the cases `ConvAlgo::Auto` sends
+/// to Winograd. Output sizes not divisible by the 4×4 tile, padding 0/1/SAME/asymmetric, batch
+/// > 1, blocks spanning two images, and enough tile rows for the parallel-block schedule.
+fn winograd_cases() -> Vec<ConvCase> {
+    let p = Padding::symmetric;
+    let case = |n, cin, cout, hw, padding, pads| ConvCase {
+        n,
+        cin,
+        cout,
+        hw,
+        k: (3, 3),
+        stride: 1,
+        dilation: 1,
+        groups: 1,
+        padding,
+        pads,
+    };
+    vec![
+        case(2, 16, 20, (9, 11), p(1), (1, 1, 1, 1)),
+        case(1, 17, 16, (13, 8), p(0), (0, 0, 0, 0)),
+        case(3, 16, 16, (4, 4), p(1), (1, 1, 1, 1)),
+        case(2, 16, 18, (14, 14), p(1), (1, 1, 1, 1)),
+        case(1, 32, 24, (70, 66), p(1), (1, 1, 1, 1)),
+        case(2, 16, 16, (10, 7), Padding::Same, (1, 1, 1, 1)),
+        case(
+            1,
+            16,
+            19,
+            (7, 9),
+            Padding::Explicit {
+                top: 0,
+                bottom: 2,
+                left: 1,
+                right: 0,
+            },
+            (0, 2, 1, 0),
+        ),
+        case(1, 16, 16, (3, 5), p(1), (1, 1, 1, 1)),
+    ]
+}
+
+const ALGOS: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Auto];
+
+#[test]
+fn every_conv_algorithm_matches_the_naive_reference() {
+    let mut r = rng(11);
+    for (i, case) in conv_cases().iter().chain(&winograd_cases()).enumerate() {
+        let conv = conv_of(case, &mut r);
+        let x = random(&[case.n, case.cin, case.hw.0, case.hw.1], &mut r);
+        let (shape, want) = naive_conv(&x, &conv, case.pads);
+        for algo in ALGOS {
+            let y = conv.forward_with(&x, algo).unwrap();
+            assert_eq!(y.shape(), &shape[..], "case {i} {algo:?}");
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for (j, (a, b)) in y.data().iter().zip(&want).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5 * (1.0 + scale),
+                    "case {i} {algo:?} element {j}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_conv_algorithm_has_the_reference_input_gradient() {
+    let mut r = rng(12);
+    for (i, case) in conv_cases().iter().chain(&winograd_cases()).enumerate() {
+        let mut conv = conv_of(case, &mut r);
+        conv.bias = None;
+        let x = random(&[case.n, case.cin, case.hw.0, case.hw.1], &mut r);
+        let shape = conv.output_shape(x.shape()).unwrap();
+        let g = random(&shape, &mut r);
+        let want = conv.backward_with(x.shape(), &g, ConvAlgo::Im2col).unwrap();
+        let scale = want.data().iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        for algo in ALGOS {
+            // Each algorithm's gradient is the adjoint of its own forward pass...
+            let y = conv.forward_with(&x, algo).unwrap();
+            let dx = conv.backward_with(x.shape(), &g, algo).unwrap();
+            let (lhs, rhs) = (dot(&y, &g), dot(&x, &dx));
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "case {i} {algo:?}: {lhs} vs {rhs}"
+            );
+            // ...and agrees with the reference path element by element.
+            for (j, (a, b)) in dx.data().iter().zip(want.data()).enumerate() {
+                assert!(
+                    ((a - b) as f64).abs() < 1e-5 * (1.0 + scale),
+                    "case {i} {algo:?} element {j}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn winograd_input_gradient_matches_finite_differences() {
+    let mut r = rng(13);
+    for (i, case) in winograd_cases().iter().enumerate() {
+        let conv = conv_of(case, &mut r);
+        let x = random(&[case.n, case.cin, case.hw.0, case.hw.1], &mut r);
+        check_gradient(
+            &x,
+            |x| conv.forward_with(x, ConvAlgo::Winograd).unwrap(),
+            |x, g| {
+                conv.backward_with(x.shape(), g, ConvAlgo::Winograd)
+                    .unwrap()
+            },
+            1e-2,
+            30,
+            200 + i as u64,
+        );
+    }
+}
+
+#[test]
+fn winograd_cache_follows_weight_changes() {
+    let mut r = rng(14);
+    let case = &winograd_cases()[0];
+    let mut conv = conv_of(case, &mut r);
+    let x = random(&[case.n, case.cin, case.hw.0, case.hw.1], &mut r);
+    let before = conv.forward_with(&x, ConvAlgo::Winograd).unwrap();
+    conv.weight = conv.weight.iter().map(|w| -w).collect();
+    let after = conv.forward_with(&x, ConvAlgo::Winograd).unwrap();
+    let reference = conv.forward_with(&x, ConvAlgo::Im2col).unwrap();
+    assert_ne!(before, after);
+    for (a, b) in after.data().iter().zip(reference.data()) {
+        assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn conv(params: &mut Params, prefix: &str, s: ConvSpec) -> Result<Op,
         padding: s.padding,
         weight,
         bias,
+        cache: Default::default(),
     };
     conv.validate()
         .map_err(|e| ModelError::Architecture(e.to_string()))?;

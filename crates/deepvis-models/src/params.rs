@@ -90,7 +90,12 @@ impl Params {
 
     /// Fails on the first key of the dict that the architecture did not use.
     pub fn finish(self) -> Result<(), ModelError> {
-        if let Params::Dict { dict, ignored, origin } = self {
+        if let Params::Dict {
+            dict,
+            ignored,
+            origin,
+        } = self
+        {
             if let Some(key) = dict.keys().find(|k| !ignored.contains(*k)) {
                 return Err(ModelError::UnexpectedKey {
                     key: key.to_string(),

@@ -7,16 +7,29 @@ use deepvis_models::{Model, ModelError, WeightsFrom};
 
 fn layouts() -> serde_json::Map<String, serde_json::Value> {
     let text = include_str!("data/torchvision_layouts.json");
-    serde_json::from_str::<serde_json::Value>(text).unwrap().as_object().unwrap().clone()
+    serde_json::from_str::<serde_json::Value>(text)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .clone()
 }
 
 fn dict_of(entries: &[serde_json::Value]) -> StateDict {
     let mut d = StateDict::new();
     for e in entries {
         let key = e[0].as_str().unwrap();
-        let shape: Vec<usize> = e[1].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = e[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         let n = shape.iter().product();
-        let dtype = if key.ends_with("num_batches_tracked") { DType::I64 } else { DType::F32 };
+        let dtype = if key.ends_with("num_batches_tracked") {
+            DType::I64
+        } else {
+            DType::F32
+        };
         // Variances of 1 keep batch norm finite; values do not matter here.
         d.insert(key, StoredTensor::new(shape, dtype, vec![1.0; n]));
     }
@@ -28,13 +41,17 @@ fn every_torchvision_layout_loads_strictly() {
     for (name, entries) in layouts() {
         let entries = entries.as_array().unwrap();
         let dict = dict_of(entries);
-        let model = Model::build(&name, WeightsFrom::Dict(dict, "layout")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = Model::build(&name, WeightsFrom::Dict(dict, "layout"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(model.has_head, "{name}");
         // Every conv of torchvision's `features` is a node of the same name.
         for e in entries {
             let key = e[0].as_str().unwrap();
             if let Some(module) = key.strip_suffix(".weight") {
-                assert!(model.graph.find(module).is_some(), "{name}: no node {module}");
+                assert!(
+                    model.graph.find(module).is_some(),
+                    "{name}: no node {module}"
+                );
             }
         }
         // The classifier ends in 1000 logits at 224 px.
@@ -54,13 +71,27 @@ fn every_torchvision_layout_loads_strictly() {
             other => panic!("{name}: expected a missing key, got {:?}", other.err()),
         }
         let mut extra = dict_of(entries);
-        extra.insert("features.99.weight", StoredTensor::new(vec![1], DType::F32, vec![0.0]));
-        let err = Model::build(&name, WeightsFrom::Dict(extra, "f")).err().unwrap();
-        assert!(err.to_string().contains("unexpected key 'features.99.weight'"), "{err}");
+        extra.insert(
+            "features.99.weight",
+            StoredTensor::new(vec![1], DType::F32, vec![0.0]),
+        );
+        let err = Model::build(&name, WeightsFrom::Dict(extra, "f"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("unexpected key 'features.99.weight'"),
+            "{err}"
+        );
         let mut bad = dict_of(entries);
         bad.insert(victim, StoredTensor::new(vec![7], DType::F32, vec![0.0; 7]));
-        let err = Model::build(&name, WeightsFrom::Dict(bad, "f")).err().unwrap();
-        assert!(matches!(err, ModelError::ShapeMismatch { .. }) && err.to_string().contains(victim), "{err}");
+        let err = Model::build(&name, WeightsFrom::Dict(bad, "f"))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ModelError::ShapeMismatch { .. }) && err.to_string().contains(victim),
+            "{err}"
+        );
     }
 }
 
@@ -90,12 +121,27 @@ fn layers_are_addressed_by_name_or_features_index() {
     assert!(model.is_conv(by_index), "features.28 is conv5_3");
     assert_eq!(model.channels(by_index, 224).unwrap(), 512);
     let err = model.layer("31").unwrap_err().to_string();
-    assert!(err.contains("out of range") && err.contains("0..30"), "{err}");
+    assert!(
+        err.contains("out of range") && err.contains("0..30"),
+        "{err}"
+    );
     assert!(model.layer("features.x").is_err());
 
     let eff = Model::build("efficientnet_lite0", WeightsFrom::Random(1)).unwrap();
-    assert_eq!(eff.channels(eff.layer("_blocks.8").unwrap(), 224).unwrap(), 112);
-    assert_eq!(eff.channels(eff.layer("_conv_head").unwrap(), 224).unwrap(), 1280);
-    assert!(eff.layer("28").is_err(), "EfficientNet has no `features` Sequential");
-    assert!(matches!(Model::build("resnet9000", WeightsFrom::Random(0)), Err(ModelError::UnknownModel(_))));
+    assert_eq!(
+        eff.channels(eff.layer("_blocks.8").unwrap(), 224).unwrap(),
+        112
+    );
+    assert_eq!(
+        eff.channels(eff.layer("_conv_head").unwrap(), 224).unwrap(),
+        1280
+    );
+    assert!(
+        eff.layer("28").is_err(),
+        "EfficientNet has no `features` Sequential"
+    );
+    assert!(matches!(
+        Model::build("resnet9000", WeightsFrom::Random(0)),
+        Err(ModelError::UnknownModel(_))
+    ));
 }

@@ -40,7 +40,9 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 /// a ReLU/ReLU6 threshold (EfficientNet `_blocks.5._act0` c16 at (25, 14) is −1.8e-7 here) can
 /// switch sides under a different summation order, which changes the gradient in that unit's
 /// receptive field only, and at 96 px a `features.28` unit sees the whole image. So where such a
-/// unit exists (measured: VGG `features.28` and EfficientNet `_blocks.8`, `_conv_head`, `_fc`),
+/// unit exists (measured: VGG `features.14` — a `features.10` pre-activation lies 1.3e-7 of the
+/// layer maximum from zero, and Winograd rounding flips it — `features.28`, and EfficientNet
+/// `_blocks.8`, `_conv_head`, `_fc`),
 /// the whole gradient must agree to 3e-2 in relative L2 norm, and elsewhere every element to
 /// 1e-4 of the largest. A wrong op gives relative L2 errors of order 1.
 fn assert_grad_close(got: &Tensor, want: &Tensor, what: &str, strict: bool) {
@@ -123,7 +125,7 @@ fn vgg16_matches_pytorch() {
             &g,
             &tensor(&golden, &format!("grad.features.{layer}.c{c}")),
             &format!("vgg16 grad features.{layer} c{c}"),
-            layer < 28,
+            layer < 14,
         );
     }
 }

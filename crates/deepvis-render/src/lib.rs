@@ -1,8 +1,46 @@
 //! Activation maximization: optimizing input images so that chosen channels of a frozen
 //! network respond strongly.
 //!
-//! The method here is the original tool's: pixel parametrization, a random start, and gradient
-//! ascent on the mean activation of one channel with the gradient normalized to unit RMS.
+//! Two layers live here:
+//!
+//! - the original tool's method ([`ascend_channels`]): pixel parametrization, a random start,
+//!   and gradient ascent on the mean activation of one channel with the gradient normalized to
+//!   unit RMS;
+//! - Lucid/Lucent-style composable pieces: [`objective`] (terms, a text grammar, batch
+//!   evaluation), [`param`] (pixel, Fourier, MACO parametrizations), [`transform`] (random
+//!   differentiable transforms and regularizers), [`optim`] (normalized ascent, Adam) and
+//!   [`render`] (the loop, octaves, presets, DeepDream).
+//!
+//! Quick start:
+//!
+//! ```no_run
+//! use deepvis_render::{render, BatchObjective, Init, Objective, Preset};
+//! let model = deepvis_models::Model::bundled("efficientnet_lite0").unwrap();
+//! let obj = Objective::parse("_blocks.8:3", &model).unwrap();
+//! let settings = Preset::Default.settings(128, None, 0);
+//! let out = render(&model, &BatchObjective::Shared(obj), 1, &settings, Init::Random, |_| {}).unwrap();
+//! assert_eq!(out.images.len(), 3 * 128 * 128);
+//! ```
+
+// Index loops read best in the numeric kernels; `is_multiple_of` needs a newer Rust than the
+// workspace's rust-version.
+#![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
+
+pub mod fft;
+pub mod objective;
+pub mod optim;
+pub mod param;
+pub mod render;
+pub mod transform;
+
+pub use objective::{BatchObjective, Objective, SpecError};
+pub use optim::OptimizerKind;
+pub use param::ParamKind;
+pub use render::{
+    default_octaves, dream, evaluate, render, seed_init, seed_settings, DreamSettings, Init,
+    Octave, Preset, Progress, RenderOutput, RenderSettings,
+};
+pub use transform::{PadMode, Regularizer, Transform};
 
 use deepvis_engine::{EngineError, Graph, NodeId, Tensor};
 use deepvis_models::{Model, Normalization};
@@ -15,6 +53,8 @@ pub enum RenderError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Spec(#[from] SpecError),
 }
 
 /// Settings of the original tool's gradient ascent.
@@ -54,7 +94,7 @@ pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
 }
 
 /// d/d rgb from d/d normalized: divide by the channel's std.
-fn denormalize_grad(g: &mut Tensor, norm: &Normalization) {
+pub(crate) fn denormalize_grad(g: &mut Tensor, norm: &Normalization) {
     let plane = g.shape()[2] * g.shape()[3];
     for (i, p) in g.data_mut().chunks_mut(plane).enumerate() {
         let s = norm.std[i % 3];

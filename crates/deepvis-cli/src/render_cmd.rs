@@ -1,0 +1,236 @@
+//! `deepvis render`: any objective (a channel, a neuron, a class, a direction, a weighted sum,
+//! diversity across a batch), and `deepvis dream`: DeepDream on a photo.
+
+use crate::settings::RenderArgs;
+use crate::source::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use deepvis_output::{
+    grid_sheet, load_rgb, write_gallery, FilterRecord, Manifest, RgbImage, MANIFEST_FILE,
+};
+use deepvis_render::render::{dream as deep_dream, render as run_render, DreamSettings, Init};
+use deepvis_render::{BatchObjective, Objective};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct RenderCmdArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// What to maximize. `LAYER:N` is channel N of LAYER; also `neuron(LAYER:N[, X, Y])`,
+    /// `layer(LAYER)` (DeepDream: mean of squares), `class(285)` or `class("Egyptian cat")`,
+    /// `direction(LAYER, FILE)`, `diversity(LAYER)`, numbers, + - * and parentheses, e.g.
+    /// "_blocks.8:33 - 0.5 * _blocks.8:34" or "_blocks.12:7 + 0.1 * diversity(_blocks.12)".
+    #[arg(long)]
+    pub objective: String,
+    /// Images rendered together for this objective (use with diversity for distinct images).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub render: RenderArgs,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "deepvis-out")]
+    pub out: PathBuf,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// A directory name for an objective: its text with anything unusual replaced.
+fn slug(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.chars().take(80).collect()
+}
+
+pub fn render(a: RenderCmdArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let settings = a.render.settings(a.seed)?;
+    let loaded = a.model.load()?;
+    let model = &loaded.model;
+    let objective = Objective::parse(&a.objective, model)
+        .map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
+    let described = objective.to_string();
+    crate::filters::plan_batch(
+        model,
+        objective.nodes().into_iter().max().unwrap_or(0),
+        a.render.size,
+        Some(a.batch),
+        a.batch,
+    )?;
+
+    let out = &a.out;
+    let manifest_path = out.join(MANIFEST_FILE);
+    let mut manifest = match Manifest::load(&manifest_path)? {
+        Some(m) if m.model != a.model.model => {
+            bail!(
+                "{} holds results of model '{}'; choose another --out",
+                manifest_path.display(),
+                m.model
+            )
+        }
+        Some(m) => m,
+        None => Manifest::new(
+            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
+            &a.model.model,
+            Some(loaded.weights_label.clone()),
+            loaded.weights_sha256.clone(),
+        ),
+    };
+    let mut run_settings = a.render.manifest_settings(&settings);
+    run_settings["batch"] = a.batch.into();
+    let dir = Path::new(&a.model.model)
+        .join("objectives")
+        .join(slug(&described));
+    let start = Instant::now();
+    let bar = crate::filters::Progress::new(a.quiet, settings.total_steps() * a.batch, 0);
+    let result = run_render(
+        model,
+        &BatchObjective::Shared(objective),
+        a.batch,
+        &settings,
+        Init::Random,
+        |p| bar.step(p.step * a.batch, p.total * a.batch),
+    )?;
+    bar.finish();
+    let seconds = start.elapsed().as_secs_f64() / a.batch as f64;
+    let per = 3 * result.size * result.size;
+    let mut tiles = Vec::new();
+    for b in 0..a.batch {
+        let rel = dir.join(format!("image_{b:02}.png"));
+        let img = RgbImage::from_planar_f32(
+            &result.images[b * per..(b + 1) * per],
+            result.size,
+            result.size,
+        );
+        img.save_png(&out.join(&rel))?;
+        manifest.upsert_filter(
+            &described,
+            &run_settings,
+            a.seed,
+            FilterRecord {
+                filter: b,
+                png: rel.to_string_lossy().into_owned(),
+                initial_activation: result.initial[b],
+                final_activation: result.final_values[b],
+                seconds,
+            },
+        );
+        tiles.push((format!("image {b}"), img));
+    }
+    let grid_rel = dir.join("grid.png");
+    let refs: Vec<(String, &RgbImage)> = tiles.iter().map(|(l, t)| (l.clone(), t)).collect();
+    grid_sheet(&refs, None, None).save_png(&out.join(&grid_rel))?;
+    manifest.set_grid(
+        &described,
+        &run_settings,
+        a.seed,
+        grid_rel.to_string_lossy(),
+    );
+    manifest.save(&manifest_path)?;
+    write_gallery(&manifest, out)?;
+    if !a.quiet {
+        for b in 0..a.batch {
+            eprintln!(
+                "{described} image {b}: {:.3} → {:.3}",
+                result.initial[b], result.final_values[b]
+            );
+        }
+        eprintln!("images:   {}", out.join(&dir).display());
+        eprintln!("manifest: {}", manifest_path.display());
+    }
+    Ok(())
+}
+
+/// Parse errors come with a caret line under the source; on one line they read as "… at byte N".
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
+
+#[derive(Args, Debug)]
+pub struct DreamArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The photo (PNG or JPEG); the result has its size.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Layer whose activations are amplified (mean of squares).
+    #[arg(long, required_unless_present = "objective")]
+    pub layer: Option<String>,
+    /// Any objective instead of `layer(LAYER)`, in the grammar of `deepvis render`.
+    #[arg(long)]
+    pub objective: Option<String>,
+    /// Number of scales, the photo's own included.
+    #[arg(long, default_value_t = 4)]
+    pub octaves: usize,
+    /// Ratio between successive scales.
+    #[arg(long, default_value_t = 1.4)]
+    pub octave_scale: f32,
+    #[arg(long, default_value_t = 10)]
+    pub steps_per_octave: usize,
+    /// RMS change of the image per step, in [0, 1] units.
+    #[arg(long, default_value_t = 0.02)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn dream(a: DreamArgs) -> Result<()> {
+    if a.octaves == 0 || a.steps_per_octave == 0 {
+        bail!("--octaves and --steps-per-octave must be at least 1");
+    }
+    if !(a.octave_scale.is_finite() && a.octave_scale >= 1.0) || !(a.lr.is_finite() && a.lr > 0.0) {
+        bail!("--octave-scale must be at least 1 and --lr positive");
+    }
+    let loaded = a.model.load()?;
+    let model = &loaded.model;
+    let spec = match (&a.objective, &a.layer) {
+        (Some(o), _) => o.clone(),
+        (None, Some(l)) => format!("layer(\"{l}\")"),
+        (None, None) => bail!("pass --layer LAYER or --objective EXPR"),
+    };
+    let objective = Objective::parse(&spec, model)
+        .map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
+    let (photo, h, w) = load_rgb(&a.image)?;
+    crate::filters::plan_batch(
+        model,
+        objective.nodes().into_iter().max().unwrap_or(0),
+        h.max(w),
+        Some(1),
+        1,
+    )
+    .context("the photo is too large for this layer")?;
+    let settings = DreamSettings {
+        octaves: a.octaves,
+        octave_scale: a.octave_scale,
+        steps_per_octave: a.steps_per_octave,
+        lr: a.lr,
+        seed: a.seed,
+        ..DreamSettings::default()
+    };
+    let bar = crate::filters::Progress::new(a.quiet, a.octaves * a.steps_per_octave, 0);
+    let result = deep_dream(model, &objective, &photo, h, w, &settings, |p| {
+        bar.step(p.step, p.total)
+    })?;
+    bar.finish();
+    RgbImage::from_planar_f32(&result, h, w).save_png(&a.out)?;
+    if !a.quiet {
+        eprintln!("wrote {} ({w}×{h})", a.out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! Objectives: the grammar (including where errors point), binding against the bundled model,
+//! and values and gradients against hand computation on small tensors.
+
+use deepvis_engine::{Graph, Op, Tensor};
+use deepvis_models::Model;
+use deepvis_render::objective::{parse, BatchObjective, Layer, Objective};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::OnceLock;
+
+fn model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::bundled("efficientnet_lite0").unwrap())
+}
+
+#[test]
+fn grammar_accepts_and_round_trips() {
+    let m = model();
+    for src in [
+        "_blocks.8:15",
+        "neuron(_blocks.8:15)",
+        "neuron(_blocks.8:15, 2, 3)",
+        "layer(_blocks.12)",
+        "dream(_blocks.12)",
+        "class(285)",
+        "class(\"Egyptian cat\")",
+        "diversity(_blocks.8)",
+        "channel(_blocks.8, 4)",
+        "_blocks.8:3 - 0.5 * _blocks.8:7",
+        "2*_blocks.8:3 + _blocks.9:1",
+        "-(_blocks.8:3 + _blocks.8:4) * 1e-1",
+        "_blocks.8:3 / 4",
+        "_blocks.8:3 * _blocks.8:4 - -2",
+        "_blocks.8:3 - (_blocks.8:4 - _blocks.8:5)",
+    ] {
+        let o = Objective::parse(src, m).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let shown = o.to_string();
+        let again =
+            Objective::parse(&shown, m).unwrap_or_else(|e| panic!("{src} shown as {shown}: {e}"));
+        assert_eq!(o, again, "{src} shown as {shown}");
+    }
+    // Precedence: a - (b - c) keeps its parentheses, a - b + c needs none.
+    let o = Objective::parse("_blocks.8:3 - (_blocks.8:4 - _blocks.8:5)", m).unwrap();
+    assert_eq!(o.to_string(), "_blocks.8:3 - (_blocks.8:4 - _blocks.8:5)");
+    let o = Objective::parse("2*_blocks.8:3 + _blocks.9:1", m).unwrap();
+    assert_eq!(o.to_string(), "2 * _blocks.8:3 + _blocks.9:1");
+    let o = Objective::parse("class(\"Egyptian cat\")", m).unwrap();
+    assert!(matches!(o, Objective::Class { index: 285, .. }));
+}
+
+fn err_at(src: &str) -> (usize, usize, String) {
+    let e = match parse(src) {
+        Err(e) => e,
+        Ok(ast) => ast.bind(model(), src).expect_err(src),
+    };
+    (e.span.start, e.span.end, e.to_string())
+}
+
+#[test]
+fn errors_point_at_the_bad_token() {
+    let (s, e, msg) = err_at("_blocks.8:3 + foo");
+    assert_eq!((s, e), (14, 17), "{msg}");
+    assert!(msg.contains("'foo'"));
+    // The caret line sits under the token.
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines[1], "  _blocks.8:3 + foo");
+    assert_eq!(lines[2], format!("  {}^^^", " ".repeat(14)));
+
+    assert_eq!(err_at("_blocks.8:3 $ 2").0, 12);
+    assert_eq!(err_at("neuron(_blocks.8:3, 1)").0, 21); // expected ',' and a row
+    assert_eq!(err_at("class(\"Egyptian cat\"").0, 20); // missing ')'
+    assert_eq!(err_at("_blocks.8:3 _blocks.8:4").0, 12); // missing operator
+    assert_eq!(err_at("frob(_blocks.8)").0, 0); // unknown function
+    assert_eq!(err_at("_blocks.8:x").0, 10); // channel not a number
+    assert_eq!(err_at("(_blocks.8:3").0, 12); // unclosed parenthesis, at the end
+    assert_eq!(err_at("").0, 0);
+    assert!(err_at("\"abc").2.contains("unterminated"));
+    assert!(err_at("_blocks.8:3 / _blocks.8:4").2.contains("constant"));
+    // Bind errors.
+    let (s, e, msg) = err_at("1 + _blocks.99:1");
+    assert_eq!((s, e), (4, 14), "{msg}");
+    assert!(msg.contains("unknown layer"));
+    let (s, e, msg) = err_at("_blocks.8:500");
+    assert_eq!((s, e), (10, 13), "{msg}");
+    assert!(msg.contains("112 channels"), "{msg}");
+    let (s, _, msg) = err_at("2 * class(\"no such thing at all\")");
+    assert_eq!(s, 4, "{msg}");
+    let (s, _, msg) = err_at("direction(_blocks.8, /nonexistent/v.txt)");
+    assert_eq!(s, 0, "{msg}");
+    assert!(msg.contains("cannot read"));
+}
+
+#[test]
+fn direction_files() {
+    let dir = std::env::temp_dir().join(format!("deepvis-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("v.json");
+    let v: Vec<String> = (0..112).map(|i| format!("{}", i as f32 * 0.5)).collect();
+    std::fs::write(&f, format!("[{}]", v.join(", "))).unwrap();
+    let src = format!("direction(_blocks.8, \"{}\")", f.display());
+    let o = Objective::parse(&src, model()).unwrap();
+    match &o {
+        Objective::Direction { vector, .. } => assert_eq!(vector[3], 1.5),
+        other => panic!("{other:?}"),
+    }
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "1 2 3").unwrap();
+    let e = Objective::parse(
+        &format!("direction(_blocks.8, \"{}\")", short.display()),
+        model(),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("3 values"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A graph whose node 1 is the input itself, so traced values are the tensors we choose.
+fn identity_graph() -> Graph {
+    let mut g = Graph::new();
+    g.then("a", Op::Identity);
+    g.then("flat", Op::Flatten);
+    g
+}
+
+fn layer(node: usize) -> Layer {
+    Layer {
+        node,
+        name: if node == 1 { "a".into() } else { "flat".into() },
+    }
+}
+
+#[test]
+fn values_match_hand_computation() {
+    let g = identity_graph();
+    // Two images, 2 channels, 2×2: image b channel c position p = 10b + 4c + p (+1 for ch 1 → 5..8).
+    let data: Vec<f32> = (0..2)
+        .flat_map(|b| (0..8).map(move |i| (10 * b + i) as f32 * 0.1))
+        .collect();
+    let x = Tensor::new(vec![2, 2, 2, 2], data.clone()).unwrap();
+    let trace = g.forward_multi(x, &[1, 2]).unwrap();
+    let v = |o: &Objective| o.values(&trace, 2, None).unwrap();
+    let ch1 = Objective::Channel {
+        layer: layer(1),
+        channel: 1,
+    };
+    assert_close(&v(&ch1), &[0.55, 1.55]);
+    // Centre of a 2×2 map is (x=1, y=1): position 3.
+    assert_close(
+        &v(&Objective::Neuron {
+            layer: layer(1),
+            channel: 0,
+            at: None,
+        }),
+        &[0.3, 1.3],
+    );
+    assert_close(
+        &v(&Objective::Neuron {
+            layer: layer(1),
+            channel: 1,
+            at: Some((0, 1)),
+        }),
+        &[0.6, 1.6],
+    );
+    let sq0: f32 = (0..8).map(|i| (i as f32 * 0.1).powi(2)).sum::<f32>() / 8.0;
+    let sq1: f32 = (10..18).map(|i| (i as f32 * 0.1).powi(2)).sum::<f32>() / 8.0;
+    assert_close(&v(&Objective::LayerSquares(layer(1))), &[sq0, sq1]);
+    let dir = Objective::Direction {
+        layer: layer(1),
+        vector: vec![2.0, -1.0],
+        source: "t".into(),
+    };
+    // mean over positions of 2·a0 − a1 = 2·mean(a0) − mean(a1).
+    assert_close(&v(&dir), &[2.0 * 0.15 - 0.55, 2.0 * 1.15 - 1.55]);
+    let class = Objective::Class {
+        layer: layer(2),
+        index: 5,
+        name: None,
+    };
+    assert_close(&v(&class), &[0.5, 1.5]);
+    let combo = 2.0 * ch1.clone() - Objective::Const(0.5) * dir.clone();
+    assert_close(
+        &v(&combo),
+        &[
+            2.0 * 0.55 - 0.5 * (0.3 - 0.55),
+            2.0 * 1.55 - 0.5 * (2.3 - 1.55),
+        ],
+    );
+    let prod = ch1.clone() * ch1.clone();
+    assert_close(&v(&prod), &[0.55 * 0.55, 1.55 * 1.55]);
+    // Diversity by hand: Gram matrices of each image, cosine, negated (n = 2 → one pair).
+    let gram = |b: usize| {
+        let a = &data[b * 8..b * 8 + 8];
+        let mut gm = [0.0f64; 4];
+        for i in 0..2 {
+            for j in 0..2 {
+                gm[i * 2 + j] = (0..4)
+                    .map(|p| a[i * 4 + p] as f64 * a[j * 4 + p] as f64)
+                    .sum();
+            }
+        }
+        gm
+    };
+    let (g0, g1) = (gram(0), gram(1));
+    let dot: f64 = g0.iter().zip(&g1).map(|(a, b)| a * b).sum();
+    let n0: f64 = g0.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let n1: f64 = g1.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let cos = (dot / (n0 * n1)) as f32;
+    assert_close(&v(&Objective::Diversity(layer(1))), &[-cos, -cos]);
+    // Per-image selection: only the chosen image gets a value.
+    assert_close(&ch1.values(&trace, 2, Some(1)).unwrap(), &[0.0, 1.55]);
+}
+
+fn assert_close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{a:?} vs {b:?}");
+    }
+}
+
+/// Σ over images of the batch objective, for finite differences.
+fn total(g: &Graph, obj: &BatchObjective, x: &[f32], shape: &[usize]) -> f64 {
+    let t = g
+        .forward_multi(
+            Tensor::new(shape.to_vec(), x.to_vec()).unwrap(),
+            &obj.nodes(),
+        )
+        .unwrap();
+    obj.evaluate(&t, shape[0], false)
+        .unwrap()
+        .0
+        .iter()
+        .map(|v| *v as f64)
+        .sum()
+}
+
+fn check_grad(obj: BatchObjective, n: usize) {
+    let g = identity_graph();
+    let shape = [n, 3, 3, 4];
+    let len: usize = shape.iter().product();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let x: Vec<f32> = (0..len).map(|_| rng.gen_range(0.1..1.0)).collect();
+    let t = g
+        .forward_multi(
+            Tensor::new(shape.to_vec(), x.clone()).unwrap(),
+            &obj.nodes(),
+        )
+        .unwrap();
+    let (_, grads) = obj.evaluate(&t, n, true).unwrap();
+    let grads = grads.unwrap();
+    let gin = g.backward_multi(&t, grads.into_seeds()).unwrap();
+    for i in 0..len {
+        let eps = 1e-2f32;
+        let mut xp = x.clone();
+        xp[i] += eps;
+        let mut xm = x.clone();
+        xm[i] -= eps;
+        let fd = (total(&g, &obj, &xp, &shape) - total(&g, &obj, &xm, &shape)) / (2.0 * eps as f64);
+        let an = gin.data()[i] as f64;
+        assert!(
+            (fd - an).abs() < 2e-3 * (1.0 + fd.abs()),
+            "{obj}: coordinate {i}: fd {fd} vs {an}"
+        );
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let ch = |c| Objective::Channel {
+        layer: layer(1),
+        channel: c,
+    };
+    let dream = Objective::LayerSquares(layer(1));
+    let div = Objective::Diversity(layer(1));
+    let neuron = Objective::Neuron {
+        layer: layer(1),
+        channel: 2,
+        at: Some((3, 0)),
+    };
+    let dir = Objective::Direction {
+        layer: layer(1),
+        vector: vec![0.3, -1.0, 2.0],
+        source: "t".into(),
+    };
+    let class = Objective::Class {
+        layer: layer(2),
+        index: 7,
+        name: None,
+    };
+    let combo = 2.0 * ch(0) - Objective::Const(0.5) * dream.clone() + ch(1) * neuron.clone()
+        - dir.clone()
+        + 3.0 * div.clone()
+        + -class.clone();
+    check_grad(BatchObjective::Shared(combo), 3);
+    check_grad(BatchObjective::Shared(div.clone()), 4);
+    // Per image: different objectives, one with the batch-wide diversity term.
+    check_grad(
+        BatchObjective::PerImage(vec![ch(0), neuron - ch(2), dir + 10.0 * div]),
+        3,
+    );
+}
+
+#[test]
+fn per_image_gradients_stay_in_their_image() {
+    let g = identity_graph();
+    let x = Tensor::new(vec![2, 3, 2, 2], (0..24).map(|i| i as f32).collect()).unwrap();
+    let obj = BatchObjective::PerImage(vec![
+        Objective::Channel {
+            layer: layer(1),
+            channel: 0,
+        },
+        Objective::Channel {
+            layer: layer(1),
+            channel: 2,
+        },
+    ]);
+    let t = g.forward_multi(x, &obj.nodes()).unwrap();
+    let (values, grads) = obj.evaluate(&t, 2, true).unwrap();
+    assert_eq!(values, vec![1.5, 12.0 + 8.0 + 1.5]);
+    let grad = grads.unwrap().get(1).unwrap().data().to_vec();
+    let mut want = vec![0.0; 24];
+    want[0..4].fill(0.25);
+    want[20..24].fill(0.25);
+    assert_eq!(grad, want);
+    assert!(obj.evaluate(&t, 3, false).is_err());
+}
