@@ -83,6 +83,19 @@ def lucent_render(model, layer, channel):
     return imgs[-1][0], time.perf_counter() - t
 
 
+def cached_lucent(model, layer, channel, cache):
+    """Lucent's image and time, reused from an earlier run in the same OUT (it is the slow side)."""
+    os.makedirs(cache, exist_ok=True)
+    png, meta = os.path.join(cache, f"{layer}_{channel}.png"), os.path.join(cache, f"{layer}_{channel}.json")
+    if os.path.exists(png) and os.path.exists(meta):
+        img = np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255
+        return img, json.load(open(meta))["seconds"]
+    img, dt = lucent_render(model, layer, channel)
+    Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).save(png)
+    json.dump({"seconds": dt}, open(meta, "w"))
+    return np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255, dt
+
+
 def deepvis_render(exe, layer, channel, out, extra):
     cmd = [exe, "filters", "--layer", layer, "--filters", str(channel), "--out", out, "--quiet"] + extra
     t = time.perf_counter()
@@ -110,8 +123,12 @@ def main():
     for spec in a.channels.split(","):
         layer, ch = spec.split(":")
         ch = int(ch)
-        limg, lt = lucent_render(model, layer, ch)
-        dimg, dt = deepvis_render(a.deepvis, layer, ch, os.path.join(a.out, "deepvis"), a.deepvis_args.split())
+        limg, lt = cached_lucent(model, layer, ch, os.path.join(a.out, "lucent"))
+        dout = os.path.join(a.out, "deepvis")
+        if os.path.exists(dout):
+            import shutil
+            shutil.rmtree(dout)
+        dimg, dt = deepvis_render(a.deepvis, layer, ch, dout, a.deepvis_args.split())
         la = robust_activation(model, layer, ch, limg, thetas)
         da = robust_activation(model, layer, ch, dimg, thetas)
         rows.append((spec, la, da, lt, dt))

@@ -73,7 +73,10 @@ fn seed_preset_reproduces_ascend_channels() {
 fn default_preset_raises_a_channel_and_is_deterministic() {
     let m = model();
     let obj = channels("_blocks.8", &[5, 20]);
-    let settings = Preset::Default.settings(96, Some(40), 3);
+    let mut settings = Preset::Default.settings(96, Some(40), 3);
+    assert_eq!(settings.octaves.len(), 1, "{}", settings.describe());
+    // A multi-scale schedule (½, ¾, full size) ends at the full size too.
+    settings.octaves = deepvis_render::render::default_octaves(96, 40);
     assert_eq!(settings.octaves.len(), 3, "{}", settings.describe());
     let mut steps = 0;
     let a = render(m, &obj, 2, &settings, Init::Random, |p| {
