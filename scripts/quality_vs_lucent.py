@@ -140,12 +140,19 @@ def main():
         print(f"| {spec} | {la:.3f} | {da:.3f} | {lt:.1f} | {dt:.1f} | {lt / dt:.1f}× |")
     wins = sum(da >= la for _, la, da, _, _ in rows)
     print(f"\ndeepvis ≥ Lucent on {wins}/{len(rows)} channels; total time {sum(r[3] for r in rows):.0f} s vs {sum(r[4] for r in rows):.0f} s")
-    tile = 160
-    sheet = Image.new("RGB", (2 * tile + 12, len(pairs) * (tile + 6)), (255, 255, 255))
-    for i, (l, d) in enumerate(pairs):
+    # Lucent on the top row, deepvis below, one column per channel, labeled.
+    from PIL import ImageDraw
+    tile, gap, label_w, label_h = 128, 6, 64, 16
+    sheet = Image.new("RGB", (label_w + len(pairs) * (tile + gap), label_h + 2 * (tile + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for j, name in enumerate(("Lucent", "deepvis")):
+        draw.text((4, label_h + j * (tile + gap) + tile // 2 - 6), name, fill=(0, 0, 0))
+    for i, ((l, d), row) in enumerate(zip(pairs, rows)):
+        x = label_w + i * (tile + gap)
+        draw.text((x + 2, 2), row[0], fill=(0, 0, 0))
         for j, img in enumerate((l, d)):
             im = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).resize((tile, tile), Image.BILINEAR)
-            sheet.paste(im, (j * (tile + 12), i * (tile + 6)))
+            sheet.paste(im, (x, label_h + j * (tile + gap)))
     sheet.save(os.path.join(a.out, "side_by_side.png"))
 
 

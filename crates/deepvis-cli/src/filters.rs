@@ -3,7 +3,7 @@
 //! interrupted run stopped.
 
 use crate::settings::RenderArgs;
-use crate::source::ModelArgs;
+use crate::source::{Loaded, ModelArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_models::Model;
@@ -100,6 +100,32 @@ fn filter_list(a: &FiltersArgs) -> Result<Vec<usize>> {
     }
 }
 
+/// The manifest of an output directory, or a new one. One directory holds one model with one
+/// set of weights, so that every record in it means what it says.
+pub fn open_manifest(out: &Path, model: &str, loaded: &Loaded) -> Result<(PathBuf, Manifest)> {
+    let path = out.join(MANIFEST_FILE);
+    let manifest = match Manifest::load(&path)? {
+        Some(m) if m.model != model => bail!(
+            "{} holds results of model '{}'; choose another --out for '{model}'",
+            path.display(),
+            m.model
+        ),
+        Some(m) if m.weights_sha256 != loaded.weights_sha256 => bail!(
+            "{} was made with other weights (sha256 {}); choose another --out",
+            path.display(),
+            m.weights_sha256.as_deref().unwrap_or("unknown")
+        ),
+        Some(m) => m,
+        None => Manifest::new(
+            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
+            model,
+            Some(loaded.weights_label.clone()),
+            loaded.weights_sha256.clone(),
+        ),
+    };
+    Ok((path, manifest))
+}
+
 /// Available memory in bytes, from /proc/meminfo where there is one.
 fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -171,29 +197,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let seed_method = a.render.is_seed_method(&base_settings);
 
     let out = &a.out;
-    let manifest_path = out.join(MANIFEST_FILE);
-    let mut manifest = match Manifest::load(&manifest_path)? {
-        Some(m) if m.model != a.model.model => bail!(
-            "{} holds results of model '{}'; choose another --out for '{}'",
-            manifest_path.display(),
-            m.model,
-            a.model.model
-        ),
-        Some(m) => m,
-        None => Manifest::new(
-            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
-            &a.model.model,
-            Some(loaded.weights_label.clone()),
-            loaded.weights_sha256.clone(),
-        ),
-    };
-    if manifest.weights_sha256 != loaded.weights_sha256 {
-        bail!(
-            "{} was made with other weights (sha256 {}); choose another --out",
-            manifest_path.display(),
-            manifest.weights_sha256.as_deref().unwrap_or("unknown")
-        );
-    }
+    let (manifest_path, mut manifest) = open_manifest(out, &a.model.model, &loaded)?;
     let mut settings = a.render.manifest_settings(&base_settings);
     if !seed_method {
         // Transforms draw per batch, so the grouping is part of what reproduces an image.

@@ -5,9 +5,7 @@ use crate::settings::RenderArgs;
 use crate::source::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use deepvis_output::{
-    grid_sheet, load_rgb, write_gallery, FilterRecord, Manifest, RgbImage, MANIFEST_FILE,
-};
+use deepvis_output::{grid_sheet, load_rgb, write_gallery, FilterRecord, RgbImage};
 use deepvis_render::render::{dream as deep_dream, render as run_render, DreamSettings, Init};
 use deepvis_render::{BatchObjective, Objective};
 use std::path::{Path, PathBuf};
@@ -70,23 +68,8 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     )?;
 
     let out = &a.out;
-    let manifest_path = out.join(MANIFEST_FILE);
-    let mut manifest = match Manifest::load(&manifest_path)? {
-        Some(m) if m.model != a.model.model => {
-            bail!(
-                "{} holds results of model '{}'; choose another --out",
-                manifest_path.display(),
-                m.model
-            )
-        }
-        Some(m) => m,
-        None => Manifest::new(
-            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
-            &a.model.model,
-            Some(loaded.weights_label.clone()),
-            loaded.weights_sha256.clone(),
-        ),
-    };
+    let (manifest_path, mut manifest) =
+        crate::filters::open_manifest(out, &a.model.model, &loaded)?;
     let mut run_settings = a.render.manifest_settings(&settings);
     run_settings["batch"] = a.batch.into();
     let dir = Path::new(&a.model.model)
