@@ -16,8 +16,13 @@
 //!                                                    one unit: the centre (W/2, H/2) or column X, row Y
 //!          | 'layer' '(' LAYER ')' | 'dream' '(' LAYER ')'
 //!                                                    DeepDream: mean of squares of the whole layer
+//!          | 'position' '(' LAYER ',' X ',' Y ')'   DeepDream at one place: mean over channels of
+//!                                                     the squares at column X, row Y
 //!          | 'class' '(' INT | "NAME" | NAME ')'     an ImageNet logit, by index or by name
 //!          | 'direction' '(' LAYER ',' FILE ')'     mean over positions of ⟨activation vector, v⟩
+//!          | 'direction' '(' LAYER ',' FILE ',' X ',' Y ')'
+//!                                                    ⟨activation vector at column X, row Y, v⟩
+//!                                                     (Lucid's `direction_neuron`)
 //!          | 'diversity' '(' LAYER ')'              −(mean pairwise cosine similarity of the
 //!                                                     Gram matrices of LAYER across the batch)
 //! ```
@@ -28,6 +33,10 @@
 //! FILE holds the direction vector, one float per channel: a text file of numbers separated by
 //! whitespace or commas (so a JSON list works), or `FILE.safetensors:TENSOR` /
 //! `FILE.pth:TENSOR` for a tensor of a weights file.
+//!
+//! X and Y index the layer's output grid (column, row from the top left), whose size depends
+//! on the image size: binding checks them at the model's native size, evaluation at the size
+//! at hand.
 //!
 //! Examples: `features.28:15`, `_blocks.8:3 - 0.5 * _blocks.8:7`,
 //! `class("Egyptian cat") + 0.1 * dream(_blocks.12)`, `_blocks.8:3 + 100 * diversity(_blocks.8)`.
@@ -243,6 +252,15 @@ pub struct LayerRef {
     pub span: Span,
 }
 
+/// A spatial position (column x, row y) as written, with where each number was written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PosRef {
+    pub x: usize,
+    pub y: usize,
+    pub x_span: Span,
+    pub y_span: Span,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClassRef {
     Index(usize),
@@ -271,10 +289,15 @@ pub enum ExprKind {
         at: Option<(usize, usize)>,
     },
     Layer(LayerRef),
+    Position {
+        layer: LayerRef,
+        at: PosRef,
+    },
     Class(ClassRef),
     Direction {
         layer: LayerRef,
         file: String,
+        at: Option<PosRef>,
     },
     Diversity(LayerRef),
     Add(Box<Expr>, Box<Expr>),
@@ -415,6 +438,20 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `',' X ',' Y`.
+    fn position(&mut self) -> Result<PosRef, SpecError> {
+        self.expect(Tok::Comma, "',' and a column x")?;
+        let (x, x_span) = self.integer("a column x")?;
+        self.expect(Tok::Comma, "',' and a row y")?;
+        let (y, y_span) = self.integer("a row y")?;
+        Ok(PosRef {
+            x,
+            y,
+            x_span,
+            y_span,
+        })
+    }
+
     fn layer(&mut self) -> Result<LayerRef, SpecError> {
         let t = self.next();
         match t.tok {
@@ -473,7 +510,7 @@ impl<'a> Parser<'a> {
                 }
                 self.err(
                     format!(
-                        "'{word}' is neither a number nor a term; write LAYER:CHANNEL for a channel, or one of neuron(…), layer(…), dream(…), class(…), direction(…), diversity(…)"
+                        "'{word}' is neither a number nor a term; write LAYER:CHANNEL for a channel, or one of neuron(…), layer(…), dream(…), position(…), class(…), direction(…), diversity(…)"
                     ),
                     t.span,
                 )
@@ -522,6 +559,10 @@ impl<'a> Parser<'a> {
                 }
             }
             "layer" | "dream" => ExprKind::Layer(self.layer()?),
+            "position" => ExprKind::Position {
+                layer: self.layer()?,
+                at: self.position()?,
+            },
             "diversity" => ExprKind::Diversity(self.layer()?),
             "class" => {
                 let t = self.next();
@@ -575,12 +616,17 @@ impl<'a> Parser<'a> {
                 } else {
                     file
                 };
-                ExprKind::Direction { layer, file }
+                let at = if self.peek().tok == Tok::Comma {
+                    Some(self.position()?)
+                } else {
+                    None
+                };
+                ExprKind::Direction { layer, file, at }
             }
             _ => {
                 return self.err(
                     format!(
-                        "unknown function '{name}'; known: channel, neuron, layer, dream, class, direction, diversity"
+                        "unknown function '{name}'; known: channel, neuron, layer, dream, position, class, direction, diversity"
                     ),
                     name_span,
                 )
@@ -657,17 +703,24 @@ pub enum Objective {
     },
     /// DeepDream: mean over all of the layer's values of their squares.
     LayerSquares(Layer),
+    /// DeepDream at one place: mean over channels of the squares at column x, row y.
+    Position {
+        layer: Layer,
+        at: (usize, usize),
+    },
     /// One logit of the classifier head.
     Class {
         layer: Layer,
         index: usize,
         name: Option<String>,
     },
-    /// Mean over positions of ⟨activation vector, direction⟩.
+    /// ⟨activation vector, direction⟩: averaged over positions, or at column x, row y
+    /// (Lucid's `direction_neuron`).
     Direction {
         layer: Layer,
         vector: Vec<f32>,
         source: String,
+        at: Option<(usize, usize)>,
     },
     /// −(mean over the other images of the cosine similarity of their Gram matrices).
     Diversity(Layer),
@@ -691,6 +744,48 @@ fn channel_count(model: &Model, layer: &Layer, span: Span, src: &str) -> Result<
     model
         .channels(layer.node, model.info.native_size)
         .map_err(|e| SpecError::new(e.to_string(), span, src))
+}
+
+/// Checks that `layer` has spatial positions and that `at` is one of them at the model's native
+/// size (evaluation checks again at the size at hand).
+fn check_position(
+    model: &Model,
+    layer: &Layer,
+    r: &LayerRef,
+    at: &PosRef,
+    src: &str,
+) -> Result<(usize, usize), SpecError> {
+    let size = model.info.native_size;
+    let shapes = model
+        .graph
+        .shapes(&[1, 3, size, size], layer.node)
+        .map_err(|e| SpecError::new(e.to_string(), r.span, src))?;
+    let shape = shapes[layer.node].clone().unwrap_or_default();
+    if shape.len() != 4 {
+        return Err(SpecError::new(
+            format!(
+                "{} has no spatial positions (its output is {shape:?})",
+                layer.name
+            ),
+            r.span,
+            src,
+        ));
+    }
+    let (h, w) = (shape[2], shape[3]);
+    for (v, n, what, span) in [(at.x, w, "column", at.x_span), (at.y, h, "row", at.y_span)] {
+        if v >= n {
+            return Err(SpecError::new(
+                format!(
+                    "{what} {v} is out of range: {} has {w}×{h} positions (W×H) at the native {size}×{size} input, {what}s 0..{}",
+                    layer.name,
+                    n.saturating_sub(1)
+                ),
+                span,
+                src,
+            ));
+        }
+    }
+    Ok((at.x, at.y))
 }
 
 /// Reads a direction vector: `FILE.safetensors:TENSOR`, `FILE.pth:TENSOR`, or a text file of
@@ -766,6 +861,11 @@ impl Expr {
                 }
             }
             ExprKind::Layer(r) => Objective::LayerSquares(model_layer(model, r, src)?),
+            ExprKind::Position { layer, at } => {
+                let l = model_layer(model, layer, src)?;
+                let at = check_position(model, &l, layer, at, src)?;
+                Objective::Position { layer: l, at }
+            }
             ExprKind::Diversity(r) => Objective::Diversity(model_layer(model, r, src)?),
             ExprKind::Class(c) => {
                 if !model.has_head {
@@ -798,8 +898,12 @@ impl Expr {
                 }
                 Objective::Class { layer, index, name }
             }
-            ExprKind::Direction { layer, file } => {
+            ExprKind::Direction { layer, file, at } => {
                 let l = model_layer(model, layer, src)?;
+                let at = at
+                    .as_ref()
+                    .map(|at| check_position(model, &l, layer, at, src))
+                    .transpose()?;
                 let vector = load_direction(file).map_err(|e| SpecError::new(e, self.span, src))?;
                 let c = channel_count(model, &l, layer.span, src)?;
                 if vector.len() != c {
@@ -817,6 +921,7 @@ impl Expr {
                     layer: l,
                     vector,
                     source: file.clone(),
+                    at,
                 }
             }
             ExprKind::Add(a, b) => {
@@ -917,6 +1022,7 @@ impl Objective {
             Objective::Channel { layer, .. }
             | Objective::Neuron { layer, .. }
             | Objective::LayerSquares(layer)
+            | Objective::Position { layer, .. }
             | Objective::Class { layer, .. }
             | Objective::Direction { layer, .. }
             | Objective::Diversity(layer) => out.push(layer.node),
@@ -982,6 +1088,17 @@ impl Objective {
                     v[b] = (s / per as f64) as f32;
                 }
             }
+            Objective::Position { layer, at } => {
+                let t = traced(trace, layer)?;
+                let (_, c, plane) = dims(t);
+                let p = position_offset(t, layer, *at, "position")?;
+                for b in images(n, only) {
+                    let s: f64 = (0..c)
+                        .map(|ch| (t.data()[(b * c + ch) * plane + p] as f64).powi(2))
+                        .sum();
+                    v[b] = (s / c as f64) as f32;
+                }
+            }
             Objective::Class { layer, index, .. } => {
                 let t = traced(trace, layer)?;
                 let (_, c, plane) = dims(t);
@@ -989,7 +1106,31 @@ impl Objective {
                     v[b] = t.data()[(b * c + index) * plane];
                 }
             }
-            Objective::Direction { layer, vector, .. } => {
+            Objective::Direction {
+                layer,
+                vector,
+                at: Some(at),
+                ..
+            } => {
+                let t = traced(trace, layer)?;
+                let (_, c, plane) = dims(t);
+                let p = position_offset(t, layer, *at, "direction")?;
+                for b in images(n, only) {
+                    let s: f64 = vector
+                        .iter()
+                        .enumerate()
+                        .take(c)
+                        .map(|(ch, d)| t.data()[(b * c + ch) * plane + p] as f64 * *d as f64)
+                        .sum();
+                    v[b] = s as f32;
+                }
+            }
+            Objective::Direction {
+                layer,
+                vector,
+                at: None,
+                ..
+            } => {
                 let t = traced(trace, layer)?;
                 let (_, c, plane) = dims(t);
                 for b in images(n, only) {
@@ -1082,6 +1223,19 @@ impl Objective {
                     }
                 }
             }
+            Objective::Position { layer, at } => {
+                let t = traced(trace, layer)?;
+                let (_, c, plane) = dims(t);
+                let p = position_offset(t, layer, *at, "position")?;
+                let g = grads.slot(layer.node, t.shape());
+                for b in images(n, only) {
+                    let k = scale[b] * 2.0 / c as f32;
+                    for ch in 0..c {
+                        let i = (b * c + ch) * plane + p;
+                        g.data_mut()[i] += k * t.data()[i];
+                    }
+                }
+            }
             Objective::Class { layer, index, .. } => {
                 let t = traced(trace, layer)?;
                 let (_, c, plane) = dims(t);
@@ -1090,7 +1244,28 @@ impl Objective {
                     g.data_mut()[(b * c + index) * plane] += scale[b];
                 }
             }
-            Objective::Direction { layer, vector, .. } => {
+            Objective::Direction {
+                layer,
+                vector,
+                at: Some(at),
+                ..
+            } => {
+                let t = traced(trace, layer)?;
+                let (_, c, plane) = dims(t);
+                let p = position_offset(t, layer, *at, "direction")?;
+                let g = grads.slot(layer.node, t.shape());
+                for b in images(n, only) {
+                    for (ch, d) in vector.iter().enumerate().take(c) {
+                        g.data_mut()[(b * c + ch) * plane + p] += scale[b] * d;
+                    }
+                }
+            }
+            Objective::Direction {
+                layer,
+                vector,
+                at: None,
+                ..
+            } => {
                 let t = traced(trace, layer)?;
                 let (_, c, plane) = dims(t);
                 let g = grads.slot(layer.node, t.shape());
@@ -1169,12 +1344,21 @@ impl Objective {
                 None => write!(f, "neuron({}:{channel})", layer.name)?,
             },
             Objective::LayerSquares(layer) => write!(f, "dream({})", layer.name)?,
+            Objective::Position { layer, at: (x, y) } => {
+                write!(f, "position({}, {x}, {y})", layer.name)?
+            }
             Objective::Class { index, name, .. } => match name {
                 Some(n) => write!(f, "class(\"{n}\")")?,
                 None => write!(f, "class({index})")?,
             },
-            Objective::Direction { layer, source, .. } => {
-                write!(f, "direction({}, \"{source}\")", layer.name)?
+            Objective::Direction {
+                layer, source, at, ..
+            } => {
+                write!(f, "direction({}, \"{source}\"", layer.name)?;
+                if let Some((x, y)) = at {
+                    write!(f, ", {x}, {y}")?;
+                }
+                write!(f, ")")?
             }
             Objective::Diversity(layer) => write!(f, "diversity({})", layer.name)?,
             Objective::Add(a, b) => {
@@ -1226,6 +1410,30 @@ fn neuron_offset(t: &Tensor, at: Option<(usize, usize)>) -> Result<usize, Render
     if x >= w || y >= h {
         return Err(RenderError::Invalid(format!(
             "neuron position ({x}, {y}) is outside the layer's {w}×{h} positions at this image size"
+        )));
+    }
+    Ok(y * w + x)
+}
+
+/// The offset within a channel plane of column x, row y of a `[N, C, H, W]` layer output.
+fn position_offset(
+    t: &Tensor,
+    layer: &Layer,
+    (x, y): (usize, usize),
+    what: &str,
+) -> Result<usize, RenderError> {
+    let s = t.shape();
+    if s.len() != 4 {
+        return Err(RenderError::Invalid(format!(
+            "{what}({}, …, {x}, {y}) needs a layer with spatial positions; its output is {s:?}",
+            layer.name
+        )));
+    }
+    let (h, w) = (s[2], s[3]);
+    if x >= w || y >= h {
+        return Err(RenderError::Invalid(format!(
+            "{what}({}, …, {x}, {y}): the position is outside the layer's {w}×{h} (W×H) positions at this image size",
+            layer.name
         )));
     }
     Ok(y * w + x)

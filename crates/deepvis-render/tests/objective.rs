@@ -3,7 +3,7 @@
 
 use deepvis_engine::{Graph, Op, Tensor};
 use deepvis_models::Model;
-use deepvis_render::objective::{parse, BatchObjective, Layer, Objective};
+use deepvis_render::objective::{parse, BatchObjective, Layer, NodeGrads, Objective};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::OnceLock;
@@ -22,6 +22,8 @@ fn grammar_accepts_and_round_trips() {
         "neuron(_blocks.8:15, 2, 3)",
         "layer(_blocks.12)",
         "dream(_blocks.12)",
+        "position(_blocks.8, 3, 5)",
+        "2 * position(_blocks.8, 13, 0) - _blocks.8:1",
         "class(285)",
         "class(\"Egyptian cat\")",
         "diversity(_blocks.8)",
@@ -46,6 +48,9 @@ fn grammar_accepts_and_round_trips() {
     assert_eq!(o.to_string(), "2 * _blocks.8:3 + _blocks.9:1");
     let o = Objective::parse("class(\"Egyptian cat\")", m).unwrap();
     assert!(matches!(o, Objective::Class { index: 285, .. }));
+    let o = Objective::parse("position( _blocks.8 ,3,5 )", m).unwrap();
+    assert_eq!(o.to_string(), "position(_blocks.8, 3, 5)");
+    assert!(matches!(o, Objective::Position { at: (3, 5), .. }));
 }
 
 fn err_at(src: &str) -> (usize, usize, String) {
@@ -91,6 +96,36 @@ fn errors_point_at_the_bad_token() {
 }
 
 #[test]
+fn position_errors_point_at_the_bad_token() {
+    // _blocks.8 is 14×14 at the native 224 px: the column, then the row, out of range.
+    let (s, e, msg) = err_at("position(_blocks.8, 14, 0)");
+    assert_eq!((s, e), (20, 22), "{msg}");
+    assert!(msg.contains("column 14") && msg.contains("14×14"), "{msg}");
+    let (s, e, msg) = err_at("1 + position(_blocks.8, 0, 100)");
+    assert_eq!((s, e), (27, 30), "{msg}");
+    assert!(
+        msg.contains("row 100") && msg.contains("rows 0..13"),
+        "{msg}"
+    );
+    // A layer without positions: the caret is under the layer.
+    let (s, e, msg) = err_at("position(_fc, 0, 0)");
+    assert_eq!((s, e), (9, 12), "{msg}");
+    assert!(msg.contains("no spatial positions"), "{msg}");
+    // Wrong arity.
+    let (s, _, msg) = err_at("position(_blocks.8, 3)");
+    assert_eq!(s, 21, "{msg}");
+    assert!(msg.contains("row y"), "{msg}");
+    let (s, _, msg) = err_at("position(_blocks.8)");
+    assert_eq!(s, 18, "{msg}");
+    assert!(msg.contains("column x"), "{msg}");
+    let (s, _, msg) = err_at("position(_blocks.8, 1, 2, 3)");
+    assert_eq!(s, 24, "{msg}");
+    assert!(msg.contains("expected ')'"), "{msg}");
+    assert_eq!(err_at("direction(_blocks.8, v.txt, 3)").0, 29); // ',' and a row y
+    assert_eq!(err_at("direction(_blocks.8, v.txt, 3, y)").0, 31); // row not a number
+}
+
+#[test]
 fn direction_files() {
     let dir = std::env::temp_dir().join(format!("deepvis-dir-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -100,9 +135,27 @@ fn direction_files() {
     let src = format!("direction(_blocks.8, \"{}\")", f.display());
     let o = Objective::parse(&src, model()).unwrap();
     match &o {
-        Objective::Direction { vector, .. } => assert_eq!(vector[3], 1.5),
+        Objective::Direction {
+            vector, at: None, ..
+        } => assert_eq!(vector[3], 1.5),
         other => panic!("{other:?}"),
     }
+    // Lucid's direction_neuron: at one position, shown and parsed back the same.
+    let src = format!("direction(_blocks.8, \"{}\", 2, 13)", f.display());
+    let o = Objective::parse(&src, model()).unwrap();
+    assert!(matches!(
+        o,
+        Objective::Direction {
+            at: Some((2, 13)),
+            ..
+        }
+    ));
+    assert_eq!(o.to_string(), src);
+    assert_eq!(Objective::parse(&o.to_string(), model()).unwrap(), o);
+    let src = format!("direction(_blocks.8, \"{}\", 2, 14)", f.display());
+    let e = Objective::parse(&src, model()).unwrap_err();
+    assert_eq!(e.span.start, src.len() - 3, "{e}");
+    assert!(e.message.contains("row 14"), "{e}");
     let short = dir.join("short.txt");
     std::fs::write(&short, "1 2 3").unwrap();
     let e = Objective::parse(
@@ -168,6 +221,7 @@ fn values_match_hand_computation() {
         layer: layer(1),
         vector: vec![2.0, -1.0],
         source: "t".into(),
+        at: None,
     };
     // mean over positions of 2·a0 − a1 = 2·mean(a0) − mean(a1).
     assert_close(&v(&dir), &[2.0 * 0.15 - 0.55, 2.0 * 1.15 - 1.55]);
@@ -208,6 +262,59 @@ fn values_match_hand_computation() {
     assert_close(&v(&Objective::Diversity(layer(1))), &[-cos, -cos]);
     // Per-image selection: only the chosen image gets a value.
     assert_close(&ch1.values(&trace, 2, Some(1)).unwrap(), &[0.0, 1.55]);
+}
+
+#[test]
+fn position_values_match_hand_computation() {
+    let g = identity_graph();
+    // Two images, 2 channels, 2×2 (W = 2): value = (10b + 4c + p) / 10 at position p = 2y + x.
+    let data: Vec<f32> = (0..16)
+        .map(|i| (10 * (i / 8) + i % 8) as f32 * 0.1)
+        .collect();
+    let trace = g
+        .forward_multi(Tensor::new(vec![2, 2, 2, 2], data).unwrap(), &[1, 2])
+        .unwrap();
+    let v = |o: &Objective| o.values(&trace, 2, None);
+    // Column 1, row 0: p = 1, channels hold p and p + 4.
+    let pos = Objective::Position {
+        layer: layer(1),
+        at: (1, 0),
+    };
+    assert_close(
+        &v(&pos).unwrap(),
+        &[
+            (0.1f32.powi(2) + 0.5f32.powi(2)) / 2.0,
+            (1.1f32.powi(2) + 1.5f32.powi(2)) / 2.0,
+        ],
+    );
+    // Column 0, row 1: p = 2; 2·a0 − a1.
+    let dir = Objective::Direction {
+        layer: layer(1),
+        vector: vec![2.0, -1.0],
+        source: "t".into(),
+        at: Some((0, 1)),
+    };
+    assert_close(&v(&dir).unwrap(), &[2.0 * 0.2 - 0.6, 2.0 * 1.2 - 1.6]);
+    assert_close(&pos.values(&trace, 2, Some(1)).unwrap(), &[0.0, 1.73]);
+    // Outside the map at this size, or a layer without positions: errors that say so.
+    let far = Objective::Position {
+        layer: layer(1),
+        at: (0, 2),
+    };
+    let msg = v(&far).unwrap_err().to_string();
+    assert!(msg.contains("2×2") && msg.contains("position(a"), "{msg}");
+    let mut grads = NodeGrads::default();
+    assert!(far
+        .accumulate_grad(&trace, 2, None, &[1.0, 1.0], &mut grads)
+        .is_err());
+    let flat = Objective::Direction {
+        layer: layer(2),
+        vector: vec![1.0; 8],
+        source: "t".into(),
+        at: Some((0, 0)),
+    };
+    let msg = v(&flat).unwrap_err().to_string();
+    assert!(msg.contains("spatial positions"), "{msg}");
 }
 
 fn assert_close(a: &[f32], b: &[f32]) {
@@ -280,17 +387,36 @@ fn gradients_match_finite_differences() {
         layer: layer(1),
         vector: vec![0.3, -1.0, 2.0],
         source: "t".into(),
+        at: None,
     };
     let class = Objective::Class {
         layer: layer(2),
         index: 7,
         name: None,
     };
+    // On a 4×3 (W×H) map, so a swapped x and y would fall off it or land elsewhere.
+    let pos = |x, y| Objective::Position {
+        layer: layer(1),
+        at: (x, y),
+    };
+    let dir_at = Objective::Direction {
+        layer: layer(1),
+        vector: vec![0.7, 1.5, -0.4],
+        source: "t".into(),
+        at: Some((3, 1)),
+    };
     let combo = 2.0 * ch(0) - Objective::Const(0.5) * dream.clone() + ch(1) * neuron.clone()
         - dir.clone()
         + 3.0 * div.clone()
         + -class.clone();
     check_grad(BatchObjective::Shared(combo), 3);
+    check_grad(BatchObjective::Shared(pos(3, 2)), 2);
+    check_grad(BatchObjective::Shared(dir_at.clone()), 2);
+    check_grad(
+        BatchObjective::Shared(pos(1, 0) * dir_at.clone() - 2.0 * pos(2, 1) + ch(2)),
+        2,
+    );
+    check_grad(BatchObjective::PerImage(vec![pos(0, 2), dir_at]), 2);
     check_grad(BatchObjective::Shared(div.clone()), 4);
     // Per image: different objectives, one with the batch-wide diversity term.
     check_grad(
