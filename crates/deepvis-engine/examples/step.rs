@@ -2,7 +2,8 @@
 //! from engine ops only (no weight files), for timing the engine alone:
 //!
 //!     cargo run --release -p deepvis-engine --example step -- [--layer 28] [--size 224]
-//!         [--batch 1] [--iters 9] [--algo auto|im2col|winograd] [--profile]
+//!         [--batch 1] [--iters 9] [--algo auto|im2col|winograd] [--precision f32|bf16]
+//!         [--profile]
 //!
 //! Prints the median wall time per step, CPU time per step (user and system, so page-fault
 //! overhead shows), and with `--profile` the time of every op forward and backward.
@@ -83,6 +84,11 @@ fn main() {
     let algo = ConvAlgo::parse(&arg("--algo", "auto")).expect("--algo auto|im2col|winograd");
     let profile = args.iter().any(|a| a == "--profile");
     set_conv_algo(algo);
+    let prec = Precision::parse(&arg("--precision", "f32")).expect("--precision f32|bf16");
+    if let Err(e) = set_precision(prec) {
+        eprintln!("{e}");
+        std::process::exit(2);
+    }
 
     let graph = vgg16(layer);
     let target = graph
@@ -113,6 +119,30 @@ fn main() {
     for _ in 0..2 {
         std::hint::black_box(step(&x));
     }
+    if prec == Precision::Bf16 {
+        // How far bf16 moves the input gradient from float32's.
+        let low = step(&x);
+        set_precision(Precision::F32).expect("f32");
+        let high = step(&x);
+        set_precision(prec).expect("bf16");
+        let scale = high.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = low
+            .data()
+            .iter()
+            .zip(high.data())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+        for (a, b) in low.data().iter().zip(high.data()) {
+            ab += (*a as f64) * (*b as f64);
+            aa += (*a as f64) * (*a as f64);
+            bb += (*b as f64) * (*b as f64);
+        }
+        eprintln!(
+            "bf16 vs f32 input gradient: max |diff| / max |f32| = {:.2e}, cosine = {:.6}",
+            err / scale,
+            ab / (aa.sqrt() * bb.sqrt())
+        );
+    }
     let mut times = Vec::new();
     let (u0, s0) = cpu_seconds();
     for _ in 0..iters {
@@ -125,7 +155,7 @@ fn main() {
     let flops = 2 * graph.forward_flops(&shape, target).expect("flops");
     let ms = times[times.len() / 2];
     println!(
-        "{{\"layer\":{layer},\"size\":{size},\"batch\":{batch},\"algo\":\"{algo:?}\",\"ms_per_step\":{ms:.2},\"min_ms\":{:.2},\"max_ms\":{:.2},\"gflop_per_s\":{:.1},\"user_ms_per_step\":{:.1},\"sys_ms_per_step\":{:.1}}}",
+        "{{\"layer\":{layer},\"size\":{size},\"batch\":{batch},\"algo\":\"{algo:?}\",\"precision\":\"{prec:?}\",\"ms_per_step\":{ms:.2},\"min_ms\":{:.2},\"max_ms\":{:.2},\"gflop_per_s\":{:.1},\"user_ms_per_step\":{:.1},\"sys_ms_per_step\":{:.1}}}",
         times[0],
         times[times.len() - 1],
         flops as f64 / 1e6 / ms,

@@ -6,9 +6,10 @@
 //! would have an inner dimension of only kh·kw. Dense 3×3 stride-1 convolutions can instead use
 //! Winograd F(4×4, 3×3) (see `winograd.rs` and `ConvAlgo` for when).
 
-use crate::gemm::{matmul, MatMut, MatRef};
+use crate::bf16::{self, PackedA};
+use crate::gemm::{matmul, matmul_split, MatMut, MatRef};
 use crate::winograd::{self, WinoGeom, WinogradWeights};
-use crate::{EngineError, Tensor};
+use crate::{precision, EngineError, Precision, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,13 @@ pub fn set_conv_algo(algo: ConvAlgo) {
 #[derive(Default)]
 pub struct ConvCache {
     winograd: Mutex<Option<(WeightStamp, Arc<WinogradWeights>)>>,
+    bf16: Mutex<Option<(WeightStamp, Arc<GemmBf16>)>>,
+}
+
+/// Per group, the weight matrix [cout_g × k] and its transpose, packed for `bf16::matmul`.
+struct GemmBf16 {
+    forward: Vec<PackedA>,
+    backward: Vec<PackedA>,
 }
 
 impl Clone for ConvCache {
@@ -281,7 +289,7 @@ impl SharedMut {
 
 impl Conv2d {
     /// Whether Winograd computes this convolution for `g` under `algo`.
-    fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo, forward: bool) -> Option<WinoGeom> {
+    fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<WinoGeom> {
         let eligible = g.kh == 3
             && g.kw == 3
             && g.sh == 1
@@ -328,6 +336,64 @@ impl Conv2d {
                 w
             }
         }
+    }
+
+    fn gemm_bf16_weights(&self, g: &Geometry) -> Arc<GemmBf16> {
+        let stamp = WeightStamp::of(&self.weight);
+        let mut slot = self
+            .cache
+            .bf16
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*slot {
+            Some((s, w)) if *s == stamp => w.clone(),
+            _ => {
+                let (cout_g, k) = (g.cout_g(), g.k());
+                let pack = |transpose: bool| -> Vec<PackedA> {
+                    (0..g.groups)
+                        .map(|grp| {
+                            let ptr = self.weight[grp * cout_g * k..].as_ptr();
+                            // SAFETY: each group's weights are a [cout_g × k] row-major block.
+                            unsafe {
+                                if transpose {
+                                    PackedA::new(k, cout_g, MatRef { ptr, rs: 1, cs: k as isize })
+                                } else {
+                                    PackedA::new(cout_g, k, MatRef { ptr, rs: k as isize, cs: 1 })
+                                }
+                            }
+                        })
+                        .collect()
+                };
+                let w = Arc::new(GemmBf16 {
+                    forward: pack(false),
+                    backward: pack(true),
+                });
+                *slot = Some((stamp, w.clone()));
+                w
+            }
+        }
+    }
+
+    /// Bytes of prepared weights this convolution's cache holds (Winograd transforms and bf16
+    /// copies), for memory reports.
+    pub fn cache_bytes(&self) -> usize {
+        let wino = self
+            .cache
+            .winograd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |(_, w)| w.bytes());
+        let bf = self
+            .cache
+            .bf16
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |(_, w)| {
+                w.forward.iter().chain(&w.backward).map(PackedA::bytes).sum()
+            });
+        wino + bf
     }
 
     pub fn validate(&self) -> Result<(), EngineError> {
@@ -428,12 +494,24 @@ impl Conv2d {
 
     /// `forward` with an explicit algorithm (tests compare every path against `Im2col`).
     pub fn forward_with(&self, x: &Tensor, algo: ConvAlgo) -> Result<Tensor, EngineError> {
+        self.forward_with_precision(x, algo, precision())
+    }
+
+    /// `forward` with an explicit algorithm and GEMM precision (`Bf16` needs
+    /// `bf16_supported()`; without it this falls back to f32).
+    pub fn forward_with_precision(
+        &self,
+        x: &Tensor,
+        algo: ConvAlgo,
+        prec: Precision,
+    ) -> Result<Tensor, EngineError> {
+        let prec = effective(prec);
         let g = self.geometry(x.shape())?;
         let shape = [g.n, g.cout, g.oh, g.ow];
-        if let Some(wg) = self.winograd_geometry(&g, algo, true) {
+        if let Some(wg) = self.winograd_geometry(&g, algo) {
             let w = self.winograd_weights();
             let mut y = Tensor::for_overwrite(&shape);
-            winograd::forward(&wg, &w, self.bias.as_deref(), x.data(), y.data_mut());
+            winograd::forward(&wg, &w, self.bias.as_deref(), x.data(), y.data_mut(), prec);
             return Ok(y);
         }
         let mut y;
@@ -443,7 +521,7 @@ impl Conv2d {
         } else {
             // Every element is written by exactly one non-accumulating GEMM.
             y = Tensor::for_overwrite(&shape);
-            self.gemm_forward(&g, x.data(), y.data_mut());
+            self.gemm_forward(&g, x.data(), y.data_mut(), prec);
         }
         if let Some(bias) = &self.bias {
             let plane = g.oh * g.ow;
@@ -475,6 +553,18 @@ impl Conv2d {
         grad_out: &Tensor,
         algo: ConvAlgo,
     ) -> Result<Tensor, EngineError> {
+        self.backward_with_precision(input_shape, grad_out, algo, precision())
+    }
+
+    /// `backward` with an explicit algorithm and GEMM precision.
+    pub fn backward_with_precision(
+        &self,
+        input_shape: &[usize],
+        grad_out: &Tensor,
+        algo: ConvAlgo,
+        prec: Precision,
+    ) -> Result<Tensor, EngineError> {
+        let prec = effective(prec);
         let g = self.geometry(input_shape)?;
         if grad_out.shape() != [g.n, g.cout, g.oh, g.ow] {
             return Err(EngineError::Shape(format!(
@@ -484,15 +574,15 @@ impl Conv2d {
             )));
         }
         let mut dx = Tensor::zeros(input_shape);
-        if let Some(wg) = self.winograd_geometry(&g, algo, false) {
+        if let Some(wg) = self.winograd_geometry(&g, algo) {
             let w = self.winograd_weights();
-            winograd::backward(&wg, &w, grad_out.data(), dx.data_mut());
+            winograd::backward(&wg, &w, grad_out.data(), dx.data_mut(), prec);
             return Ok(dx);
         }
         if g.depthwise() {
             depthwise_backward(&g, &self.weight, grad_out.data(), dx.data_mut());
         } else {
-            self.gemm_backward(&g, grad_out.data(), dx.data_mut());
+            self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec);
         }
         Ok(dx)
     }
@@ -513,7 +603,8 @@ impl Conv2d {
         tasks
     }
 
-    fn gemm_forward(&self, g: &Geometry, x: &[f32], y: &mut [f32]) {
+    fn gemm_forward(&self, g: &Geometry, x: &[f32], y: &mut [f32], prec: Precision) {
+        let packed = (prec == Precision::Bf16).then(|| self.gemm_bf16_weights(g));
         let tasks = self.tasks(g);
         let threads = rayon::current_num_threads();
         // Many independent tiles: one single-threaded GEMM per tile. Few: let GEMM split.
@@ -557,7 +648,11 @@ impl Conv2d {
                 rs: k as isize,
                 cs: 1,
             };
-            unsafe { matmul(cout_g, cols, k, dst, false, lhs, rhs, par) };
+            match &packed {
+                Some(p) => unsafe { bf16::matmul(&p.forward[grp], cols, rhs, dst, false, !outer) },
+                None if outer => unsafe { matmul(cout_g, cols, k, dst, false, lhs, rhs, par) },
+                None => unsafe { matmul_split(cout_g, cols, k, dst, false, lhs, rhs) },
+            }
         };
         if outer {
             tasks.par_iter().for_each(|t| with_col(|col| run(t, col)));
@@ -566,7 +661,8 @@ impl Conv2d {
         }
     }
 
-    fn gemm_backward(&self, g: &Geometry, dy: &[f32], dx: &mut [f32]) {
+    fn gemm_backward(&self, g: &Geometry, dy: &[f32], dx: &mut [f32], prec: Precision) {
+        let packed = (prec == Precision::Bf16).then(|| self.gemm_bf16_weights(g));
         let tasks = self.tasks(g);
         let threads = rayon::current_num_threads();
         let outer = tasks.len() >= 2 * threads;
@@ -574,6 +670,14 @@ impl Conv2d {
             gemm::Parallelism::None
         } else {
             gemm::Parallelism::Rayon(threads)
+        };
+        // SAFETY (of the calls): the callers below pass matrices inside this call's buffers,
+        // written by one task each.
+        let product = |dst: MatMut, lhs: MatRef, rhs: MatRef, grp: usize, cols: usize| match &packed
+        {
+            Some(p) => unsafe { bf16::matmul(&p.backward[grp], cols, rhs, dst, false, !outer) },
+            None if outer => unsafe { matmul(g.k(), cols, g.cout_g(), dst, false, lhs, rhs, par) },
+            None => unsafe { matmul_split(g.k(), cols, g.cout_g(), dst, false, lhs, rhs) },
         };
         let dx_ptr = SharedMut(dx.as_mut_ptr());
         let run = |&(n, grp, y0, y1): &(usize, usize, usize, usize), col: &mut Vec<f32>| {
@@ -599,7 +703,7 @@ impl Conv2d {
                     rs: (g.h * g.w) as isize,
                     cs: 1,
                 };
-                unsafe { matmul(k, cols, cout_g, dst, false, lhs, rhs, par) };
+                product(dst, lhs, rhs, grp, cols);
             } else {
                 col.resize(k * cols, 0.0);
                 let dst = MatMut {
@@ -607,7 +711,7 @@ impl Conv2d {
                     rs: cols as isize,
                     cs: 1,
                 };
-                unsafe { matmul(k, cols, cout_g, dst, false, lhs, rhs, par) };
+                product(dst, lhs, rhs, grp, cols);
                 // SAFETY: see the two-phase schedule below; this tile's input rows are touched by
                 // no other task running at the same time.
                 let dx_group = unsafe {
@@ -635,6 +739,15 @@ impl Conv2d {
                 with_col(|col| batch.iter().for_each(|t| run(t, col)));
             }
         }
+    }
+}
+
+/// `Bf16` where the CPU has it, else `F32`.
+fn effective(p: Precision) -> Precision {
+    if p == Precision::Bf16 && !crate::bf16_supported() {
+        Precision::F32
+    } else {
+        p
     }
 }
 

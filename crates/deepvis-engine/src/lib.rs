@@ -2,6 +2,7 @@
 //! torchvision family use, the forward pass and the gradient with respect to the input.
 //! Weights are frozen; no weight gradient is ever formed.
 
+mod bf16;
 mod conv;
 mod gemm;
 mod graph;
@@ -10,6 +11,7 @@ mod pool;
 mod tensor;
 mod winograd;
 
+pub use bf16::{bf16_supported, precision, set_precision, Precision};
 pub use conv::{conv_algo, set_conv_algo, Conv2d, ConvAlgo, ConvCache, Padding};
 pub use graph::{Graph, Node, NodeId, Op, Trace};
 pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Linear};
@@ -22,4 +24,7 @@ pub enum EngineError {
     Shape(String),
     #[error("graph error: {0}")]
     Graph(String),
+    /// The CPU cannot run what was asked for (e.g. bf16 without AVX512-BF16).
+    #[error("{0}")]
+    Unsupported(String),
 }

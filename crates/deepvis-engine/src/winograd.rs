@@ -9,9 +9,12 @@
 //! Tiles are processed in blocks of whole tile rows: the transforms run over contiguous rows
 //! (vectorizable across tiles), and a block's 36 transform-domain matrices stay cache-sized.
 
+use crate::bf16::{self, PackedA};
 use crate::gemm::{matmul, MatMut, MatRef};
+use crate::Precision;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// Transform-domain positions per tile (6×6).
 const XI: usize = 36;
@@ -21,6 +24,13 @@ pub(crate) struct WinogradWeights {
     pub u: Vec<f32>,
     pub cout: usize,
     pub cin: usize,
+    /// bf16 copies of U[ξ] and U[ξ]ᵀ, packed for `bf16::matmul` (made on first bf16 use).
+    bf16: OnceLock<Bf16Weights>,
+}
+
+struct Bf16Weights {
+    forward: Vec<PackedA>,
+    backward: Vec<PackedA>,
 }
 
 impl WinogradWeights {
@@ -59,7 +69,47 @@ impl WinogradWeights {
                 }
             }
         });
-        WinogradWeights { u, cout, cin }
+        WinogradWeights {
+            u,
+            cout,
+            cin,
+            bf16: OnceLock::new(),
+        }
+    }
+
+    fn bf16(&self) -> &Bf16Weights {
+        self.bf16.get_or_init(|| {
+            let (cout, cin) = (self.cout, self.cin);
+            let plane = cout * cin;
+            let pack = |transpose: bool| -> Vec<PackedA> {
+                (0..XI)
+                    .into_par_iter()
+                    .map(|xi| {
+                        let ptr = self.u[xi * plane..].as_ptr();
+                        // SAFETY: U[ξ] is a [cout × cin] row-major slab of `u`.
+                        unsafe {
+                            if transpose {
+                                PackedA::new(cin, cout, MatRef { ptr, rs: 1, cs: cin as isize })
+                            } else {
+                                PackedA::new(cout, cin, MatRef { ptr, rs: cin as isize, cs: 1 })
+                            }
+                        }
+                    })
+                    .collect()
+            };
+            Bf16Weights {
+                forward: pack(false),
+                backward: pack(true),
+            }
+        })
+    }
+
+    /// Bytes held: the f32 transform and any bf16 copies.
+    pub fn bytes(&self) -> usize {
+        self.u.len() * 4
+            + self.bf16.get().map_or(0, |b| {
+                b.forward.iter().chain(&b.backward).map(PackedA::bytes).sum()
+            })
     }
 }
 
@@ -601,11 +651,40 @@ fn block_gemms(
     t: usize,
     transpose: bool,
     par: bool,
+    prec: Precision,
 ) {
     let (cout, cin) = (w.cout, w.cin);
     let (m, k) = if transpose { (cin, cout) } else { (cout, cin) };
     let plane = cout * cin;
     let dst_ptr = Ptr(dst.as_mut_ptr());
+    if prec == Precision::Bf16 {
+        let packed = w.bf16();
+        let packed = if transpose {
+            &packed.backward
+        } else {
+            &packed.forward
+        };
+        let one = |xi: usize| {
+            let rhs = MatRef {
+                ptr: src[xi * k * t..].as_ptr(),
+                rs: t as isize,
+                cs: 1,
+            };
+            // SAFETY: as below.
+            let out = MatMut {
+                ptr: unsafe { dst_ptr.get().add(xi * m * t) },
+                rs: t as isize,
+                cs: 1,
+            };
+            unsafe { bf16::matmul(&packed[xi], t, rhs, out, false, false) };
+        };
+        if par {
+            (0..XI).into_par_iter().for_each(one);
+        } else {
+            (0..XI).for_each(one);
+        }
+        return;
+    }
     let one = |xi: usize| {
         let lhs = if transpose {
             MatRef {
@@ -646,6 +725,7 @@ pub(crate) fn forward(
     bias: Option<&[f32]>,
     x: &[f32],
     y: &mut [f32],
+    prec: Precision,
 ) {
     let blocks = g.blocks();
     let tw = g.tw();
@@ -670,7 +750,7 @@ pub(crate) fn forward(
         } else {
             (0..g.cin).for_each(in_t);
         }
-        block_gemms(w, &s.v, &mut s.m, t, false, par);
+        block_gemms(w, &s.v, &mut s.m, t, false, par, prec);
         let m = &s.m[..];
         let out_t = |o: usize| unsafe {
             let b = bias.map_or(0.0, |b| b[o]);
@@ -702,7 +782,13 @@ pub(crate) fn forward(
 }
 
 /// dx (zero-filled by the caller) += the input gradient for the output gradient dy.
-pub(crate) fn backward(g: &WinoGeom, w: &WinogradWeights, dy: &[f32], dx: &mut [f32]) {
+pub(crate) fn backward(
+    g: &WinoGeom,
+    w: &WinogradWeights,
+    dy: &[f32],
+    dx: &mut [f32],
+    prec: Precision,
+) {
     let blocks = g.blocks();
     let tw = g.tw();
     let fast = has_avx512();
@@ -726,7 +812,7 @@ pub(crate) fn backward(g: &WinoGeom, w: &WinogradWeights, dy: &[f32], dx: &mut [
         } else {
             (0..g.cout).for_each(in_t);
         }
-        block_gemms(w, &s.m, &mut s.v, t, true, par);
+        block_gemms(w, &s.m, &mut s.v, t, true, par, prec);
         let v = &s.v[..];
         let out_t = |c: usize| unsafe {
             if fast {
