@@ -2,12 +2,14 @@
 //!
 //! Dense and grouped convolutions go through im2col + `gemm` (AVX-512 kernels via its `x86-v4`
 //! feature), tiled by output rows so the column buffer stays cache-sized instead of the 100+ MB a
-//! whole 224×224×64 layer would need. Depthwise convolutions use a direct loop: as a GEMM they
+//! whole 224×224×64 layer would need. Depthwise convolutions use a direct loop (`depthwise.rs`): as a GEMM they
 //! would have an inner dimension of only kh·kw. Dense 3×3 stride-1 convolutions can instead use
 //! Winograd F(4×4, 3×3) (see `winograd.rs` and `ConvAlgo` for when).
 
 use crate::bf16::{self, PackedA};
+use crate::depthwise::{self, DwGeom};
 use crate::gemm::{matmul, matmul_split, MatMut, MatRef};
+use crate::layers::bias_relu;
 use crate::winograd::{self, WinoGeom, WinogradWeights};
 use crate::{precision, EngineError, Precision, Tensor};
 use rayon::prelude::*;
@@ -265,6 +267,24 @@ impl Geometry {
     fn depthwise(&self) -> bool {
         self.groups == self.cin && self.groups == self.cout && self.groups > 1
     }
+    fn depthwise_geom(&self) -> DwGeom {
+        DwGeom {
+            planes: self.n * self.cout,
+            channels: self.cout,
+            h: self.h,
+            w: self.w,
+            oh: self.oh,
+            ow: self.ow,
+            kh: self.kh,
+            kw: self.kw,
+            sh: self.sh,
+            sw: self.sw,
+            dh: self.dh,
+            dw: self.dw,
+            pt: self.pt,
+            pl: self.pl,
+        }
+    }
     /// Output rows per im2col tile: the column buffer stays near 4 MB, and a tile spans at least
     /// the kernel height so tiles two apart never touch the same input rows (see `backward`).
     fn tile_rows(&self) -> usize {
@@ -356,9 +376,25 @@ impl Conv2d {
                             // SAFETY: each group's weights are a [cout_g × k] row-major block.
                             unsafe {
                                 if transpose {
-                                    PackedA::new(k, cout_g, MatRef { ptr, rs: 1, cs: k as isize })
+                                    PackedA::new(
+                                        k,
+                                        cout_g,
+                                        MatRef {
+                                            ptr,
+                                            rs: 1,
+                                            cs: k as isize,
+                                        },
+                                    )
                                 } else {
-                                    PackedA::new(cout_g, k, MatRef { ptr, rs: k as isize, cs: 1 })
+                                    PackedA::new(
+                                        cout_g,
+                                        k,
+                                        MatRef {
+                                            ptr,
+                                            rs: k as isize,
+                                            cs: 1,
+                                        },
+                                    )
                                 }
                             }
                         })
@@ -391,7 +427,11 @@ impl Conv2d {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map_or(0, |(_, w)| {
-                w.forward.iter().chain(&w.backward).map(PackedA::bytes).sum()
+                w.forward
+                    .iter()
+                    .chain(&w.backward)
+                    .map(PackedA::bytes)
+                    .sum()
             });
         wino + bf
     }
@@ -505,33 +545,64 @@ impl Conv2d {
         algo: ConvAlgo,
         prec: Precision,
     ) -> Result<Tensor, EngineError> {
+        self.forward_impl(x, algo, prec, false)
+    }
+
+    /// relu(forward(x)), with the ReLU applied in the pass that adds the bias.
+    pub(crate) fn forward_relu(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.forward_impl(x, conv_algo(), precision(), true)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        algo: ConvAlgo,
+        prec: Precision,
+        relu: bool,
+    ) -> Result<Tensor, EngineError> {
         let prec = effective(prec);
         let g = self.geometry(x.shape())?;
         let shape = [g.n, g.cout, g.oh, g.ow];
         if let Some(wg) = self.winograd_geometry(&g, algo) {
             let w = self.winograd_weights();
             let mut y = Tensor::for_overwrite(&shape);
-            winograd::forward(&wg, &w, self.bias.as_deref(), x.data(), y.data_mut(), prec);
+            winograd::forward(
+                &wg,
+                &w,
+                self.bias.as_deref(),
+                x.data(),
+                y.data_mut(),
+                prec,
+                relu,
+            );
             return Ok(y);
         }
-        let mut y;
         if g.depthwise() {
-            y = Tensor::zeros(&shape);
-            depthwise_forward(&g, &self.weight, x.data(), y.data_mut());
-        } else {
-            // Every element is written by exactly one non-accumulating GEMM.
-            y = Tensor::for_overwrite(&shape);
-            self.gemm_forward(&g, x.data(), y.data_mut(), prec);
+            let mut y = Tensor::for_overwrite(&shape);
+            let dg = g.depthwise_geom();
+            depthwise::forward(
+                &dg,
+                &self.weight,
+                self.bias.as_deref(),
+                x.data(),
+                y.data_mut(),
+            );
+            if relu {
+                bias_relu(y.data_mut(), g.oh * g.ow, g.cout, None, true);
+            }
+            return Ok(y);
         }
-        if let Some(bias) = &self.bias {
-            let plane = g.oh * g.ow;
-            y.data_mut()
-                .par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(i, p)| {
-                    let b = bias[i % g.cout];
-                    p.iter_mut().for_each(|v| *v += b);
-                });
+        // Every element is written by exactly one non-accumulating GEMM.
+        let mut y = Tensor::for_overwrite(&shape);
+        self.gemm_forward(&g, x.data(), y.data_mut(), prec);
+        if self.bias.is_some() || relu {
+            bias_relu(
+                y.data_mut(),
+                g.oh * g.ow,
+                g.cout,
+                self.bias.as_deref(),
+                relu,
+            );
         }
         Ok(y)
     }
@@ -573,17 +644,19 @@ impl Conv2d {
                 [g.n, g.cout, g.oh, g.ow]
             )));
         }
+        if g.depthwise() {
+            let mut dx = Tensor::for_overwrite(input_shape);
+            let dg = g.depthwise_geom();
+            depthwise::backward(&dg, &self.weight, grad_out.data(), dx.data_mut());
+            return Ok(dx);
+        }
         let mut dx = Tensor::zeros(input_shape);
         if let Some(wg) = self.winograd_geometry(&g, algo) {
             let w = self.winograd_weights();
             winograd::backward(&wg, &w, grad_out.data(), dx.data_mut(), prec);
             return Ok(dx);
         }
-        if g.depthwise() {
-            depthwise_backward(&g, &self.weight, grad_out.data(), dx.data_mut());
-        } else {
-            self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec);
-        }
+        self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec);
         Ok(dx)
     }
 
@@ -766,7 +839,13 @@ fn with_col<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
 }
 
 /// Range of output x for which input x = ox·s − pad + offset lies inside [0, w).
-fn valid_range(w: usize, out: usize, stride: usize, pad: usize, offset: usize) -> (usize, usize) {
+pub(crate) fn valid_range(
+    w: usize,
+    out: usize,
+    stride: usize,
+    pad: usize,
+    offset: usize,
+) -> (usize, usize) {
     // ox·s + offset ≥ pad  and  ox·s + offset − pad < w
     let lo = if offset >= pad {
         0
@@ -846,80 +925,4 @@ fn col2im(g: &Geometry, col: &[f32], y0: usize, y1: usize, dx: &mut [f32]) {
             }
         }
     }
-}
-
-fn depthwise_forward(g: &Geometry, weight: &[f32], x: &[f32], y: &mut [f32]) {
-    let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
-    y.par_chunks_mut(plane_out)
-        .enumerate()
-        .for_each(|(nc, out)| {
-            let c = nc % g.cout;
-            let src = &x[nc * plane_in..][..plane_in];
-            let w = &weight[c * taps..][..taps];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let wv = w[ky * g.kw + kx];
-                    let (lo, hi) = valid_range(g.w, g.ow, g.sw, g.pl, kx * g.dw);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let ix0 = lo * g.sw + kx * g.dw - g.pl;
-                    for oy in 0..g.oh {
-                        let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let s = &src[iy as usize * g.w..][..g.w];
-                        let d = &mut out[oy * g.ow..][lo..hi];
-                        if g.sw == 1 {
-                            for (o, i) in d.iter_mut().zip(&s[ix0..]) {
-                                *o += wv * *i;
-                            }
-                        } else {
-                            for (j, o) in d.iter_mut().enumerate() {
-                                *o += wv * s[ix0 + j * g.sw];
-                            }
-                        }
-                    }
-                }
-            }
-        });
-}
-
-fn depthwise_backward(g: &Geometry, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
-    dx.par_chunks_mut(plane_in)
-        .enumerate()
-        .for_each(|(nc, din)| {
-            let c = nc % g.cout;
-            let src = &dy[nc * plane_out..][..plane_out];
-            let w = &weight[c * taps..][..taps];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let wv = w[ky * g.kw + kx];
-                    let (lo, hi) = valid_range(g.w, g.ow, g.sw, g.pl, kx * g.dw);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let ix0 = lo * g.sw + kx * g.dw - g.pl;
-                    for oy in 0..g.oh {
-                        let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let s = &src[oy * g.ow..][lo..hi];
-                        let d = &mut din[iy as usize * g.w..][..g.w];
-                        if g.sw == 1 {
-                            for (o, i) in d[ix0..].iter_mut().zip(s) {
-                                *o += wv * *i;
-                            }
-                        } else {
-                            for (j, i) in s.iter().enumerate() {
-                                d[ix0 + j * g.sw] += wv * *i;
-                            }
-                        }
-                    }
-                }
-            }
-        });
 }

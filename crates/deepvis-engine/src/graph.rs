@@ -1,7 +1,9 @@
 //! A network as a list of named nodes in topological order, evaluated up to a target node and
 //! differentiated back to the input.
 
-use crate::layers::{relu, relu6, relu6_backward, relu_backward};
+use crate::layers::{
+    affine_relu6, affine_relu6_backward, relu, relu6, relu6_backward, relu_backward,
+};
 use crate::{
     AdaptiveAvgPool2d, AvgPool2d, ChannelAffine, Conv2d, EngineError, Linear, MaxPool2d, Tensor,
 };
@@ -156,6 +158,8 @@ pub struct Trace {
     input_shape: Vec<usize>,
     shapes: Vec<Option<Vec<usize>>>,
     values: Vec<Option<Tensor>>,
+    /// Nodes computed together with their successor (see `Graph::fusions`); they have no value.
+    fused: Vec<bool>,
 }
 
 impl Trace {
@@ -321,6 +325,36 @@ impl Graph {
             .sum())
     }
 
+    /// Which nodes to compute in one pass with the node after them: Conv2d → ReLU (the ReLU
+    /// applied where the bias is added) and batch norm → ReLU6 (one pass instead of two, and the
+    /// ReLU6's input need not be kept: its output tells the same). Only where the first node's
+    /// own output is not a target and feeds nothing else, so every value anyone can ask for
+    /// still exists.
+    fn fusions(&self, needed: &[bool], is_target: &[bool]) -> Vec<bool> {
+        let last = needed.len() - 1;
+        let mut consumers = vec![0usize; last + 1];
+        for (node, _) in self.nodes[..=last].iter().zip(needed).filter(|(_, &n)| n) {
+            for &j in &node.inputs {
+                consumers[j] += 1;
+            }
+        }
+        let mut fused = vec![false; last + 1];
+        for i in 1..last {
+            let next = &self.nodes[i + 1];
+            fused[i] = needed[i]
+                && needed[i + 1]
+                && !is_target[i]
+                && !fused[i - 1]
+                && consumers[i] == 1
+                && next.inputs == [i]
+                && matches!(
+                    (&self.nodes[i].op, &next.op),
+                    (Op::Conv2d(_), Op::Relu) | (Op::ChannelAffine(_), Op::Relu6)
+                );
+        }
+        fused
+    }
+
     /// Evaluates the network up to `target`, keeping only what the backward pass needs.
     pub fn forward(&self, x: Tensor, target: NodeId) -> Result<Trace, EngineError> {
         self.forward_multi(x, &[target])
@@ -341,11 +375,24 @@ impl Graph {
         for &t in targets {
             keep[t] = true;
         }
+        let fused = self.fusions(&needed, &keep);
         for i in 1..=target {
             if !needed[i] {
                 continue;
             }
             let node = &self.nodes[i];
+            if fused[i] {
+                // Computed at i + 1; backward needs neither its input values nor its output.
+                for &j in &node.inputs {
+                    last_use[j] = i + 1;
+                }
+                continue;
+            }
+            if fused[i - 1] {
+                // Both fused backward passes work from the final output alone.
+                keep[i] = true;
+                continue;
+            }
             keep[i] |= node.op.backward_needs_output();
             for &j in &node.inputs {
                 keep[j] |= node.op.backward_needs_input();
@@ -357,10 +404,15 @@ impl Graph {
         let mut values: Vec<Option<Tensor>> = vec![None; target + 1];
         values[0] = Some(x);
         for i in 1..=target {
-            if !needed[i] {
+            if !needed[i] || fused[i] {
                 continue;
             }
-            let node = &self.nodes[i];
+            // A fused pair runs on the inputs of its first node.
+            let node = if fused[i - 1] {
+                &self.nodes[i - 1]
+            } else {
+                &self.nodes[i]
+            };
             let ins: Vec<&Tensor> = node
                 .inputs
                 .iter()
@@ -370,10 +422,12 @@ impl Graph {
                         .ok_or_else(|| EngineError::Graph(format!("value of node {j} was dropped")))
                 })
                 .collect::<Result<_, _>>()?;
-            let y = node
-                .op
-                .forward(&ins)
-                .map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?;
+            let y = match &node.op {
+                Op::Conv2d(c) if fused[i - 1] => c.forward_relu(ins[0]),
+                Op::ChannelAffine(a) if fused[i - 1] => affine_relu6(a, ins[0]),
+                op => op.forward(&ins),
+            }
+            .map_err(|e| EngineError::Shape(format!("at {}: {e}", node.name)))?;
             values[i] = Some(y);
             for &j in &node.inputs {
                 if last_use[j] == i && !keep[j] {
@@ -389,6 +443,7 @@ impl Graph {
             input_shape,
             shapes,
             values,
+            fused,
         })
     }
 
@@ -422,6 +477,29 @@ impl Graph {
         }
         for i in (1..=target).rev() {
             let Some(g) = grads[i].take() else { continue };
+            if trace.fused[i - 1] {
+                let head = &self.nodes[i - 1];
+                let y = trace.values[i].as_ref().ok_or_else(|| {
+                    EngineError::Graph(format!("output of {} was not kept", self.nodes[i].name))
+                })?;
+                let dx = match &head.op {
+                    Op::Conv2d(c) => {
+                        let shape = trace.shapes[head.inputs[0]].as_deref().unwrap_or(&[]);
+                        let gz = relu_backward(y, &g);
+                        // The unfused graph frees this gradient before the convolution runs;
+                        // so must this, or the step's peak memory grows by one activation.
+                        drop(g);
+                        c.backward(shape, &gz)?
+                    }
+                    Op::ChannelAffine(a) => affine_relu6_backward(a, y, &g)?,
+                    _ => unreachable!("only these heads are fused"),
+                };
+                match &mut grads[head.inputs[0]] {
+                    Some(acc) => acc.add_assign(&dx),
+                    slot => *slot = Some(dx),
+                }
+                continue;
+            }
             let node = &self.nodes[i];
             let in_shape = |k: usize| trace.shapes[node.inputs[k]].as_deref().unwrap_or(&[]);
             let in_value = |k: usize| {

@@ -4,6 +4,7 @@
 
 mod bf16;
 mod conv;
+mod depthwise;
 mod gemm;
 mod graph;
 mod layers;

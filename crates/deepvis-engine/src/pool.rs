@@ -148,9 +148,32 @@ impl MaxPool2d {
         }
     }
 
+    /// VGG's pool (2×2, stride 2, no padding), with every window inside the input.
+    fn is_2x2(&self, h: usize, w: usize, oh: usize, ow: usize) -> bool {
+        self.kernel == (2, 2)
+            && self.stride == (2, 2)
+            && self.padding == (0, 0)
+            && self.dilation == (1, 1)
+            && 2 * oh <= h
+            && 2 * ow <= w
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         let out_shape = self.output_shape(x.shape())?;
         let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
+        if self.is_2x2(h, w, oh, ow) {
+            let mut y = Tensor::for_overwrite(&out_shape);
+            let planes = (CHUNK / (h * w).max(1)).max(1);
+            y.data_mut()
+                .par_chunks_mut(oh * ow * planes)
+                .zip(x.data().par_chunks(h * w * planes))
+                .for_each(|(yp, xp)| {
+                    for (yp, xp) in yp.chunks_mut(oh * ow).zip(xp.chunks(h * w)) {
+                        dispatch_2x2(xp, None, yp, h, w, oh, ow);
+                    }
+                });
+            return Ok(y);
+        }
         // scan_plane visits every output element once.
         let mut y = Tensor::for_overwrite(&out_shape);
         y.data_mut()
@@ -171,9 +194,26 @@ impl MaxPool2d {
                 grad_out.shape()
             )));
         }
+        let mut dx = Tensor::for_overwrite(x.shape());
+        if self.is_2x2(h, w, oh, ow) {
+            let planes = (CHUNK / (h * w).max(1)).max(1);
+            dx.data_mut()
+                .par_chunks_mut(h * w * planes)
+                .zip(x.data().par_chunks(h * w * planes))
+                .zip(grad_out.data().par_chunks(oh * ow * planes))
+                .for_each(|((dp, xp), gp)| {
+                    for ((dp, xp), gp) in dp
+                        .chunks_mut(h * w)
+                        .zip(xp.chunks(h * w))
+                        .zip(gp.chunks(oh * ow))
+                    {
+                        dispatch_2x2(xp, Some(gp), dp, h, w, oh, ow);
+                    }
+                });
+            return Ok(dx);
+        }
         // Zeroed plane by plane inside the parallel loop, while the plane is about to be
         // written anyway, rather than in one serial pass over the whole tensor first.
-        let mut dx = Tensor::for_overwrite(x.shape());
         dx.data_mut()
             .par_chunks_mut(h * w)
             .zip(x.data().par_chunks(h * w))
@@ -184,6 +224,111 @@ impl MaxPool2d {
             });
         Ok(dx)
     }
+}
+
+/// Elements per parallel task of the 2×2 pool.
+const CHUNK: usize = 1 << 15;
+
+/// Index (0..4, row-major in the window) and value of the maximum of a 2×2 window, with the
+/// rule of `scan_plane`: a later element wins if greater or NaN. Branch-free, so the row loops
+/// below vectorize.
+#[inline(always)]
+fn argmax4(v: [f32; 4]) -> (u32, f32) {
+    let (mut bi, mut bv) = (0u32, v[0]);
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        let take = x > bv || x.is_nan();
+        bi = if take { i as u32 } else { bi };
+        bv = if take { x } else { bv };
+    }
+    (bi, bv)
+}
+
+/// One plane of the 2×2 max pool: with `grad` None, the forward pass into `out` ([oh × ow]);
+/// with Some(g), the input gradient into `out` ([h × w], every element written).
+#[inline(always)]
+fn pool_2x2_plane(
+    x: &[f32],
+    grad: Option<&[f32]>,
+    out: &mut [f32],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) {
+    for oy in 0..oh {
+        let r0 = &x[2 * oy * w..][..2 * ow];
+        let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
+        match grad {
+            None => {
+                let y = &mut out[oy * ow..][..ow];
+                for (ox, y) in y.iter_mut().enumerate() {
+                    let win = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
+                    *y = argmax4(win).1;
+                }
+            }
+            Some(g) => {
+                let g = &g[oy * ow..][..ow];
+                let (d0, d1) = out[2 * oy * w..][..2 * w].split_at_mut(w);
+                for ox in 0..ow {
+                    let win = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
+                    let (i, _) = argmax4(win);
+                    let gv = g[ox];
+                    d0[2 * ox] = if i == 0 { gv } else { 0.0 };
+                    d0[2 * ox + 1] = if i == 1 { gv } else { 0.0 };
+                    d1[2 * ox] = if i == 2 { gv } else { 0.0 };
+                    d1[2 * ox + 1] = if i == 3 { gv } else { 0.0 };
+                }
+                // A column no window reaches (odd width).
+                d0[2 * ow..].fill(0.0);
+                d1[2 * ow..].fill(0.0);
+            }
+        }
+    }
+    if grad.is_some() {
+        // A row no window reaches (odd height).
+        out[2 * oh * w..h * w].fill(0.0);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+unsafe fn pool_2x2_plane_avx512(
+    x: &[f32],
+    grad: Option<&[f32]>,
+    out: &mut [f32],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) {
+    pool_2x2_plane(x, grad, out, h, w, oh, ow)
+}
+
+fn dispatch_2x2(
+    x: &[f32],
+    grad: Option<&[f32]>,
+    out: &mut [f32],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        let fast = *AVX512.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512bw")
+        });
+        if fast {
+            // SAFETY: the CPU has the enabled features.
+            return unsafe { pool_2x2_plane_avx512(x, grad, out, h, w, oh, ow) };
+        }
+    }
+    pool_2x2_plane(x, grad, out, h, w, oh, ow)
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -3,8 +3,8 @@
 //! Each 4×4 output tile costs 36 multiplies per (input, output) channel pair instead of 144: the
 //! 6×6 input tile and the 3×3 kernel are moved to a transform domain (Bᵀ d B, G g Gᵀ) where the
 //! convolution is 36 independent channel-mixing GEMMs, and Aᵀ m A brings the result back.
-//! The input gradient is the exact adjoint of that computation, so it reuses the transformed
-//! weights (transposed inside the GEMM) rather than caching a second, flipped set.
+//! The input gradient is the exact adjoint of that computation, so it needs no flipped kernel:
+//! only the transposed transform-domain weights (cached beside them, see `WinogradWeights::ut`).
 //!
 //! Tiles are processed in blocks of whole tile rows: the transforms run over contiguous rows
 //! (vectorizable across tiles), and a block's 36 transform-domain matrices stay cache-sized.
@@ -26,6 +26,10 @@ pub(crate) struct WinogradWeights {
     pub cin: usize,
     /// bf16 copies of U[ξ] and U[ξ]ᵀ, packed for `bf16::matmul` (made on first bf16 use).
     bf16: OnceLock<Bf16Weights>,
+    /// U[ξ]ᵀ stored [in][out] (made on the first f32 input gradient): GEMM packing reads
+    /// contiguous rows instead of striding by `cin`, which made the input gradient of 14×14
+    /// layers 1.6× slower than their forward pass. Costs as much memory again as `u`.
+    ut: OnceLock<Vec<f32>>,
 }
 
 struct Bf16Weights {
@@ -74,7 +78,25 @@ impl WinogradWeights {
             cout,
             cin,
             bf16: OnceLock::new(),
+            ut: OnceLock::new(),
         }
+    }
+
+    fn transposed(&self) -> &[f32] {
+        self.ut.get_or_init(|| {
+            let (cout, cin) = (self.cout, self.cin);
+            let plane = cout * cin;
+            let mut ut = vec![0f32; self.u.len()];
+            ut.par_chunks_mut(plane).enumerate().for_each(|(xi, dst)| {
+                let src = &self.u[xi * plane..][..plane];
+                for i in 0..cin {
+                    for o in 0..cout {
+                        dst[i * cout + o] = src[o * cin + i];
+                    }
+                }
+            });
+            ut
+        })
     }
 
     fn bf16(&self) -> &Bf16Weights {
@@ -89,9 +111,25 @@ impl WinogradWeights {
                         // SAFETY: U[ξ] is a [cout × cin] row-major slab of `u`.
                         unsafe {
                             if transpose {
-                                PackedA::new(cin, cout, MatRef { ptr, rs: 1, cs: cin as isize })
+                                PackedA::new(
+                                    cin,
+                                    cout,
+                                    MatRef {
+                                        ptr,
+                                        rs: 1,
+                                        cs: cin as isize,
+                                    },
+                                )
                             } else {
-                                PackedA::new(cout, cin, MatRef { ptr, rs: cin as isize, cs: 1 })
+                                PackedA::new(
+                                    cout,
+                                    cin,
+                                    MatRef {
+                                        ptr,
+                                        rs: cin as isize,
+                                        cs: 1,
+                                    },
+                                )
                             }
                         }
                     })
@@ -107,8 +145,13 @@ impl WinogradWeights {
     /// Bytes held: the f32 transform and any bf16 copies.
     pub fn bytes(&self) -> usize {
         self.u.len() * 4
+            + self.ut.get().map_or(0, |t| t.len() * 4)
             + self.bf16.get().map_or(0, |b| {
-                b.forward.iter().chain(&b.backward).map(PackedA::bytes).sum()
+                b.forward
+                    .iter()
+                    .chain(&b.backward)
+                    .map(PackedA::bytes)
+                    .sum()
             })
     }
 }
@@ -325,6 +368,35 @@ fn rows<const K: usize>(buf: &[f32], n: usize) -> [&[f32]; K] {
     std::array::from_fn(|k| &buf[k * n..][..n])
 }
 
+// The 1-D transforms run vectorized across tiles (`map_rows`); only these pure moves touch
+// the stride-4 tile layout of an image row. Mixing the two in one loop left both scalar.
+
+/// dst[4j + b] = src[b][j].
+#[inline(always)]
+fn interleave4(src: [&[f32]; 4], dst: &mut [f32]) {
+    let n = src[0].len();
+    let s: [&[f32]; 4] = std::array::from_fn(|b| &src[b][..n]);
+    for (j, d) in dst[..4 * n].chunks_exact_mut(4).enumerate() {
+        d[0] = s[0][j];
+        d[1] = s[1][j];
+        d[2] = s[2][j];
+        d[3] = s[3][j];
+    }
+}
+
+/// dst[b][j] = src[4j + b].
+#[inline(always)]
+fn deinterleave4(src: &[f32], dst: [&mut [f32]; 4]) {
+    let n = dst[0].len();
+    let [d0, d1, d2, d3] = dst.map(|d| &mut d[..n]);
+    for (j, s) in src[..4 * n].chunks_exact(4).enumerate() {
+        d0[j] = s[0];
+        d1[j] = s[1];
+        d2[j] = s[2];
+        d3[j] = s[3];
+    }
+}
+
 // ---- forward ---------------------------------------------------------------------------------
 
 /// V[ξ][c][t] for the tiles of units [u0, u1) and channel c: the transformed 6×6 input tiles.
@@ -337,7 +409,6 @@ fn input_transform(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: *
     let mut prow = vec![0f32; wp];
     let mut cols = vec![0f32; 6 * tw];
     let mut hor = vec![0f32; 36 * tw];
-    let mut out = vec![0f32; 6 * tw];
     let plane = g.h * g.w;
     for u in u0..u1 {
         let (n, i) = (u / th, u % th);
@@ -357,17 +428,13 @@ fn input_transform(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: *
             prow[lo..hi].copy_from_slice(&src[..hi - lo]);
             prow[hi..].fill(0.0);
             {
-                let cl: [&mut [f32]; 6] = rows_mut(&mut cols, tw);
-                let [c0, c1, c2, c3, c4, c5] = cl;
-                for j in 0..tw {
-                    let p = &prow[4 * j..4 * j + 6];
-                    c0[j] = p[0];
-                    c1[j] = p[1];
-                    c2[j] = p[2];
-                    c3[j] = p[3];
-                    c4[j] = p[4];
-                    c5[j] = p[5];
-                }
+                // Columns 4 and 5 of tile j are columns 0 and 1 of tile j + 1.
+                let [c0, c1, c2, c3, c4, c5]: [&mut [f32]; 6] = rows_mut(&mut cols, tw);
+                deinterleave4(&prow, [&mut *c0, &mut *c1, &mut *c2, &mut *c3]);
+                c4[..tw - 1].copy_from_slice(&c0[1..]);
+                c5[..tw - 1].copy_from_slice(&c1[1..]);
+                c4[tw - 1] = prow[4 * tw];
+                c5[tw - 1] = prow[4 * tw + 1];
             }
             bt_rows(rows(&cols, tw), rows_mut(h, tw));
         }
@@ -375,20 +442,18 @@ fn input_transform(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: *
         // Vertical pass: for each column position k, combine the 6 rows.
         for k in 0..6 {
             let d: [&[f32]; 6] = std::array::from_fn(|r| &hor[(r * 6 + k) * tw..][..tw]);
-            bt_rows(d, rows_mut(&mut out, tw));
-            for a in 0..6 {
-                // SAFETY: (ξ = a·6 + k, c, t0..t0 + tw) lies inside this block's V and is written
-                // only by the task that owns channel c of this block.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(v.add(((a * 6 + k) * g.cin + c) * t + t0), tw)
-                };
-                dst.copy_from_slice(&out[a * tw..][..tw]);
-            }
+            // Straight into V, without a staging copy.
+            // SAFETY: (ξ = a·6 + k, c, t0..t0 + tw) lies inside this block's V and is written
+            // only by the task that owns channel c of this block; the six rows are disjoint.
+            let dst: [&mut [f32]; 6] = std::array::from_fn(|a| unsafe {
+                std::slice::from_raw_parts_mut(v.add(((a * 6 + k) * g.cin + c) * t + t0), tw)
+            });
+            bt_rows(d, dst);
         }
     }
 }
 
-/// y[n, o, rows of units u0..u1] from M[ξ][o][t], plus bias.
+/// y[n, o, rows of units u0..u1] from M[ξ][o][t], plus bias, then ReLU if `relu`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn output_transform(
@@ -398,11 +463,13 @@ fn output_transform(
     u1: usize,
     o: usize,
     bias: f32,
+    relu: bool,
     y: *mut f32,
     t: usize,
 ) {
     let (th, tw) = (g.th(), g.tw());
     let mut vert = vec![0f32; 24 * tw]; // [a][s][j]
+    let mut hcols = vec![0f32; 4 * tw];
     let mut orow = vec![0f32; 4 * tw];
     let plane = g.oh * g.ow;
     for u in u0..u1 {
@@ -433,13 +500,21 @@ fn output_transform(
             let sv: [&[f32]; 6] = rows(&vert[a * 6 * tw..][..6 * tw], tw);
             // Horizontal pass: 6 columns per tile → 4 outputs, interleaved into the row.
             {
-                for j in 0..tw {
-                    let r = at6(std::array::from_fn(|k| sv[k][j]));
-                    let dst = &mut orow[4 * j..4 * j + 4];
-                    for (d, v) in dst.iter_mut().zip(r) {
-                        *d = v + bias;
-                    }
+                let [h0, h1, h2, h3]: [&mut [f32]; 4] = rows_mut(&mut hcols, tw);
+                if relu {
+                    map_rows(
+                        |m| at6(m).map(|v| (v + bias).max(0.0)),
+                        sv,
+                        [&mut *h0, &mut *h1, &mut *h2, &mut *h3],
+                    );
+                } else {
+                    map_rows(
+                        |m| at6(m).map(|v| v + bias),
+                        sv,
+                        [&mut *h0, &mut *h1, &mut *h2, &mut *h3],
+                    );
                 }
+                interleave4([h0, h1, h2, h3], &mut orow);
             }
             // SAFETY: output row (n, o, oy) belongs to this task alone.
             let dst = unsafe {
@@ -473,12 +548,13 @@ fn output_transform_generic(
     u1: usize,
     o: usize,
     bias: f32,
+    relu: bool,
     y: Ptr,
     t: usize,
 ) {
-    output_transform(g, m, u0, u1, o, bias, y.get(), t)
+    output_transform(g, m, u0, u1, o, bias, relu, y.get(), t)
 }
-dispatch!(output_transform_generic, output_transform_fast, (g: &WinoGeom, m: &[f32], u0: usize, u1: usize, o: usize, bias: f32, y: Ptr, t: usize));
+dispatch!(output_transform_generic, output_transform_fast, (g: &WinoGeom, m: &[f32], u0: usize, u1: usize, o: usize, bias: f32, relu: bool, y: Ptr, t: usize));
 
 // ---- backward --------------------------------------------------------------------------------
 
@@ -497,8 +573,8 @@ fn grad_input_transform(
     let (th, tw) = (g.th(), g.tw());
     let wp = 4 * tw;
     let mut prow = vec![0f32; wp];
+    let mut pcols = vec![0f32; 4 * tw];
     let mut hor = vec![0f32; 24 * tw]; // [a][s][j]
-    let mut out = vec![0f32; 6 * tw];
     let plane = g.oh * g.ow;
     for u in u0..u1 {
         let (n, i) = (u / th, u % th);
@@ -513,27 +589,17 @@ fn grad_input_transform(
             let src = &dy[(n * g.cout + o) * plane + oy * g.ow..][..g.ow];
             prow[..g.ow].copy_from_slice(src);
             prow[g.ow..].fill(0.0);
-            let [h0, h1, h2, h3, h4, h5]: [&mut [f32]; 6] = rows_mut(h, tw);
-            for j in 0..tw {
-                let r = a4(std::array::from_fn(|b| prow[4 * j + b]));
-                h0[j] = r[0];
-                h1[j] = r[1];
-                h2[j] = r[2];
-                h3[j] = r[3];
-                h4[j] = r[4];
-                h5[j] = r[5];
-            }
+            deinterleave4(&prow, rows_mut(&mut pcols, tw));
+            a_rows(rows(&pcols, tw), rows_mut(h, tw));
         }
         for s in 0..6 {
             let src: [&[f32]; 4] = std::array::from_fn(|a| &hor[(a * 6 + s) * tw..][..tw]);
-            a_rows(src, rows_mut(&mut out, tw));
-            for r in 0..6 {
-                // SAFETY: (ξ = r·6 + s, o, t0..t0 + tw) is written only by the task owning o.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(dm.add(((r * 6 + s) * g.cout + o) * t + t0), tw)
-                };
-                dst.copy_from_slice(&out[r * tw..][..tw]);
-            }
+            // SAFETY: (ξ = r·6 + s, o, t0..t0 + tw) is written only by the task owning o; the
+            // six rows are disjoint.
+            let dst: [&mut [f32]; 6] = std::array::from_fn(|r| unsafe {
+                std::slice::from_raw_parts_mut(dm.add(((r * 6 + s) * g.cout + o) * t + t0), tw)
+            });
+            a_rows(src, dst);
         }
     }
 }
@@ -552,7 +618,7 @@ fn grad_output_transform(
 ) {
     let (th, tw) = (g.th(), g.tw());
     let wp = 4 * tw + 2;
-    let mut vert = vec![0f32; 36 * tw]; // [r][k][j]
+    let mut vert = vec![0f32; 36 * tw]; // [k][r][j]
     let mut cols = vec![0f32; 6 * tw];
     let mut prow = vec![0f32; wp];
     let plane = g.h * g.w;
@@ -562,37 +628,26 @@ fn grad_output_transform(
         for k in 0..6 {
             let src: [&[f32]; 6] =
                 std::array::from_fn(|a| &dv[((a * 6 + k) * g.cin + c) * t + t0..][..tw]);
-            b_rows(src, rows_mut(&mut cols, tw));
-            for r in 0..6 {
-                vert[(r * 6 + k) * tw..][..tw].copy_from_slice(&cols[r * tw..][..tw]);
-            }
+            b_rows(src, rows_mut(&mut vert[k * 6 * tw..][..6 * tw], tw));
         }
         for r in 0..6 {
             let y = (4 * i + r) as isize - g.pt as isize;
             if y < 0 || y >= g.h as isize {
                 continue;
             }
-            b_rows(
-                rows(&vert[r * 6 * tw..][..6 * tw], tw),
-                rows_mut(&mut cols, tw),
-            );
+            let vr: [&[f32]; 6] = std::array::from_fn(|k| &vert[(k * 6 + r) * tw..][..tw]);
+            b_rows(vr, rows_mut(&mut cols, tw));
             // Tiles overlap by two columns: write columns 0..4 of every tile, then add 4 and 5.
             {
-                let cl: [&[f32]; 6] = rows(&cols, tw);
-                for j in 0..tw {
-                    let d = &mut prow[4 * j..4 * j + 4];
-                    d[0] = cl[0][j];
-                    d[1] = cl[1][j];
-                    d[2] = cl[2][j];
-                    d[3] = cl[3][j];
+                // Columns 4 and 5 of tile j − 1 land on columns 0 and 1 of tile j.
+                let [c0, c1, c2, c3, c4, c5]: [&mut [f32]; 6] = rows_mut(&mut cols, tw);
+                prow[4 * tw] = c4[tw - 1];
+                prow[4 * tw + 1] = c5[tw - 1];
+                for j in 1..tw {
+                    c0[j] += c4[j - 1];
+                    c1[j] += c5[j - 1];
                 }
-                prow[4 * tw] = 0.0;
-                prow[4 * tw + 1] = 0.0;
-                for j in 0..tw {
-                    let d = &mut prow[4 * j + 4..4 * j + 6];
-                    d[0] += cl[4][j];
-                    d[1] += cl[5][j];
-                }
+                interleave4([&*c0, &*c1, &*c2, &*c3], &mut prow);
             }
             // SAFETY: the row (n, c, y) is touched by this task only while it runs (channels
             // are split between tasks; blocks sharing rows run in different phases).
@@ -685,12 +740,13 @@ fn block_gemms(
         }
         return;
     }
+    let ut = if transpose { w.transposed() } else { &[] };
     let one = |xi: usize| {
         let lhs = if transpose {
             MatRef {
-                ptr: w.u[xi * plane..].as_ptr(),
-                rs: 1,
-                cs: cin as isize,
+                ptr: ut[xi * plane..].as_ptr(),
+                rs: cout as isize,
+                cs: 1,
             }
         } else {
             MatRef {
@@ -726,6 +782,7 @@ pub(crate) fn forward(
     x: &[f32],
     y: &mut [f32],
     prec: Precision,
+    relu: bool,
 ) {
     let blocks = g.blocks();
     let tw = g.tw();
@@ -755,9 +812,9 @@ pub(crate) fn forward(
         let out_t = |o: usize| unsafe {
             let b = bias.map_or(0.0, |b| b[o]);
             if fast {
-                output_transform_fast(g, m, u0, u1, o, b, y_ptr, t)
+                output_transform_fast(g, m, u0, u1, o, b, relu, y_ptr, t)
             } else {
-                output_transform_generic(g, m, u0, u1, o, b, y_ptr, t)
+                output_transform_generic(g, m, u0, u1, o, b, relu, y_ptr, t)
             }
         };
         if par {

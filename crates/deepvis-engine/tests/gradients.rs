@@ -332,6 +332,37 @@ fn conv_cases() -> Vec<ConvCase> {
             },
             pads: (0, 2, 1, 0),
         },
+        // Depthwise, dilated, batch 2, on more planes than threads.
+        ConvCase {
+            n: 2,
+            cin: 7,
+            cout: 7,
+            hw: (11, 9),
+            k: (3, 3),
+            stride: 1,
+            dilation: 2,
+            groups: 7,
+            padding: p(2),
+            pads: (2, 2, 2, 2),
+        },
+        // Depthwise stride 3 with input rows and columns that no window reaches.
+        ConvCase {
+            n: 1,
+            cin: 4,
+            cout: 4,
+            hw: (11, 12),
+            k: (3, 3),
+            stride: 3,
+            dilation: 1,
+            groups: 4,
+            padding: Padding::Explicit {
+                top: 1,
+                bottom: 0,
+                left: 0,
+                right: 1,
+            },
+            pads: (1, 0, 0, 1),
+        },
     ]
 }
 
@@ -809,4 +840,92 @@ fn winograd_cache_follows_weight_changes() {
     for (a, b) in after.data().iter().zip(reference.data()) {
         assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
+}
+
+/// Conv2d → ReLU and batch norm → ReLU6 run fused unless the first node's output is wanted:
+/// values and input gradients must be the same either way, bit for bit.
+#[test]
+fn fused_pairs_match_the_unfused_graph() {
+    let mut r = rng(15);
+    let case = ConvCase {
+        n: 2,
+        cin: 3,
+        cout: 6,
+        hw: (9, 8),
+        k: (3, 3),
+        stride: 1,
+        dilation: 1,
+        groups: 1,
+        padding: Padding::symmetric(1),
+        pads: (1, 1, 1, 1),
+    };
+    let mut g = Graph::new();
+    let conv = g.then("conv", Op::Conv2d(conv_of(&case, &mut r)));
+    g.then("relu", Op::Relu);
+    let case2 = ConvCase {
+        cin: 6,
+        cout: 5,
+        ..case
+    };
+    g.then("conv2", Op::Conv2d(conv_of(&case2, &mut r)));
+    let bn = g.then(
+        "bn",
+        Op::ChannelAffine(ChannelAffine {
+            scale: (0..5).map(|_| r.gen_range(0.5..3.0)).collect(),
+            shift: (0..5).map(|_| r.gen_range(-1.0..4.0)).collect(),
+        }),
+    );
+    let last = g.then("relu6", Op::Relu6);
+    let x = random(&[2, 3, 9, 8], &mut r);
+    let fused = g.forward(x.clone(), last).unwrap();
+    assert!(fused.value(conv).is_none() && fused.value(bn).is_none());
+    let seed = random(fused.output().shape(), &mut r);
+    let dx_fused = g.backward(&fused, seed.clone()).unwrap();
+    // Asking for the first nodes' outputs turns both fusions off.
+    let plain = g.forward_multi(x, &[conv, bn, last]).unwrap();
+    assert!(plain.value(conv).is_some() && plain.value(bn).is_some());
+    assert_eq!(plain.output().data(), fused.output().data());
+    let dx_plain = g.backward(&plain, seed).unwrap();
+    assert_eq!(dx_plain.data(), dx_fused.data());
+    // A gradient seeded at a fused-away node still flows.
+    let extra = random(plain.value(bn).unwrap().shape(), &mut r);
+    let both = g
+        .backward_multi(
+            &fused,
+            vec![
+                (last, Tensor::zeros(fused.output().shape())),
+                (bn, extra.clone()),
+            ],
+        )
+        .unwrap();
+    let want = g.backward_multi(&plain, vec![(bn, extra)]).unwrap();
+    assert_eq!(both.data(), want.data());
+}
+
+/// The 2×2 max pool's tie and NaN rules, as PyTorch's: ties go to the first element of the
+/// window in scan order, and a NaN wins.
+#[test]
+fn max_pool_2x2_ties_and_nans() {
+    let pool = MaxPool2d::square(2, 2);
+    let nan = f32::NAN;
+    #[rustfmt::skip]
+    let x = Tensor::new(vec![1, 1, 3, 5], vec![
+        1.0, 1.0, 0.0, 2.0, 9.0,
+        1.0, 1.0, nan, 2.0, 9.0,
+        7.0, 7.0, 7.0, 7.0, 7.0,
+    ]).unwrap();
+    let y = pool.forward(&x).unwrap();
+    assert_eq!(y.shape(), &[1, 1, 1, 2]);
+    assert_eq!(y.data()[0], 1.0);
+    assert!(y.data()[1].is_nan());
+    let dx = pool
+        .backward(&x, &Tensor::new(vec![1, 1, 1, 2], vec![3.0, 5.0]).unwrap())
+        .unwrap();
+    #[rustfmt::skip]
+    let want = [
+        3.0, 0.0, 0.0, 0.0, 0.0,
+        0.0, 0.0, 5.0, 0.0, 0.0,
+        0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
+    assert_eq!(dx.data(), &want);
 }

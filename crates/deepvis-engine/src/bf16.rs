@@ -1,0 +1,746 @@
+//! bfloat16 GEMM for CPUs with AVX512-BF16: inputs rounded to bf16 (round to nearest even),
+//! products accumulated in f32, f32 output. `_mm512_dpbf16_ps` does 32 multiply-adds per
+//! instruction, twice an f32 FMA, which is what lets the big convolution GEMMs beat PyTorch's
+//! float32 by more than Winograd alone does.
+//!
+//! Layouts: the left matrix (weights, fixed for a run) is converted and packed once into panels
+//! of `MR` rows; the right matrix (activations) is converted and packed per call into panels of
+//! `NR` columns. In both, the unit is a k-pair: one u32 holds the bf16 of k = 2p in its low half
+//! and k = 2p + 1 in its high half, the operand layout of `vdpbf16ps`.
+
+use crate::gemm::{MatMut, MatRef};
+use crate::EngineError;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// Rows per packed panel of the left matrix.
+const MR: usize = 16;
+/// Columns per packed panel of the right matrix (three 16-lane vectors).
+const NR: usize = 48;
+/// k-pairs per cache block: a 48-column panel of that depth (24 KB) stays in L1 while every
+/// row panel of the left matrix streams past it.
+const KC: usize = 128;
+
+/// Arithmetic precision of the convolution GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// float32 throughout (the default).
+    F32,
+    /// Convolution GEMM inputs rounded to bfloat16 (8 significant bits), accumulated in float32:
+    /// about twice the GEMM throughput, relative errors near 1e-2 of a layer's largest value.
+    /// Needs AVX512-BF16.
+    Bf16,
+}
+
+impl Precision {
+    /// Parses "f32"/"fp32"/"float32" or "bf16"/"bfloat16".
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Some(Precision::F32),
+            "bf16" | "bfloat16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Precision::F32 => 0,
+            Precision::Bf16 => 1,
+        }
+    }
+}
+
+const UNSET: u8 = u8::MAX;
+static PRECISION: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether this CPU runs the bf16 GEMM (AVX512-BF16 with AVX512F/BW/VL).
+pub fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            is_x86_feature_detected!("avx512bf16")
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Sets the process-wide precision of the convolution GEMMs.
+pub fn set_precision(p: Precision) -> Result<(), EngineError> {
+    if p == Precision::Bf16 && !bf16_supported() {
+        return Err(EngineError::Unsupported(
+            "this CPU lacks AVX512-BF16; use --precision f32".into(),
+        ));
+    }
+    PRECISION.store(p.code(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// The precision in effect: set by `set_precision`, else by the environment variable
+/// `DEEPVIS_PRECISION` (f32 | bf16; bf16 is ignored with a warning on CPUs without it), else f32.
+pub fn precision() -> Precision {
+    let code = PRECISION.load(Ordering::Relaxed);
+    if code != UNSET {
+        return if code == 1 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+    }
+    let wanted = std::env::var("DEEPVIS_PRECISION")
+        .ok()
+        .and_then(|v| Precision::parse(&v))
+        .unwrap_or(Precision::F32);
+    let p = if wanted == Precision::Bf16 && !bf16_supported() {
+        eprintln!("deepvis: DEEPVIS_PRECISION=bf16 ignored: this CPU lacks AVX512-BF16");
+        Precision::F32
+    } else {
+        wanted
+    };
+    // A concurrent set_precision wins over the environment.
+    let _ = PRECISION.compare_exchange(UNSET, p.code(), Ordering::Relaxed, Ordering::Relaxed);
+    precision()
+}
+
+/// bf16 bits of `x`, rounded to nearest even, with subnormals flushed to zero as
+/// `vcvtneps2bf16` does, so that scalar and vector packing agree bit for bit.
+#[inline(always)]
+pub(crate) fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    if b & 0x7f80_0000 == 0 {
+        return ((b >> 16) & 0x8000) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+#[inline(always)]
+pub(crate) fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// A left-hand matrix [m × k] converted to bf16 and packed: element (i, k) is in panel i / MR,
+/// pair k / 2, lane i % MR; rows and the odd k beyond the matrix are zero.
+pub(crate) struct PackedA {
+    data: Vec<u32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    /// # Safety
+    /// `a` with its strides must address a valid [m × k] matrix.
+    pub unsafe fn new(m: usize, k: usize, a: MatRef) -> Self {
+        let kp = k.div_ceil(2);
+        let mut data = vec![0u32; m.div_ceil(MR) * kp * MR];
+        let at = |i: usize, kk: usize| *a.ptr.offset(i as isize * a.rs + kk as isize * a.cs);
+        for (pi, panel) in data.chunks_mut(kp * MR).enumerate() {
+            for r in 0..MR.min(m - pi * MR) {
+                let i = pi * MR + r;
+                for p in 0..kp {
+                    let hi = if 2 * p + 1 < k { at(i, 2 * p + 1) } else { 0.0 };
+                    panel[p * MR + r] = pair(at(i, 2 * p), hi);
+                }
+            }
+        }
+        PackedA { data, m, k }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+thread_local! {
+    static PACKED_B: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's packing buffer for the right-hand matrix.
+fn with_packed_b<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
+    PACKED_B.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Packs columns [0, n) of the [k × n] matrix `b` into NR-column panels of k-pairs (zero beyond
+/// n and k).
+unsafe fn pack_b(k: usize, n: usize, b: MatRef, out: &mut Vec<u32>, simd: bool) {
+    let kp = k.div_ceil(2);
+    let panels = n.div_ceil(NR);
+    out.clear();
+    out.resize(panels * kp * NR, 0);
+    #[cfg(target_arch = "x86_64")]
+    if simd && b.cs == 1 {
+        return pack_b_avx512(k, n, b, out);
+    }
+    let _ = simd;
+    let at = |kk: usize, j: usize| *b.ptr.offset(kk as isize * b.rs + j as isize * b.cs);
+    for jp in 0..panels {
+        for p in 0..kp {
+            let dst = &mut out[(jp * kp + p) * NR..][..NR];
+            for (l, d) in dst.iter_mut().enumerate() {
+                let j = jp * NR + l;
+                if j >= n {
+                    break;
+                }
+                let hi = if 2 * p + 1 < k { at(2 * p + 1, j) } else { 0.0 };
+                *d = pair(at(2 * p, j), hi);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+unsafe fn pack_b_avx512(k: usize, n: usize, b: MatRef, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let kp = k.div_ceil(2);
+    let panels = n.div_ceil(NR);
+    let widen = |x: __m512| -> __m512i {
+        _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+            _mm512_cvtneps_pbh(x),
+        ))
+    };
+    for jp in 0..panels {
+        for v in 0..NR / 16 {
+            let j0 = jp * NR + v * 16;
+            if j0 >= n {
+                break;
+            }
+            let mask: __mmask16 = if n - j0 >= 16 {
+                0xffff
+            } else {
+                (1u16 << (n - j0)) - 1
+            };
+            for p in 0..kp {
+                let row = |kk: usize| b.ptr.offset(kk as isize * b.rs + j0 as isize);
+                let lo = widen(_mm512_maskz_loadu_ps(mask, row(2 * p)));
+                let hi = if 2 * p + 1 < k {
+                    _mm512_slli_epi32::<16>(widen(_mm512_maskz_loadu_ps(mask, row(2 * p + 1))))
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let dst = out.as_mut_ptr().add((jp * kp + p) * NR + v * 16);
+                _mm512_storeu_epi32(dst as *mut i32, _mm512_or_si512(lo, hi));
+            }
+        }
+    }
+}
+
+/// c[rows × cols] (+)= the product of an R-row slice of a packed panel (stride MR per pair) and
+/// an NV-vector slice of a packed column panel (stride NR per pair), over `kc` pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512<const R: usize, const NV: usize>(
+    kc: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    load_c: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let bv: [__m512bh; NV] = std::array::from_fn(|v| {
+            std::mem::transmute::<__m512i, __m512bh>(
+                _mm512_loadu_epi32(b.add(16 * v) as *const i32),
+            )
+        });
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(i) as i32));
+            for v in 0..NV {
+                row[v] = _mm512_dpbf16_ps(row[v], av, bv[v]);
+            }
+        }
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    for (i, row) in acc.iter().enumerate() {
+        if i >= rows {
+            break;
+        }
+        for (v, val) in row.iter().enumerate() {
+            let j0 = 16 * v;
+            if j0 >= cols {
+                break;
+            }
+            let mask: __mmask16 = if cols - j0 >= 16 {
+                0xffff
+            } else {
+                (1u16 << (cols - j0)) - 1
+            };
+            let dst = c.add(i * ldc + j0);
+            let mut val = *val;
+            if load_c {
+                val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mask, dst));
+            }
+            _mm512_mask_storeu_ps(dst, mask, val);
+        }
+    }
+}
+
+/// The same computation as `kernel_avx512`, in scalar code that does what `vdpbf16ps` does per
+/// lane: the odd product is added first, then the even one, each rounded to f32.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_scalar(
+    r: usize,
+    nv: usize,
+    kc: usize,
+    a: *const u32,
+    b: *const u32,
+    c: MatMut,
+    rows: usize,
+    cols: usize,
+    load_c: bool,
+) {
+    let lanes = 16 * nv;
+    let mut acc = vec![0f32; r * lanes];
+    for p in 0..kc {
+        for i in 0..r {
+            let av = *a.add(p * MR + i);
+            let (a0, a1) = (from_bf16(av as u16), from_bf16((av >> 16) as u16));
+            for j in 0..lanes {
+                let bv = *b.add(p * NR + j);
+                let (b0, b1) = (from_bf16(bv as u16), from_bf16((bv >> 16) as u16));
+                let s = &mut acc[i * lanes + j];
+                *s += a1 * b1;
+                *s += a0 * b0;
+            }
+        }
+    }
+    for i in 0..rows.min(r) {
+        for j in 0..cols.min(lanes) {
+            let dst = c.ptr.offset(i as isize * c.rs + j as isize * c.cs);
+            let v = acc[i * lanes + j];
+            *dst = if load_c { *dst + v } else { v };
+        }
+    }
+}
+
+/// Multiplies row panels `panels` of `a` with the packed columns `bp` (n of them) into `c`
+/// (whose first column is column 0 of `bp`).
+unsafe fn compute(
+    a: &PackedA,
+    panels: std::ops::Range<usize>,
+    bp: &[u32],
+    n: usize,
+    c: MatMut,
+    accumulate: bool,
+    simd: bool,
+) {
+    let kp = a.k.div_ceil(2);
+    let vector = simd && c.cs == 1;
+    for kb in (0..kp).step_by(KC) {
+        let kc = KC.min(kp - kb);
+        let load_c = accumulate || kb > 0;
+        for jp in 0..n.div_ceil(NR) {
+            let cols = NR.min(n - jp * NR);
+            let bptr = bp.as_ptr().add((jp * kp + kb) * NR);
+            for pi in panels.clone() {
+                let apanel = a.data.as_ptr().add((pi * kp + kb) * MR);
+                let i0 = pi * MR;
+                let at = |i: usize| MatMut {
+                    ptr: c.ptr.offset(i as isize * c.rs + (jp * NR) as isize * c.cs),
+                    ..c
+                };
+                // A single vector of columns: all 16 rows at once. Wider: 8 rows by up to three
+                // vectors (24 accumulators), so either way enough independent chains hide the
+                // instruction's latency.
+                let halves: &[(usize, usize)] = if cols <= 16 {
+                    &[(0, 16)]
+                } else {
+                    &[(0, 8), (8, 8)]
+                };
+                for &(r0, r) in halves {
+                    if i0 + r0 >= a.m {
+                        break;
+                    }
+                    let rows = (a.m - i0 - r0).min(r);
+                    let dst = at(i0 + r0);
+                    let ap = apanel.add(r0);
+                    #[cfg(target_arch = "x86_64")]
+                    if vector {
+                        let ldc = c.rs as usize;
+                        match (cols.div_ceil(16), r) {
+                            (1, _) => kernel_avx512::<16, 1>(
+                                kc, ap, bptr, dst.ptr, ldc, rows, cols, load_c,
+                            ),
+                            (2, _) => kernel_avx512::<8, 2>(
+                                kc, ap, bptr, dst.ptr, ldc, rows, cols, load_c,
+                            ),
+                            _ => kernel_avx512::<8, 3>(
+                                kc, ap, bptr, dst.ptr, ldc, rows, cols, load_c,
+                            ),
+                        }
+                        continue;
+                    }
+                    let _ = vector;
+                    kernel_scalar(r, cols.div_ceil(16), kc, ap, bptr, dst, rows, cols, load_c);
+                }
+            }
+        }
+    }
+}
+
+/// c[m × n] (+)= a · b, with b [k × n] rounded to bf16 as it is packed. `par` spreads the work
+/// over rayon's threads (by columns where there are enough, else by row panels); without it
+/// the call stays on this thread.
+///
+/// # Safety
+/// `b` and `c` with their strides must address valid matrices of the given sizes, `c` must not
+/// alias `b`, and nobody else may write `c` during the call.
+pub(crate) unsafe fn matmul(
+    a: &PackedA,
+    n: usize,
+    b: MatRef,
+    c: MatMut,
+    accumulate: bool,
+    par: bool,
+) {
+    matmul_impl(a, n, b, c, accumulate, par, bf16_supported())
+}
+
+/// `matmul` with the vector kernels switched off or on (`simd` needs `bf16_supported()`).
+pub(crate) unsafe fn matmul_impl(
+    a: &PackedA,
+    n: usize,
+    b: MatRef,
+    c: MatMut,
+    accumulate: bool,
+    par: bool,
+    simd: bool,
+) {
+    if a.m == 0 || n == 0 {
+        return;
+    }
+    let panels = a.m.div_ceil(MR);
+    let threads = rayon::current_num_threads();
+    if !par || threads == 1 {
+        with_packed_b(|bp| {
+            pack_b(a.k, n, b, bp, simd);
+            compute(a, 0..panels, bp, n, c, accumulate, simd);
+        });
+        return;
+    }
+    #[derive(Clone, Copy)]
+    struct Shared<T>(T);
+    // SAFETY: tasks read `b` and write disjoint parts of `c` (see the callers' contract).
+    unsafe impl<T> Sync for Shared<T> {}
+    unsafe impl<T> Send for Shared<T> {}
+    let (bs, cs) = (Shared(b), Shared(c));
+    if n.div_ceil(NR) >= 2 * threads {
+        // Column ranges, each a whole number of panels.
+        let chunk = n.div_ceil(NR).div_ceil(2 * threads) * NR;
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|t| {
+            let (b, c) = (bs, cs);
+            let (b, c) = (b.0, c.0);
+            let j0 = t * chunk;
+            let w = chunk.min(n - j0);
+            let b = MatRef {
+                ptr: b.ptr.offset(j0 as isize * b.cs),
+                ..b
+            };
+            let c = MatMut {
+                ptr: c.ptr.offset(j0 as isize * c.cs),
+                ..c
+            };
+            with_packed_b(|bp| {
+                pack_b(a.k, w, b, bp, simd);
+                compute(a, 0..panels, bp, w, c, accumulate, simd);
+            });
+        });
+    } else {
+        let mut bp = Vec::new();
+        pack_b(a.k, n, b, &mut bp, simd);
+        let bp = &bp[..];
+        let per = panels.div_ceil(2 * threads).max(1);
+        (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
+            let c = cs;
+            let p0 = t * per;
+            compute(a, p0..(p0 + per).min(panels), bp, n, c.0, accumulate, simd);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let r = |x: f32| from_bf16(to_bf16(x)) as f64;
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|kk| r(a[i * k + kk]) * r(b[kk * n + j]))
+                    .sum::<f64>() as f32;
+            }
+        }
+        c
+    }
+
+    fn run(m: usize, n: usize, k: usize, simd: bool, par: bool, accumulate: bool) -> f32 {
+        let mut seed = (m * 1000 + n * 10 + k) as u64;
+        let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+        let init: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+        let mut c = init.clone();
+        unsafe {
+            let pa = PackedA::new(
+                m,
+                k,
+                MatRef {
+                    ptr: a.as_ptr(),
+                    rs: k as isize,
+                    cs: 1,
+                },
+            );
+            matmul_impl(
+                &pa,
+                n,
+                MatRef {
+                    ptr: b.as_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                MatMut {
+                    ptr: c.as_mut_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                accumulate,
+                par,
+                simd,
+            );
+        }
+        let mut want = naive(m, n, k, &a, &b);
+        if accumulate {
+            want.iter_mut().zip(&init).for_each(|(w, i)| *w += i);
+        }
+        let scale = want.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-20);
+        c.iter()
+            .zip(&want)
+            .map(|(x, y)| (x - y).abs() / scale)
+            .fold(0f32, f32::max)
+    }
+
+    const SIZES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (16, 16, 2),
+        (17, 33, 31),
+        (40, 49, 64),
+        (8, 100, 257),
+        (70, 16, 300),
+        (33, 97, 600),
+        (130, 70, 45),
+    ];
+
+    #[test]
+    fn scalar_kernel_matches_naive_bf16_matmul() {
+        for &(m, n, k) in &SIZES {
+            for acc in [false, true] {
+                let e = run(m, n, k, false, false, acc);
+                assert!(e < 1e-5, "scalar {m}x{n}x{k} acc={acc}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_kernel_matches_naive_bf16_matmul() {
+        if !bf16_supported() {
+            eprintln!("skipped: no AVX512-BF16");
+            return;
+        }
+        for &(m, n, k) in &SIZES {
+            for (acc, par) in [(false, false), (true, false), (false, true), (true, true)] {
+                let e = run(m, n, k, true, par, acc);
+                assert!(e < 1e-5, "avx512 {m}x{n}x{k} acc={acc} par={par}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_and_scalar_kernels_agree() {
+        if !bf16_supported() {
+            return;
+        }
+        for &(m, n, k) in &SIZES[..6] {
+            let mut seed = 99;
+            let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+            let out = |simd: bool| {
+                let mut c = vec![0f32; m * n];
+                unsafe {
+                    let pa = PackedA::new(
+                        m,
+                        k,
+                        MatRef {
+                            ptr: a.as_ptr(),
+                            rs: k as isize,
+                            cs: 1,
+                        },
+                    );
+                    matmul_impl(
+                        &pa,
+                        n,
+                        MatRef {
+                            ptr: b.as_ptr(),
+                            rs: n as isize,
+                            cs: 1,
+                        },
+                        MatMut {
+                            ptr: c.as_mut_ptr(),
+                            rs: n as isize,
+                            cs: 1,
+                        },
+                        false,
+                        false,
+                        simd,
+                    );
+                }
+                c
+            };
+            let (v, s) = (out(true), out(false));
+            let scale = s.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (x, y) in v.iter().zip(&s) {
+                assert!((x - y).abs() <= 1e-6 * scale, "{m}x{n}x{k}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to the even one, upwards.
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(to_bf16(-2.5), 0xc020);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release -p deepvis-engine --lib bf16_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bf16_speed() {
+        for &(m, n, k, par) in &[
+            (512, 16, 512, false),
+            (512, 64, 512, false),
+            (256, 64, 256, false),
+            (64, 64, 64, false),
+            (512, 3136, 4608, true),
+            (64, 12544, 576, true),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            let pa = unsafe {
+                PackedA::new(
+                    m,
+                    k,
+                    MatRef {
+                        ptr: a.as_ptr(),
+                        rs: k as isize,
+                        cs: 1,
+                    },
+                )
+            };
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let reps = (2e9 / (2.0 * (m * n * k) as f64)).clamp(1.0, 2000.0) as usize;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            };
+            let tb = time(&mut || unsafe {
+                matmul(
+                    &pa,
+                    n,
+                    MatRef {
+                        ptr: b.as_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    },
+                    MatMut {
+                        ptr: c.as_mut_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    },
+                    false,
+                    par,
+                )
+            });
+            let tf = time(&mut || unsafe {
+                crate::gemm::matmul(
+                    m,
+                    n,
+                    k,
+                    MatMut {
+                        ptr: c.as_mut_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    },
+                    false,
+                    MatRef {
+                        ptr: a.as_ptr(),
+                        rs: k as isize,
+                        cs: 1,
+                    },
+                    MatRef {
+                        ptr: b.as_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    },
+                    if par {
+                        gemm::Parallelism::Rayon(0)
+                    } else {
+                        gemm::Parallelism::None
+                    },
+                )
+            });
+            let g = 2.0 * (m * n * k) as f64 / 1e9;
+            println!(
+                "{m}x{n}x{k} par={par}: bf16 {:.1} GFLOP/s, f32 gemm {:.1} GFLOP/s",
+                g / tb,
+                g / tf
+            );
+        }
+    }
+}
