@@ -11,7 +11,7 @@ use serde_json::json;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PresetName {
     /// Lucid's decorrelated Fourier image, Lucid's transforms scaled to the size, Adam 0.1,
-    /// 80 steps: the best quality per second found (beats Lucent's defaults in a fifth of the time).
+    /// 96 steps: the best quality per second found (beats Lucent's defaults in a fifth of the time).
     Default,
     /// The original tool: pixels, grey + noise start, normalized-gradient ascent (--step-size),
     /// no transforms, 50 steps.

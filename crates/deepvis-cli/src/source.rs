@@ -65,6 +65,14 @@ impl ModelArgs {
                 .num_threads(n)
                 .build_global();
         }
+        let precision = match self.precision {
+            PrecisionArg::F32 => deepvis_engine::Precision::F32,
+            PrecisionArg::Bf16 => deepvis_engine::Precision::Bf16,
+        };
+        if let Err(e) = deepvis_engine::set_precision(precision) {
+            eprintln!("note: {e}; computing in float32");
+            deepvis_engine::set_precision(deepvis_engine::Precision::F32)?;
+        }
         Ok(())
     }
 

@@ -71,7 +71,7 @@ pub enum Preset {
     /// ascent with the gradient normalized to unit RMS, no transforms, one resolution.
     Seed,
     /// The best quality per second found: Lucid's decorrelated Fourier parametrization, Lucid's
-    /// standard transforms scaled to the image size, Adam lr 0.1, 80 steps at full size.
+    /// standard transforms scaled to the image size, Adam lr 0.1, 96 steps at full size.
     /// Measured against Lucent's defaults by `scripts/quality_vs_lucent.py` (BENCHMARKS.md):
     /// a higher robust activation on 10 of 10 EfficientNet-Lite0 channels in under a fifth of
     /// the time. Three octaves (½, ¾, full) are faster per step but lost on early layers,
@@ -105,7 +105,7 @@ impl Preset {
     pub fn default_steps(self) -> usize {
         match self {
             Preset::Seed => 50,
-            Preset::Default => 80,
+            Preset::Default => 96,
             Preset::Lucid => 512,
             Preset::Maco => 192,
         }
