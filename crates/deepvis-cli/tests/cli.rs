@@ -598,7 +598,7 @@ fn bf16_precision_stays_close_to_float32() {
     let b = tempfile::tempdir().unwrap();
     let run = |dir: &Path, precision: &str| {
         ok(deepvis(&[
-            "filters", "--layer", "_blocks.8", "--filters", "0..2", "--size", "96", "--steps", "32", "--precision", precision,
+            "filters", "--layer", "_blocks.8", "--filters", "0..2", "--size", "160", "--precision", precision,
             "--out", dir.to_str().unwrap(), "--quiet",
         ]))
     };
