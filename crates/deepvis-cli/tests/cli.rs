@@ -598,14 +598,29 @@ fn bf16_precision_stays_close_to_float32() {
     let b = tempfile::tempdir().unwrap();
     let run = |dir: &Path, precision: &str| {
         ok(deepvis(&[
-            "filters", "--layer", "_blocks.8", "--filters", "0..2", "--size", "160", "--precision", precision,
-            "--out", dir.to_str().unwrap(), "--quiet",
+            "filters",
+            "--layer",
+            "_blocks.8",
+            "--filters",
+            "0..2",
+            "--size",
+            "160",
+            "--precision",
+            precision,
+            "--out",
+            dir.to_str().unwrap(),
+            "--quiet",
         ]))
     };
     run(a.path(), "f32");
     run(b.path(), "bf16");
     let finals = |d: &Path| -> Vec<f64> {
-        manifest(d)["runs"][0]["filters"].as_array().unwrap().iter().map(|r| r["final_activation"].as_f64().unwrap()).collect()
+        manifest(d)["runs"][0]["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["final_activation"].as_f64().unwrap())
+            .collect()
     };
     for (x, y) in finals(a.path()).iter().zip(finals(b.path())) {
         assert!((x - y).abs() <= 0.05 * x.abs(), "f32 {x} vs bf16 {y}");
