@@ -76,7 +76,26 @@ fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(with_default_subcommand(std::env::args().collect()));
+    let cli = match Cli::try_parse_from(with_default_subcommand(std::env::args().collect())) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print as clap formats them.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other error: clap's first line names the problem.
+            let text = e.to_string();
+            let problem: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            eprintln!("{} (see `deepvis --help`)", problem.join(" "));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
         Command::Render(a) => render_cmd::render(a),
