@@ -45,10 +45,17 @@ pub struct FiltersArgs {
     /// Images optimized together (default: as many as fit in half the free memory, at most 8).
     #[arg(long)]
     pub batch: Option<usize>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Where results go and how a run is seeded; shared by `filters` and `render`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
     /// Random seed: the same seed, settings and weights give the same images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output directory.
+    /// Output directory (PNGs, grid sheets, manifest.json, index.html).
     #[arg(long, default_value = "deepvis-out")]
     pub out: PathBuf,
     /// No progress output.
@@ -193,10 +200,10 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         );
     }
     let batch = plan_batch(model, layer, size, a.batch, filters.len())?;
-    let base_settings = a.render.settings(a.seed)?;
+    let base_settings = a.render.settings(a.run.seed)?;
     let seed_method = a.render.is_seed_method(&base_settings);
 
-    let out = &a.out;
+    let out = &a.run.out;
     let (manifest_path, mut manifest) = open_manifest(out, &a.model.model, &loaded)?;
     let mut settings = a.render.manifest_settings(&base_settings);
     if !seed_method {
@@ -206,7 +213,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let layer_dir = Path::new(&a.model.model).join(&layer_name);
     let png_rel = |f: usize| layer_dir.join(format!("filter_{f:04}.png"));
     let is_done = |m: &Manifest, f: usize| {
-        m.find(&layer_name, &settings, a.seed, f).is_some() && out.join(png_rel(f)).is_file()
+        m.find(&layer_name, &settings, a.run.seed, f).is_some() && out.join(png_rel(f)).is_file()
     };
 
     // The seed method treats every image on its own, so any grouping gives the same images.
@@ -229,7 +236,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let rendering: usize = groups.iter().map(Vec::len).sum();
     let skipped = filters.iter().filter(|&&f| is_done(&manifest, f)).count();
     let steps = base_settings.total_steps();
-    let progress = Progress::new(a.quiet, rendering * steps, skipped);
+    let progress = Progress::new(a.run.quiet, rendering * steps, skipped);
 
     let mut done_steps = 0;
     for group in &groups {
@@ -241,9 +248,10 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         let objective = BatchObjective::PerImage(objectives);
         let mut settings_g = base_settings.clone();
         let init = if seed_method {
-            Init::Images(seed_init(size, a.seed, group))
+            Init::Images(seed_init(size, a.run.seed, group))
         } else {
-            settings_g.seed = a.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            settings_g.seed =
+                a.run.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             Init::Random
         };
         let n = group.len();
@@ -264,7 +272,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
             manifest.upsert_filter(
                 &layer_name,
                 &settings,
-                a.seed,
+                a.run.seed,
                 FilterRecord {
                     filter: f,
                     png: rel.to_string_lossy().into_owned(),
@@ -289,12 +297,17 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     }
     let refs: Vec<(String, &RgbImage)> = tiles.iter().map(|(l, t)| (l.clone(), t)).collect();
     grid_sheet(&refs, None, None).save_png(&out.join(&grid_rel))?;
-    manifest.set_grid(&layer_name, &settings, a.seed, grid_rel.to_string_lossy());
+    manifest.set_grid(
+        &layer_name,
+        &settings,
+        a.run.seed,
+        grid_rel.to_string_lossy(),
+    );
     manifest.save(&manifest_path)?;
     let gallery = write_gallery(&manifest, out)?;
 
-    if !a.quiet {
-        let run = manifest.run(&layer_name, &settings, a.seed);
+    if !a.run.quiet {
+        let run = manifest.run(&layer_name, &settings, a.run.seed);
         if let Some(run) = run {
             let gains: Vec<f32> = run
                 .filters

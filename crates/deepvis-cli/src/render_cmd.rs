@@ -1,6 +1,7 @@
 //! `deepvis render`: any objective (a channel, a neuron, a class, a direction, a weighted sum,
 //! diversity across a batch), and `deepvis dream`: DeepDream on a photo.
 
+use crate::filters::RunArgs;
 use crate::settings::RenderArgs;
 use crate::source::ModelArgs;
 use anyhow::{bail, Context, Result};
@@ -26,12 +27,8 @@ pub struct RenderCmdArgs {
     pub batch: usize,
     #[command(flatten)]
     pub render: RenderArgs,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value = "deepvis-out")]
-    pub out: PathBuf,
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// A directory name for an objective: its text with anything unusual replaced.
@@ -53,7 +50,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let settings = a.render.settings(a.seed)?;
+    let settings = a.render.settings(a.run.seed)?;
     let loaded = a.model.load()?;
     let model = &loaded.model;
     let objective = Objective::parse(&a.objective, model)
@@ -67,7 +64,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         a.batch,
     )?;
 
-    let out = &a.out;
+    let out = &a.run.out;
     let (manifest_path, mut manifest) =
         crate::filters::open_manifest(out, &a.model.model, &loaded)?;
     let mut run_settings = a.render.manifest_settings(&settings);
@@ -76,7 +73,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         .join("objectives")
         .join(slug(&described));
     let start = Instant::now();
-    let bar = crate::filters::Progress::new(a.quiet, settings.total_steps() * a.batch, 0);
+    let bar = crate::filters::Progress::new(a.run.quiet, settings.total_steps() * a.batch, 0);
     let result = run_render(
         model,
         &BatchObjective::Shared(objective),
@@ -100,7 +97,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         manifest.upsert_filter(
             &described,
             &run_settings,
-            a.seed,
+            a.run.seed,
             FilterRecord {
                 filter: b,
                 png: rel.to_string_lossy().into_owned(),
@@ -117,12 +114,12 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     manifest.set_grid(
         &described,
         &run_settings,
-        a.seed,
+        a.run.seed,
         grid_rel.to_string_lossy(),
     );
     manifest.save(&manifest_path)?;
     write_gallery(&manifest, out)?;
-    if !a.quiet {
+    if !a.run.quiet {
         for b in 0..a.batch {
             eprintln!(
                 "{described} image {b}: {:.3} → {:.3}",
@@ -164,11 +161,13 @@ pub struct DreamArgs {
     /// RMS change of the image per step, in [0, 1] units.
     #[arg(long, default_value_t = 0.02)]
     pub lr: f32,
+    /// Random seed of the jitter.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output PNG.
     #[arg(long)]
     pub out: PathBuf,
+    /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
 }

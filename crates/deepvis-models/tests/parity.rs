@@ -80,6 +80,20 @@ fn assert_grad_close(got: &Tensor, want: &Tensor, what: &str, strict: bool) {
     );
 }
 
+/// The layer's output for `input` agrees with PyTorch's to 1e-4 of its largest value.
+fn assert_activation_close(model: &Model, input: &Tensor, layer: &str, want: &Tensor) {
+    let id = model.layer(layer).unwrap();
+    let got = model
+        .graph
+        .forward(input.clone(), id)
+        .unwrap()
+        .output()
+        .clone();
+    let err = rel_err(&got, want);
+    eprintln!("{} act {layer}: rel err {err:.2e}", model.info.name);
+    assert!(err < 1e-4, "{layer}: {err}");
+}
+
 /// d mean(output[0, c]) / d input, as in the fixtures.
 fn channel_grad(model: &Model, layer: &str, input: &Tensor, c: usize) -> (f32, Tensor) {
     let id = model.layer(layer).unwrap();
@@ -103,16 +117,12 @@ fn vgg16_matches_pytorch() {
     let golden = weights::load(&fixture("vgg16_golden.safetensors")).unwrap();
     let input = tensor(&golden, "input_normalized");
     for layer in [4, 5, 9, 16, 21, 28, 30] {
-        let id = model.layer(&layer.to_string()).unwrap();
-        let got = model
-            .graph
-            .forward(input.clone(), id)
-            .unwrap()
-            .output()
-            .clone();
-        let err = rel_err(&got, &tensor(&golden, &format!("act.features.{layer}")));
-        eprintln!("vgg16 act features.{layer}: rel err {err:.2e}");
-        assert!(err < 1e-4, "features.{layer}: {err}");
+        assert_activation_close(
+            &model,
+            &input,
+            &layer.to_string(),
+            &tensor(&golden, &format!("act.features.{layer}")),
+        );
     }
     let cases: serde_json_free::Cases = serde_json_free::cases(&fixture("vgg16_golden.json"));
     for (layer, c, value) in cases {
@@ -145,16 +155,7 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
         "_conv_head",
         "_fc",
     ] {
-        let id = model.layer(key).unwrap();
-        let got = model
-            .graph
-            .forward(input.clone(), id)
-            .unwrap()
-            .output()
-            .clone();
-        let err = rel_err(&got, &tensor(&golden, &format!("act.{key}")));
-        eprintln!("efficientnet act {key}: rel err {err:.2e}");
-        assert!(err < 2e-4, "{key}: {err}");
+        assert_activation_close(&model, &input, key, &tensor(&golden, &format!("act.{key}")));
     }
     for (key, c) in [
         ("_blocks.2", 5),
