@@ -24,8 +24,8 @@ use std::process::ExitCode;
     version,
     about = "See what each filter of a CNN has learned: optimize images that excite chosen filters.",
     long_about = "See what each filter of a CNN has learned: optimize images that excite chosen filters.\n\n\
-        Without a subcommand, the arguments are those of `deepvis filters`, so the original tool's \
-        flags work verbatim:\n  deepvis --img_size 512 --layer_num 28 --filter_start 0 --filter_end 100 \
+        Without a subcommand, the arguments are those of `deepvis filters` with the original \
+        method (--preset seed unless given), so the original tool's flags work verbatim:\n  deepvis --img_size 512 --layer_num 28 --filter_start 0 --filter_end 100 \
         --step_size 3 --model_name vgg16"
 )]
 struct Cli {
