@@ -208,6 +208,26 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// `f(i)` for every i in 0..n, spread over the thread pool or on this thread.
+fn each(n: usize, par: bool, f: impl Fn(usize) + Send + Sync) {
+    if par {
+        (0..n).into_par_iter().for_each(f);
+    } else {
+        (0..n).for_each(f);
+    }
+}
+
+/// Runs the blocks one after another on this thread, with its scratch buffers; each block then
+/// spreads its own work over the pool (`par` = true), for when there are too few blocks to share.
+fn blocks_in_turn(blocks: &[(usize, usize)], run: impl Fn((usize, usize), &mut Scratch, bool)) {
+    let mut s = Scratch::default();
+    SCRATCH.with(|tl| std::mem::swap(&mut s, &mut tl.borrow_mut()));
+    for &b in blocks {
+        run(b, &mut s, true);
+    }
+    SCRATCH.with(|tl| std::mem::swap(&mut s, &mut tl.borrow_mut()));
+}
+
 fn grow(buf: &mut Vec<f32>, len: usize) {
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -733,11 +753,7 @@ fn block_gemms(
             };
             unsafe { bf16::matmul(&packed[xi], t, rhs, out, false, false) };
         };
-        if par {
-            (0..XI).into_par_iter().for_each(one);
-        } else {
-            (0..XI).for_each(one);
-        }
+        each(XI, par, one);
         return;
     }
     let ut = if transpose { w.transposed() } else { &[] };
@@ -768,11 +784,7 @@ fn block_gemms(
         };
         unsafe { matmul(m, t, k, out, false, lhs, rhs, gemm::Parallelism::None) };
     };
-    if par {
-        (0..XI).into_par_iter().for_each(one);
-    } else {
-        (0..XI).for_each(one);
-    }
+    each(XI, par, one);
 }
 
 pub(crate) fn forward(
@@ -802,11 +814,7 @@ pub(crate) fn forward(
                 input_transform_generic(g, x, u0, u1, c, v_ptr, t)
             }
         };
-        if par {
-            (0..g.cin).into_par_iter().for_each(in_t);
-        } else {
-            (0..g.cin).for_each(in_t);
-        }
+        each(g.cin, par, in_t);
         block_gemms(w, &s.v, &mut s.m, t, false, par, prec);
         let m = &s.m[..];
         let out_t = |o: usize| unsafe {
@@ -817,11 +825,7 @@ pub(crate) fn forward(
                 output_transform_generic(g, m, u0, u1, o, b, relu, y_ptr, t)
             }
         };
-        if par {
-            (0..g.cout).into_par_iter().for_each(out_t);
-        } else {
-            (0..g.cout).for_each(out_t);
-        }
+        each(g.cout, par, out_t);
     };
     let threads = rayon::current_num_threads();
     if blocks.len() >= 2 * threads {
@@ -829,12 +833,7 @@ pub(crate) fn forward(
             .par_iter()
             .for_each(|&b| SCRATCH.with(|s| run(b, &mut s.borrow_mut(), false)));
     } else {
-        let mut s = Scratch::default();
-        SCRATCH.with(|tl| std::mem::swap(&mut s, &mut tl.borrow_mut()));
-        for &b in &blocks {
-            run(b, &mut s, true);
-        }
-        SCRATCH.with(|tl| std::mem::swap(&mut s, &mut tl.borrow_mut()));
+        blocks_in_turn(&blocks, run);
     }
 }
 
@@ -864,11 +863,7 @@ pub(crate) fn backward(
                 grad_input_transform_generic(g, dy, u0, u1, o, m_ptr, t)
             }
         };
-        if par {
-            (0..g.cout).into_par_iter().for_each(in_t);
-        } else {
-            (0..g.cout).for_each(in_t);
-        }
+        each(g.cout, par, in_t);
         block_gemms(w, &s.m, &mut s.v, t, true, par, prec);
         let v = &s.v[..];
         let out_t = |c: usize| unsafe {
@@ -878,11 +873,7 @@ pub(crate) fn backward(
                 grad_output_transform_generic(g, v, u0, u1, c, dx_ptr, t)
             }
         };
-        if par {
-            (0..g.cin).into_par_iter().for_each(out_t);
-        } else {
-            (0..g.cin).for_each(out_t);
-        }
+        each(g.cin, par, out_t);
     };
     let threads = rayon::current_num_threads();
     if blocks.len() >= 2 * threads {
@@ -895,11 +886,6 @@ pub(crate) fn backward(
                 .for_each(|&b| SCRATCH.with(|s| run(b, &mut s.borrow_mut(), false)));
         }
     } else {
-        let mut s = Scratch::default();
-        SCRATCH.with(|tl| std::mem::swap(&mut s, &mut tl.borrow_mut()));
-        for &b in &blocks {
-            run(b, &mut s, true);
-        }
-        SCRATCH.with(|tl| std::mem::swap(&mut s, &mut tl.borrow_mut()));
+        blocks_in_turn(&blocks, run);
     }
 }
