@@ -28,10 +28,11 @@ pub fn layers(a: LayersArgs) -> Result<()> {
     // The architecture alone gives names and shapes; no weights are needed.
     let model = Model::build(&a.model, WeightsFrom::Random(0))?;
     outln!(
-        "{:<34} {:<24} {:>9}  output at {}x{}",
+        "{:<34} {:<24} {:>9} {:>8}  output at {}x{}",
         "layer",
         "op",
         "channels",
+        "field",
         a.size,
         a.size
     );
@@ -44,11 +45,22 @@ pub fn layers(a: LayersArgs) -> Result<()> {
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("x");
-        outln!("{:<34} {:<24} {:>9}  {}", l.name, l.op, channels, shape);
+        let field = l
+            .receptive_field
+            .map_or("global".to_string(), |f| format!("{f}px"));
+        outln!(
+            "{:<34} {:<24} {:>9} {:>8}  {}",
+            l.name,
+            l.op,
+            channels,
+            field,
+            shape
+        );
     }
     if let Some(seq) = model.info.sequential {
         outln!("\nLayers of `{seq}` may also be given by index: --layer 28 means {seq}.28.");
     }
+    outln!("field: side of the input region one value of the layer sees (its receptive field).");
     Ok(())
 }
 

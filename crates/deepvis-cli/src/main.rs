@@ -76,6 +76,7 @@ fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    deepvis_engine::retain_freed_memory();
     let cli = match Cli::try_parse_from(with_default_subcommand(std::env::args().collect())) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -70,6 +70,7 @@ fn cpu_seconds() -> (f64, f64) {
 }
 
 fn main() {
+    retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| -> String {
         args.iter()

@@ -234,6 +234,43 @@ impl Graph {
         &mut self.nodes[id]
     }
 
+    /// Side, in input pixels, of the square region that one value of `target` depends on
+    /// (its theoretical receptive field); None where a value depends on the whole input (global
+    /// pooling, linear layers) or `target` is not a node.
+    pub fn receptive_field(&self, target: NodeId) -> Option<usize> {
+        if target >= self.nodes.len() {
+            return None;
+        }
+        // (field, jump): the field of one value, and the input distance between neighbours.
+        let mut fields: Vec<Option<(usize, usize)>> = Vec::with_capacity(target + 1);
+        for node in &self.nodes[..=target] {
+            let input = |k: usize| node.inputs.get(k).and_then(|&i| fields[i]);
+            let window = |kernel: (usize, usize),
+                          stride: (usize, usize),
+                          dilation: (usize, usize)| {
+                input(0).map(|(rf, jump)| {
+                    let k = (dilation.0 * (kernel.0 - 1) + 1).max(dilation.1 * (kernel.1 - 1) + 1);
+                    (rf + (k - 1) * jump, jump * stride.0.max(stride.1))
+                })
+            };
+            let f = match &node.op {
+                Op::Input => Some((1, 1)),
+                Op::Conv2d(c) => window(c.kernel, c.stride, c.dilation),
+                Op::MaxPool2d(p) => window(p.kernel, p.stride, p.dilation),
+                Op::AvgPool2d(p) => window(p.kernel, p.stride, (1, 1)),
+                Op::ChannelAffine(_) | Op::Relu | Op::Relu6 | Op::Identity => input(0),
+                Op::Add => (0..node.inputs.len())
+                    .map(input)
+                    .try_fold((0, 0), |(rf, jump), f| {
+                        f.map(|(r, j)| (rf.max(r), jump.max(j)))
+                    }),
+                Op::AdaptiveAvgPool2d(_) | Op::Linear(_) | Op::Flatten => None,
+            };
+            fields.push(f);
+        }
+        fields[target].map(|(rf, _)| rf)
+    }
+
     /// Which nodes the value of `target` depends on.
     fn ancestors(&self, target: NodeId) -> Vec<bool> {
         self.ancestors_of(&[target])

@@ -8,6 +8,7 @@ mod depthwise;
 mod gemm;
 mod graph;
 mod layers;
+mod memory;
 mod pool;
 mod tensor;
 mod winograd;
@@ -16,6 +17,7 @@ pub use bf16::{bf16_supported, precision, set_precision, Precision};
 pub use conv::{conv_algo, set_conv_algo, Conv2d, ConvAlgo, ConvCache, Padding};
 pub use graph::{Graph, Node, NodeId, Op, Trace};
 pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Linear};
+pub use memory::retain_freed_memory;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 pub use tensor::Tensor;
 

@@ -297,7 +297,8 @@ impl Model {
         )))
     }
 
-    /// Every addressable layer with its op and output shape for an input of `size`×`size`.
+    /// Every addressable layer with its op, output shape for an input of `size`×`size` and
+    /// receptive field.
     pub fn layers(&self, size: usize) -> Result<Vec<LayerInfo>, ModelError> {
         let shapes = self
             .graph
@@ -308,11 +309,13 @@ impl Model {
             .nodes()
             .iter()
             .zip(shapes)
+            .enumerate()
             .skip(1)
-            .map(|(n, s)| LayerInfo {
+            .map(|(id, (n, s))| LayerInfo {
                 name: n.name.clone(),
                 op: n.op.describe(),
                 shape: s.unwrap_or_default(),
+                receptive_field: self.graph.receptive_field(id),
             })
             .collect())
     }
@@ -339,6 +342,8 @@ pub struct LayerInfo {
     pub name: String,
     pub op: String,
     pub shape: Vec<usize>,
+    /// Side of the input region one value sees, in pixels; None for global layers.
+    pub receptive_field: Option<usize>,
 }
 
 /// The 1000 ImageNet class names in index order (torchvision's list).
