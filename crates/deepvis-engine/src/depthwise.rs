@@ -81,6 +81,7 @@ fn source(q: usize, p: usize, s: usize, pad: usize, n: usize) -> Option<usize> {
 }
 
 use crate::conv::valid_range;
+use crate::simd::simd_fn;
 
 /// (weight, source offset) of every kernel tap, in kernel order.
 struct Taps {
@@ -257,49 +258,27 @@ fn backward_plane(g: &DwGeom, w: &[f32], dy: &[f32], dx: &mut [f32], buf: &mut [
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-unsafe fn forward_plane_fast(
+simd_fn!(fn forward_plane_simd = forward_plane(
     g: &DwGeom,
     w: &[f32],
     bias: f32,
     x: &[f32],
     out: &mut [f32],
     buf: &mut [f32],
-) {
-    forward_plane(g, w, bias, x, out, buf)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-unsafe fn backward_plane_fast(g: &DwGeom, w: &[f32], dy: &[f32], dx: &mut [f32], buf: &mut [f32]) {
-    backward_plane(g, w, dy, dx, buf)
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static D: OnceLock<bool> = OnceLock::new();
-        *D.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512dq")
-                && is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+));
+simd_fn!(fn backward_plane_simd = backward_plane(
+    g: &DwGeom,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    buf: &mut [f32],
+));
 
 /// y (every element overwritten) = depthwise convolution of x, plus bias.
 pub(crate) fn forward(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let per = g.per_task();
     let scratch = g.sh * g.sw * g.phase_len() + g.oh * g.wq();
-    let fast = avx512();
     y.par_chunks_mut(plane_out * per)
         .enumerate()
         .for_each(|(t, outs)| {
@@ -310,14 +289,7 @@ pub(crate) fn forward(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32
                     let w = &weight[c * taps..][..taps];
                     let b = bias.map_or(0.0, |b| b[c]);
                     let src = &x[nc * plane_in..][..plane_in];
-                    #[cfg(target_arch = "x86_64")]
-                    if fast {
-                        // SAFETY: the CPU has the enabled features.
-                        unsafe { forward_plane_fast(g, w, b, src, out, buf) };
-                        continue;
-                    }
-                    let _ = fast;
-                    forward_plane(g, w, b, src, out, buf);
+                    forward_plane_simd(g, w, b, src, out, buf);
                 }
             })
         });
@@ -329,7 +301,6 @@ pub(crate) fn backward(g: &DwGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
     let per = g.per_task();
     // Phases, then dy with up to a phase's worth of leading zeros.
     let scratch = (g.sh * g.sw + 2) * g.phase_len();
-    let fast = avx512();
     dx.par_chunks_mut(plane_in * per)
         .enumerate()
         .for_each(|(t, dxs)| {
@@ -339,14 +310,7 @@ pub(crate) fn backward(g: &DwGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
                     let c = nc % g.channels;
                     let w = &weight[c * taps..][..taps];
                     let src = &dy[nc * plane_out..][..plane_out];
-                    #[cfg(target_arch = "x86_64")]
-                    if fast {
-                        // SAFETY: the CPU has the enabled features.
-                        unsafe { backward_plane_fast(g, w, src, din, buf) };
-                        continue;
-                    }
-                    let _ = fast;
-                    backward_plane(g, w, src, din, buf);
+                    backward_plane_simd(g, w, src, din, buf);
                 }
             })
         });

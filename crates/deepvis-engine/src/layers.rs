@@ -1,6 +1,7 @@
 //! Element-wise and dense layers: per-channel affine (eval-mode batch norm), ReLU, ReLU6, linear.
 
 use crate::gemm::{matmul, MatMut, MatRef};
+use crate::simd::simd_fn;
 use crate::{EngineError, Tensor};
 use rayon::prelude::*;
 
@@ -87,23 +88,6 @@ fn per_plane(
         });
 }
 
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static D: OnceLock<bool> = OnceLock::new();
-        *D.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512dq")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 #[inline(always)]
 fn map2_generic(o: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f32) {
     for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
@@ -113,22 +97,10 @@ fn map2_generic(o: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f3
 
 // The default target has only SSE2: at 4 lanes these loops are bound by instructions rather
 // than by memory.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-unsafe fn map2_avx512(o: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f32) {
-    map2_generic(o, a, b, f)
-}
-
-/// o[i] = f(a[i], b[i]), vectorized as wide as the CPU allows.
-#[inline(always)]
-fn map2_slices(o: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f32) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: the CPU has the enabled features.
-        return unsafe { map2_avx512(o, a, b, f) };
-    }
-    map2_generic(o, a, b, f)
-}
+simd_fn!(
+    /// o[i] = f(a[i], b[i]), vectorized as wide as the CPU allows.
+    fn map2_slices = map2_generic(o: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f32)
+);
 
 #[inline(always)]
 fn map1(o: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
@@ -166,20 +138,11 @@ fn map_inplace_generic(o: &mut [f32], f: &impl Fn(f32) -> f32) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-unsafe fn map_inplace_avx512(o: &mut [f32], f: &impl Fn(f32) -> f32) {
-    map_inplace_generic(o, f)
-}
+simd_fn!(fn map_inplace_simd = map_inplace_generic(o: &mut [f32], f: &impl Fn(f32) -> f32));
 
 #[inline(always)]
 fn map_inplace(o: &mut [f32], f: impl Fn(f32) -> f32) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: the CPU has the enabled features.
-        return unsafe { map_inplace_avx512(o, &f) };
-    }
-    map_inplace_generic(o, &f)
+    map_inplace_simd(o, &f)
 }
 
 /// relu6(x·scale[c] + shift[c]) in one pass: batch norm and the ReLU6 after it.

@@ -10,6 +10,7 @@ mod graph;
 mod layers;
 mod memory;
 mod pool;
+mod simd;
 mod tensor;
 mod winograd;
 
@@ -19,6 +20,7 @@ pub use graph::{Graph, Node, NodeId, Op, Trace};
 pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Linear};
 pub use memory::retain_freed_memory;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
+pub use simd::{detected_simd, set_max_simd, simd_level, SimdLevel};
 pub use tensor::Tensor;
 
 #[derive(Debug, thiserror::Error)]

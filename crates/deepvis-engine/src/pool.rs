@@ -1,5 +1,6 @@
 //! Max, average and adaptive-average pooling with PyTorch's output-size and divisor rules.
 
+use crate::simd::simd_fn;
 use crate::{EngineError, Tensor};
 use rayon::prelude::*;
 
@@ -290,9 +291,7 @@ fn pool_2x2_plane(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-unsafe fn pool_2x2_plane_avx512(
+simd_fn!(fn dispatch_2x2 = pool_2x2_plane(
     x: &[f32],
     grad: Option<&[f32]>,
     out: &mut [f32],
@@ -300,36 +299,7 @@ unsafe fn pool_2x2_plane_avx512(
     w: usize,
     oh: usize,
     ow: usize,
-) {
-    pool_2x2_plane(x, grad, out, h, w, oh, ow)
-}
-
-fn dispatch_2x2(
-    x: &[f32],
-    grad: Option<&[f32]>,
-    out: &mut [f32],
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVX512: OnceLock<bool> = OnceLock::new();
-        let fast = *AVX512.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512dq")
-                && is_x86_feature_detected!("avx512bw")
-        });
-        if fast {
-            // SAFETY: the CPU has the enabled features.
-            return unsafe { pool_2x2_plane_avx512(x, grad, out, h, w, oh, ow) };
-        }
-    }
-    pool_2x2_plane(x, grad, out, h, w, oh, ow)
-}
+));
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AvgPool2d {

@@ -11,6 +11,7 @@
 
 use crate::bf16::{self, PackedA};
 use crate::gemm::{matmul, MatMut, MatRef};
+use crate::simd::simd_fn;
 use crate::Precision;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -242,38 +243,6 @@ impl Ptr {
     fn get(self) -> *mut f32 {
         self.0
     }
-}
-
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static DETECTED: OnceLock<bool> = OnceLock::new();
-        *DETECTED
-            .get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Runs `f` compiled for AVX-512 where the CPU has it: the transforms are plain loops over
-/// tiles that the compiler vectorizes, and only as wide as the enabled features allow.
-macro_rules! dispatch {
-    ($generic:ident, $fast:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $fast($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $fast($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-    };
 }
 
 // ---- 1-D transforms -------------------------------------------------------------------------
@@ -557,7 +526,7 @@ fn input_transform_generic(
 ) {
     input_transform(g, x, u0, u1, c, v.get(), t)
 }
-dispatch!(input_transform_generic, input_transform_fast, (g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: Ptr, t: usize));
+simd_fn!(fn input_transform_simd = input_transform_generic(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: Ptr, t: usize));
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -574,7 +543,7 @@ fn output_transform_generic(
 ) {
     output_transform(g, m, u0, u1, o, bias, relu, y.get(), t)
 }
-dispatch!(output_transform_generic, output_transform_fast, (g: &WinoGeom, m: &[f32], u0: usize, u1: usize, o: usize, bias: f32, relu: bool, y: Ptr, t: usize));
+simd_fn!(fn output_transform_simd = output_transform_generic(g: &WinoGeom, m: &[f32], u0: usize, u1: usize, o: usize, bias: f32, relu: bool, y: Ptr, t: usize));
 
 // ---- backward --------------------------------------------------------------------------------
 
@@ -699,7 +668,7 @@ fn grad_input_transform_generic(
 ) {
     grad_input_transform(g, dy, u0, u1, o, dm.get(), t)
 }
-dispatch!(grad_input_transform_generic, grad_input_transform_fast, (g: &WinoGeom, dy: &[f32], u0: usize, u1: usize, o: usize, dm: Ptr, t: usize));
+simd_fn!(fn grad_input_transform_simd = grad_input_transform_generic(g: &WinoGeom, dy: &[f32], u0: usize, u1: usize, o: usize, dm: Ptr, t: usize));
 
 #[inline(always)]
 fn grad_output_transform_generic(
@@ -713,7 +682,7 @@ fn grad_output_transform_generic(
 ) {
     grad_output_transform(g, dv, u0, u1, c, dx.get(), t)
 }
-dispatch!(grad_output_transform_generic, grad_output_transform_fast, (g: &WinoGeom, dv: &[f32], u0: usize, u1: usize, c: usize, dx: Ptr, t: usize));
+simd_fn!(fn grad_output_transform_simd = grad_output_transform_generic(g: &WinoGeom, dv: &[f32], u0: usize, u1: usize, c: usize, dx: Ptr, t: usize));
 
 // ---- drivers ---------------------------------------------------------------------------------
 
@@ -798,7 +767,6 @@ pub(crate) fn forward(
 ) {
     let blocks = g.blocks();
     let tw = g.tw();
-    let fast = has_avx512();
     let y_ptr = Ptr(y.as_mut_ptr());
     let run = |(u0, u1): (usize, usize), s: &mut Scratch, par: bool| {
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
@@ -807,23 +775,13 @@ pub(crate) fn forward(
         grow(&mut s.v, XI * g.cin * t);
         grow(&mut s.m, XI * g.cout * t);
         let v_ptr = Ptr(s.v.as_mut_ptr());
-        let in_t = |c: usize| unsafe {
-            if fast {
-                input_transform_fast(g, x, u0, u1, c, v_ptr, t)
-            } else {
-                input_transform_generic(g, x, u0, u1, c, v_ptr, t)
-            }
-        };
+        let in_t = |c: usize| input_transform_simd(g, x, u0, u1, c, v_ptr, t);
         each(g.cin, par, in_t);
         block_gemms(w, &s.v, &mut s.m, t, false, par, prec);
         let m = &s.m[..];
-        let out_t = |o: usize| unsafe {
+        let out_t = |o: usize| {
             let b = bias.map_or(0.0, |b| b[o]);
-            if fast {
-                output_transform_fast(g, m, u0, u1, o, b, relu, y_ptr, t)
-            } else {
-                output_transform_generic(g, m, u0, u1, o, b, relu, y_ptr, t)
-            }
+            output_transform_simd(g, m, u0, u1, o, b, relu, y_ptr, t)
         };
         each(g.cout, par, out_t);
     };
@@ -847,7 +805,6 @@ pub(crate) fn backward(
 ) {
     let blocks = g.blocks();
     let tw = g.tw();
-    let fast = has_avx512();
     let dx_ptr = Ptr(dx.as_mut_ptr());
     let run = |(u0, u1): (usize, usize), s: &mut Scratch, par: bool| {
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
@@ -856,23 +813,11 @@ pub(crate) fn backward(
         grow(&mut s.m, XI * g.cout * t);
         grow(&mut s.v, XI * g.cin * t);
         let m_ptr = Ptr(s.m.as_mut_ptr());
-        let in_t = |o: usize| unsafe {
-            if fast {
-                grad_input_transform_fast(g, dy, u0, u1, o, m_ptr, t)
-            } else {
-                grad_input_transform_generic(g, dy, u0, u1, o, m_ptr, t)
-            }
-        };
+        let in_t = |o: usize| grad_input_transform_simd(g, dy, u0, u1, o, m_ptr, t);
         each(g.cout, par, in_t);
         block_gemms(w, &s.m, &mut s.v, t, true, par, prec);
         let v = &s.v[..];
-        let out_t = |c: usize| unsafe {
-            if fast {
-                grad_output_transform_fast(g, v, u0, u1, c, dx_ptr, t)
-            } else {
-                grad_output_transform_generic(g, v, u0, u1, c, dx_ptr, t)
-            }
-        };
+        let out_t = |c: usize| grad_output_transform_simd(g, v, u0, u1, c, dx_ptr, t);
         each(g.cin, par, out_t);
     };
     let threads = rayon::current_num_threads();

@@ -929,3 +929,47 @@ fn max_pool_2x2_ties_and_nans() {
     ];
     assert_eq!(dx.data(), &want);
 }
+
+/// Set in the child processes of `every_simd_level_passes_this_suite`.
+const SIMD_ENV: &str = "DEEPVIS_SIMD";
+
+#[test]
+fn every_simd_level_passes_this_suite() {
+    if std::env::var_os(SIMD_ENV).is_some() {
+        return; // a child run: `simd_level_follows_the_environment` checks the level.
+    }
+    // This machine's own level ran above; the narrower paths run the same suite in child
+    // processes (the level is process-wide, and tests run in parallel).
+    let exe = std::env::current_exe().unwrap();
+    for level in [SimdLevel::Portable, SimdLevel::Avx2] {
+        if level > detected_simd() {
+            continue;
+        }
+        let out = std::process::Command::new(&exe)
+            .env(SIMD_ENV, level.name())
+            .args(["--test-threads", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the suite failed with {SIMD_ENV}={}:\n{}\n{}",
+            level.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains("simd_level_follows_the_environment ... ok"),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn simd_level_follows_the_environment() {
+    let wanted = std::env::var(SIMD_ENV)
+        .ok()
+        .and_then(|v| SimdLevel::from_name(&v))
+        .unwrap_or(SimdLevel::Avx512);
+    assert_eq!(simd_level(), wanted.min(detected_simd()));
+}
