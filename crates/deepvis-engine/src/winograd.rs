@@ -388,58 +388,84 @@ fn deinterleave4(src: &[f32], dst: [&mut [f32]; 4]) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
+thread_local! {
+    /// Per-thread staging for the transforms of one (channel, block): two [6][6][tiles]
+    /// planes and a padded image row. Reused so that the transforms allocate nothing.
+    static STAGING: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f(a, b, row)` with `a` and `b` of `plane` floats each and `row` of `row_len`.
+#[inline(always)]
+fn with_staging(plane: usize, row_len: usize, f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32])) {
+    STAGING.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        grow(&mut buf, 2 * plane + row_len);
+        let (a, rest) = buf.split_at_mut(plane);
+        let (b, rest) = rest.split_at_mut(plane);
+        f(a, b, &mut rest[..row_len]);
+    })
+}
+
 /// V[ξ][c][t] for the tiles of units [u0, u1) and channel c: the transformed 6×6 input tiles.
 /// `v` has `cin × t` floats per ξ.
+///
+/// The 1-D transforms run over all the block's tiles at once (rows of `nt` values), not one
+/// tile row at a time: deep layers have only 4–7 tiles per row, too few to fill a vector.
 #[inline(always)]
 fn input_transform(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: *mut f32, t: usize) {
     let (th, tw) = (g.th(), g.tw());
+    let nt = (u1 - u0) * tw;
     let wp = 4 * tw + 2;
-    // Padded input rows, then each row de-interleaved into its 6 tile columns (hor[r][k][j]).
-    let mut prow = vec![0f32; wp];
-    let mut cols = vec![0f32; 6 * tw];
-    let mut hor = vec![0f32; 36 * tw];
     let plane = g.h * g.w;
-    for u in u0..u1 {
-        let (n, i) = (u / th, u % th);
-        let xc = &x[(n * g.cin + c) * plane..][..plane];
-        for r in 0..6 {
-            let y = (4 * i + r) as isize - g.pt as isize;
-            let h = &mut hor[r * 6 * tw..][..6 * tw];
-            if y < 0 || y >= g.h as isize {
-                h.fill(0.0);
-                continue;
-            }
-            let src = &xc[y as usize * g.w..][..g.w];
-            // prow[q] = x[y][q − pl]
-            let lo = g.pl.min(wp);
-            let hi = (g.pl + g.w).min(wp);
-            prow[..lo].fill(0.0);
-            prow[lo..hi].copy_from_slice(&src[..hi - lo]);
-            prow[hi..].fill(0.0);
-            {
+    // cols[r][k][·]: column k of every tile at row offset r; hor[r][k][·]: after Bᵀ across.
+    with_staging(36 * nt, wp, |cols, hor, prow| {
+        for u in u0..u1 {
+            let (n, i) = (u / th, u % th);
+            let xc = &x[(n * g.cin + c) * plane..][..plane];
+            let base = (u - u0) * tw;
+            for r in 0..6 {
+                let y = (4 * i + r) as isize - g.pt as isize;
+                let cr: [&mut [f32]; 6] = rows_mut(&mut cols[r * 6 * nt..], nt);
+                let [c0, c1, c2, c3, c4, c5] = cr.map(|row| &mut row[base..base + tw]);
+                if y < 0 || y >= g.h as isize {
+                    for col in [c0, c1, c2, c3, c4, c5] {
+                        col.fill(0.0);
+                    }
+                    continue;
+                }
+                let src = &xc[y as usize * g.w..][..g.w];
+                // prow[q] = x[y][q − pl]
+                let lo = g.pl.min(wp);
+                let hi = (g.pl + g.w).min(wp);
+                prow[..lo].fill(0.0);
+                prow[lo..hi].copy_from_slice(&src[..hi - lo]);
+                prow[hi..].fill(0.0);
+                deinterleave4(prow, [&mut *c0, &mut *c1, &mut *c2, &mut *c3]);
                 // Columns 4 and 5 of tile j are columns 0 and 1 of tile j + 1.
-                let [c0, c1, c2, c3, c4, c5]: [&mut [f32]; 6] = rows_mut(&mut cols, tw);
-                deinterleave4(&prow, [&mut *c0, &mut *c1, &mut *c2, &mut *c3]);
                 c4[..tw - 1].copy_from_slice(&c0[1..]);
                 c5[..tw - 1].copy_from_slice(&c1[1..]);
                 c4[tw - 1] = prow[4 * tw];
                 c5[tw - 1] = prow[4 * tw + 1];
             }
-            bt_rows(rows(&cols, tw), rows_mut(h, tw));
         }
-        let t0 = (u - u0) * tw;
+        for r in 0..6 {
+            bt_rows(
+                rows(&cols[r * 6 * nt..], nt),
+                rows_mut(&mut hor[r * 6 * nt..], nt),
+            );
+        }
         // Vertical pass: for each column position k, combine the 6 rows.
         for k in 0..6 {
-            let d: [&[f32]; 6] = std::array::from_fn(|r| &hor[(r * 6 + k) * tw..][..tw]);
+            let d: [&[f32]; 6] = std::array::from_fn(|r| &hor[(r * 6 + k) * nt..][..nt]);
             // Straight into V, without a staging copy.
-            // SAFETY: (ξ = a·6 + k, c, t0..t0 + tw) lies inside this block's V and is written
-            // only by the task that owns channel c of this block; the six rows are disjoint.
+            // SAFETY: (ξ = a·6 + k, c, 0..nt) lies inside this block's V and is written only
+            // by the task that owns channel c of this block; the six rows are disjoint.
             let dst: [&mut [f32]; 6] = std::array::from_fn(|a| unsafe {
-                std::slice::from_raw_parts_mut(v.add(((a * 6 + k) * g.cin + c) * t + t0), tw)
+                std::slice::from_raw_parts_mut(v.add(((a * 6 + k) * g.cin + c) * t), nt)
             });
             bt_rows(d, dst);
         }
-    }
+    });
 }
 
 /// y[n, o, rows of units u0..u1] from M[ξ][o][t], plus bias, then ReLU if `relu`.
@@ -457,61 +483,57 @@ fn output_transform(
     t: usize,
 ) {
     let (th, tw) = (g.th(), g.tw());
-    let mut vert = vec![0f32; 24 * tw]; // [a][s][j]
-    let mut hcols = vec![0f32; 4 * tw];
-    let mut orow = vec![0f32; 4 * tw];
+    let nt = (u1 - u0) * tw;
     let plane = g.oh * g.ow;
-    for u in u0..u1 {
-        let (n, i) = (u / th, u % th);
-        let t0 = (u - u0) * tw;
+    // vert[a][s][·] = Aᵀ down the columns; outs[a][b][·] = then Aᵀ across (+ bias, ReLU).
+    with_staging(24 * nt, 4 * tw, |vert, outs, orow| {
         for s in 0..6 {
             let src: [&[f32]; 6] =
-                std::array::from_fn(|r| &m[((r * 6 + s) * g.cout + o) * t + t0..][..tw]);
-            // vert[a][s] rows are not contiguous across a; split into four disjoint rows.
-            let (v0, rest) = vert.split_at_mut(6 * tw);
-            let (v1, rest) = rest.split_at_mut(6 * tw);
-            let (v2, v3) = rest.split_at_mut(6 * tw);
+                std::array::from_fn(|r| &m[((r * 6 + s) * g.cout + o) * t..][..nt]);
+            let (v0, rest) = vert.split_at_mut(6 * nt);
+            let (v1, rest) = rest.split_at_mut(6 * nt);
+            let (v2, v3) = rest.split_at_mut(6 * nt);
             at_rows(
                 src,
                 [
-                    &mut v0[s * tw..][..tw],
-                    &mut v1[s * tw..][..tw],
-                    &mut v2[s * tw..][..tw],
-                    &mut v3[s * tw..][..tw],
+                    &mut v0[s * nt..][..nt],
+                    &mut v1[s * nt..][..nt],
+                    &mut v2[s * nt..][..nt],
+                    &mut v3[s * nt..][..nt],
                 ],
             );
         }
         for a in 0..4 {
-            let oy = 4 * i + a;
-            if oy >= g.oh {
-                break;
+            let sv: [&[f32]; 6] = rows(&vert[a * 6 * nt..], nt);
+            let out: [&mut [f32]; 4] = rows_mut(&mut outs[a * 4 * nt..], nt);
+            if relu {
+                map_rows(|m| at6(m).map(|v| (v + bias).max(0.0)), sv, out);
+            } else {
+                map_rows(|m| at6(m).map(|v| v + bias), sv, out);
             }
-            let sv: [&[f32]; 6] = rows(&vert[a * 6 * tw..][..6 * tw], tw);
-            // Horizontal pass: 6 columns per tile → 4 outputs, interleaved into the row.
-            {
-                let [h0, h1, h2, h3]: [&mut [f32]; 4] = rows_mut(&mut hcols, tw);
-                if relu {
-                    map_rows(
-                        |m| at6(m).map(|v| (v + bias).max(0.0)),
-                        sv,
-                        [&mut *h0, &mut *h1, &mut *h2, &mut *h3],
-                    );
-                } else {
-                    map_rows(
-                        |m| at6(m).map(|v| v + bias),
-                        sv,
-                        [&mut *h0, &mut *h1, &mut *h2, &mut *h3],
-                    );
-                }
-                interleave4([h0, h1, h2, h3], &mut orow);
-            }
-            // SAFETY: output row (n, o, oy) belongs to this task alone.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(y.add((n * g.cout + o) * plane + oy * g.ow), g.ow)
-            };
-            dst.copy_from_slice(&orow[..g.ow]);
         }
-    }
+        for u in u0..u1 {
+            let (n, i) = (u / th, u % th);
+            let base = (u - u0) * tw;
+            for a in 0..4 {
+                let oy = 4 * i + a;
+                if oy >= g.oh {
+                    break;
+                }
+                let ob: [&[f32]; 4] =
+                    std::array::from_fn(|b| &outs[(a * 4 + b) * nt + base..][..tw]);
+                interleave4(ob, orow);
+                // SAFETY: output row (n, o, oy) belongs to this task alone.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        y.add((n * g.cout + o) * plane + oy * g.ow),
+                        g.ow,
+                    )
+                };
+                dst.copy_from_slice(&orow[..g.ow]);
+            }
+        }
+    });
 }
 
 #[inline(always)]
@@ -560,37 +582,45 @@ fn grad_input_transform(
     t: usize,
 ) {
     let (th, tw) = (g.th(), g.tw());
-    let wp = 4 * tw;
-    let mut prow = vec![0f32; wp];
-    let mut pcols = vec![0f32; 4 * tw];
-    let mut hor = vec![0f32; 24 * tw]; // [a][s][j]
+    let nt = (u1 - u0) * tw;
     let plane = g.oh * g.ow;
-    for u in u0..u1 {
-        let (n, i) = (u / th, u % th);
-        let t0 = (u - u0) * tw;
-        for a in 0..4 {
-            let oy = 4 * i + a;
-            let h = &mut hor[a * 6 * tw..][..6 * tw];
-            if oy >= g.oh {
-                h.fill(0.0);
-                continue;
+    // pc[a][b][·]: output column b of every tile at row offset a; hor[a][s][·]: after A across.
+    with_staging(24 * nt, 4 * tw, |pc, hor, prow| {
+        for u in u0..u1 {
+            let (n, i) = (u / th, u % th);
+            let base = (u - u0) * tw;
+            for a in 0..4 {
+                let oy = 4 * i + a;
+                let pr: [&mut [f32]; 4] = rows_mut(&mut pc[a * 4 * nt..], nt);
+                let cols = pr.map(|row| &mut row[base..base + tw]);
+                if oy >= g.oh {
+                    for col in cols {
+                        col.fill(0.0);
+                    }
+                    continue;
+                }
+                let src = &dy[(n * g.cout + o) * plane + oy * g.ow..][..g.ow];
+                prow[..g.ow].copy_from_slice(src);
+                prow[g.ow..].fill(0.0);
+                deinterleave4(prow, cols);
             }
-            let src = &dy[(n * g.cout + o) * plane + oy * g.ow..][..g.ow];
-            prow[..g.ow].copy_from_slice(src);
-            prow[g.ow..].fill(0.0);
-            deinterleave4(&prow, rows_mut(&mut pcols, tw));
-            a_rows(rows(&pcols, tw), rows_mut(h, tw));
+        }
+        for a in 0..4 {
+            a_rows(
+                rows(&pc[a * 4 * nt..], nt),
+                rows_mut(&mut hor[a * 6 * nt..], nt),
+            );
         }
         for s in 0..6 {
-            let src: [&[f32]; 4] = std::array::from_fn(|a| &hor[(a * 6 + s) * tw..][..tw]);
-            // SAFETY: (ξ = r·6 + s, o, t0..t0 + tw) is written only by the task owning o; the
-            // six rows are disjoint.
+            let src: [&[f32]; 4] = std::array::from_fn(|a| &hor[(a * 6 + s) * nt..][..nt]);
+            // SAFETY: (ξ = r·6 + s, o, 0..nt) is written only by the task owning o; the six
+            // rows are disjoint.
             let dst: [&mut [f32]; 6] = std::array::from_fn(|r| unsafe {
-                std::slice::from_raw_parts_mut(dm.add(((r * 6 + s) * g.cout + o) * t + t0), tw)
+                std::slice::from_raw_parts_mut(dm.add(((r * 6 + s) * g.cout + o) * t), nt)
             });
             a_rows(src, dst);
         }
-    }
+    });
 }
 
 /// dx[n, c] += B dV Bᵀ scattered onto the overlapping 6×6 input tiles (dropping the padding):
@@ -606,54 +636,57 @@ fn grad_output_transform(
     t: usize,
 ) {
     let (th, tw) = (g.th(), g.tw());
+    let nt = (u1 - u0) * tw;
     let wp = 4 * tw + 2;
-    let mut vert = vec![0f32; 36 * tw]; // [k][r][j]
-    let mut cols = vec![0f32; 6 * tw];
-    let mut prow = vec![0f32; wp];
     let plane = g.h * g.w;
-    for u in u0..u1 {
-        let (n, i) = (u / th, u % th);
-        let t0 = (u - u0) * tw;
+    // vert[k][r][·] = B down the columns; cols[r][k][·] = then B across.
+    with_staging(36 * nt, wp, |vert, cols, prow| {
         for k in 0..6 {
             let src: [&[f32]; 6] =
-                std::array::from_fn(|a| &dv[((a * 6 + k) * g.cin + c) * t + t0..][..tw]);
-            b_rows(src, rows_mut(&mut vert[k * 6 * tw..][..6 * tw], tw));
+                std::array::from_fn(|a| &dv[((a * 6 + k) * g.cin + c) * t..][..nt]);
+            b_rows(src, rows_mut(&mut vert[k * 6 * nt..], nt));
         }
         for r in 0..6 {
-            let y = (4 * i + r) as isize - g.pt as isize;
-            if y < 0 || y >= g.h as isize {
-                continue;
-            }
-            let vr: [&[f32]; 6] = std::array::from_fn(|k| &vert[(k * 6 + r) * tw..][..tw]);
-            b_rows(vr, rows_mut(&mut cols, tw));
-            // Tiles overlap by two columns: write columns 0..4 of every tile, then add 4 and 5.
-            {
-                // Columns 4 and 5 of tile j − 1 land on columns 0 and 1 of tile j.
-                let [c0, c1, c2, c3, c4, c5]: [&mut [f32]; 6] = rows_mut(&mut cols, tw);
+            let vr: [&[f32]; 6] = std::array::from_fn(|k| &vert[(k * 6 + r) * nt..][..nt]);
+            b_rows(vr, rows_mut(&mut cols[r * 6 * nt..], nt));
+        }
+        for u in u0..u1 {
+            let (n, i) = (u / th, u % th);
+            let base = (u - u0) * tw;
+            for r in 0..6 {
+                let y = (4 * i + r) as isize - g.pt as isize;
+                if y < 0 || y >= g.h as isize {
+                    continue;
+                }
+                let cr: [&mut [f32]; 6] = rows_mut(&mut cols[r * 6 * nt..], nt);
+                let [c0, c1, c2, c3, c4, c5] = cr.map(|row| &mut row[base..base + tw]);
+                // Tiles overlap by two columns: write columns 0..4 of every tile, then add 4
+                // and 5. Columns 4 and 5 of tile j − 1 land on columns 0 and 1 of tile j.
                 prow[4 * tw] = c4[tw - 1];
                 prow[4 * tw + 1] = c5[tw - 1];
                 for j in 1..tw {
                     c0[j] += c4[j - 1];
                     c1[j] += c5[j - 1];
                 }
-                interleave4([&*c0, &*c1, &*c2, &*c3], &mut prow);
-            }
-            // SAFETY: the row (n, c, y) is touched by this task only while it runs (channels
-            // are split between tasks; blocks sharing rows run in different phases).
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    dx.add((n * g.cin + c) * plane + y as usize * g.w),
-                    g.w,
-                )
-            };
-            // dx[y][q − pl] += prow[q]
-            let q0 = g.pl;
-            let q1 = (g.pl + g.w).min(wp);
-            for (d, s) in dst[..q1 - q0].iter_mut().zip(&prow[q0..q1]) {
-                *d += *s;
+                interleave4([&*c0, &*c1, &*c2, &*c3], prow);
+                // SAFETY: the row (n, c, y) is touched by this task only while it runs
+                // (channels are split between tasks; blocks sharing rows run in different
+                // phases).
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dx.add((n * g.cin + c) * plane + y as usize * g.w),
+                        g.w,
+                    )
+                };
+                // dx[y][q − pl] += prow[q]
+                let q0 = g.pl;
+                let q1 = (g.pl + g.w).min(wp);
+                for (d, s) in dst[..q1 - q0].iter_mut().zip(&prow[q0..q1]) {
+                    *d += *s;
+                }
             }
         }
-    }
+    });
 }
 
 #[inline(always)]
