@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release -p deepvis-engine --example step -- [--layer 28] [--size 224]
 //!         [--batch 1] [--iters 9] [--algo auto|im2col|winograd] [--precision f32|bf16]
-//!         [--profile]
+//!         [--profile] [--all-channels]
 //!
 //! Prints the median wall time per step, CPU time per step (user and system, so page-fault
 //! overhead shows), and with `--profile` the time of every op forward and backward.
@@ -104,8 +104,15 @@ fn main() {
             .collect(),
     )
     .expect("shape");
+    let all_channels = args.iter().any(|a| a == "--all-channels");
     let step = |x: &Tensor| {
-        let trace = graph.forward(x.clone(), target).expect("forward");
+        // The objective reads channel 15 only; --all-channels computes the whole last layer.
+        let trace = if all_channels {
+            graph.forward(x.clone(), target)
+        } else {
+            graph.forward_channels(x.clone(), &[target], &[15])
+        }
+        .expect("forward");
         let out = trace.output();
         let mut g = Tensor::zeros(out.shape());
         let plane: usize = out.shape()[2..].iter().product();

@@ -98,6 +98,8 @@ pub fn set_conv_algo(algo: ConvAlgo) {
 pub struct ConvCache {
     winograd: Mutex<Option<(WeightStamp, Arc<WinogradWeights>)>>,
     bf16: Mutex<Option<(WeightStamp, Arc<GemmBf16>)>>,
+    /// The last output-channel selection (`Conv2d::select_outputs`), with its own cache.
+    selection: Mutex<Option<(WeightStamp, Vec<usize>, Arc<Conv2d>)>>,
 }
 
 /// Per group, the weight matrix [cout_g × k] and its transpose, packed for `bf16::matmul`.
@@ -335,6 +337,55 @@ impl Conv2d {
             pt: g.pt,
             pl: g.pl,
         })
+    }
+
+    /// This convolution restricted to the output channels `channels` (in that order): what a
+    /// pass needs when only those channels of its output are read. Kept in the cache, so a
+    /// render that asks for the same channels every step prepares them once.
+    pub fn select_outputs(&self, channels: &[usize]) -> Result<Arc<Conv2d>, EngineError> {
+        if let Some(&c) = channels.iter().find(|&&c| c >= self.out_channels) {
+            return Err(EngineError::Shape(format!(
+                "output channel {c} of a conv2d with {} channels",
+                self.out_channels
+            )));
+        }
+        if self.groups != 1 {
+            return Err(EngineError::Shape(
+                "output channels can be selected only from an ungrouped conv2d".into(),
+            ));
+        }
+        let stamp = WeightStamp::of(&self.weight);
+        let mut slot = self
+            .cache
+            .selection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((s, chosen, conv)) = &*slot {
+            if *s == stamp && chosen == channels {
+                return Ok(conv.clone());
+            }
+        }
+        let per = self.weight.len() / self.out_channels;
+        let conv = Arc::new(Conv2d {
+            in_channels: self.in_channels,
+            out_channels: channels.len(),
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            groups: self.groups,
+            padding: self.padding,
+            weight: channels
+                .iter()
+                .flat_map(|&c| self.weight[c * per..][..per].iter().copied())
+                .collect(),
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| channels.iter().map(|&c| b[c]).collect()),
+            cache: ConvCache::default(),
+        });
+        *slot = Some((stamp, channels.to_vec(), conv.clone()));
+        Ok(conv)
     }
 
     fn winograd_weights(&self) -> Arc<WinogradWeights> {

@@ -973,3 +973,68 @@ fn simd_level_follows_the_environment() {
         .unwrap_or(SimdLevel::Avx512);
     assert_eq!(simd_level(), wanted.min(detected_simd()));
 }
+
+#[test]
+fn computing_only_the_read_channels_changes_nothing_they_feed() {
+    let mut r = rng(31);
+    let case = ConvCase {
+        n: 2,
+        cin: 3,
+        cout: 8,
+        hw: (12, 12),
+        k: (3, 3),
+        stride: 1,
+        dilation: 1,
+        groups: 1,
+        padding: Padding::symmetric(1),
+        pads: (1, 1, 1, 1),
+    };
+    let mut g = Graph::new();
+    g.then("conv", Op::Conv2d(conv_of(&case, &mut r)));
+    g.then("relu", Op::Relu);
+    let conv2 = g.then(
+        "conv2",
+        Op::Conv2d(conv_of(
+            &ConvCase {
+                cin: 8,
+                cout: 16,
+                ..case
+            },
+            &mut r,
+        )),
+    );
+    let relu2 = g.then("relu2", Op::Relu);
+    let x = random(&[2, 3, 12, 12], &mut r);
+    // (The algorithm is process-wide and tests run in parallel, so this one keeps `Auto`.)
+    for target in [conv2, relu2] {
+        let full = g.forward(x.clone(), target).unwrap();
+        // Image 0 reads channel 11, image 1 channels 3 and 11 (in any order, repeated).
+        let chosen = [11, 3, 11];
+        let part = g.forward_channels(x.clone(), &[target], &chosen).unwrap();
+        assert_eq!(part.computed_channels(target), Some(&[3, 11][..]));
+        assert_eq!(full.computed_channels(target), None);
+        let plane = 144;
+        let (f, p) = (full.output().data(), part.output().data());
+        let mut seed = Tensor::zeros(full.output().shape());
+        for (b, chs) in [(0usize, &[11usize][..]), (1, &[3, 11][..])] {
+            for &c in chs {
+                let at = (b * 16 + c) * plane;
+                for k in 0..plane {
+                    assert!((f[at + k] - p[at + k]).abs() <= 1e-5 * f[at + k].abs().max(1.0));
+                    seed.data_mut()[at + k] = r.gen_range(-1.0..1.0);
+                }
+            }
+        }
+        // Channels that were not computed read as zero.
+        assert!(p[(16 + 5) * plane..][..plane].iter().all(|&v| v == 0.0));
+        let dx_full = g.backward(&full, seed.clone()).unwrap();
+        let dx_part = g.backward(&part, seed).unwrap();
+        for (a, b) in dx_full.data().iter().zip(dx_part.data()) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+    // Not a convolution: the whole output, as forward_multi.
+    let pool = g.then("pool", Op::MaxPool2d(MaxPool2d::square(2, 2)));
+    let t = g.forward_channels(x, &[pool], &[1]).unwrap();
+    assert_eq!(t.computed_channels(pool), None);
+}

@@ -94,10 +94,25 @@ fn assert_activation_close(model: &Model, input: &Tensor, layer: &str, want: &Te
     assert!(err < 1e-4, "{layer}: {err}");
 }
 
-/// d mean(output[0, c]) / d input, as in the fixtures.
-fn channel_grad(model: &Model, layer: &str, input: &Tensor, c: usize) -> (f32, Tensor) {
+/// d mean(output[0, c]) / d input, as in the fixtures; with `only_c`, from a pass that computes
+/// only channel c of the layer (`Graph::forward_channels`).
+fn channel_grad(
+    model: &Model,
+    layer: &str,
+    input: &Tensor,
+    c: usize,
+    only_c: bool,
+) -> (f32, Tensor) {
     let id = model.layer(layer).unwrap();
-    let trace = model.graph.forward(input.clone(), id).unwrap();
+    let trace = if only_c {
+        let t = model.graph.forward_channels(input.clone(), &[id], &[c]).unwrap();
+        if model.is_conv(id) {
+            assert_eq!(t.computed_channels(id), Some(&[c][..]), "{layer}");
+        }
+        t
+    } else {
+        model.graph.forward(input.clone(), id).unwrap()
+    };
     let out = trace.output();
     let plane: usize = out.shape()[2..].iter().product();
     let mut g = Tensor::zeros(out.shape());
@@ -126,17 +141,19 @@ fn vgg16_matches_pytorch() {
     }
     let cases: serde_json_free::Cases = serde_json_free::cases(&fixture("vgg16_golden.json"));
     for (layer, c, value) in cases {
-        let (v, g) = channel_grad(&model, &format!("features.{layer}"), &input, c);
-        assert!(
-            ((v - value) as f64).abs() < 1e-4 * (1.0 + value.abs() as f64),
-            "objective {v} vs {value}"
-        );
-        assert_grad_close(
-            &g,
-            &tensor(&golden, &format!("grad.features.{layer}.c{c}")),
-            &format!("vgg16 grad features.{layer} c{c}"),
-            layer < 14,
-        );
+        for only_c in [false, true] {
+            let (v, g) = channel_grad(&model, &format!("features.{layer}"), &input, c, only_c);
+            assert!(
+                ((v - value) as f64).abs() < 1e-4 * (1.0 + value.abs() as f64),
+                "objective {v} vs {value}"
+            );
+            assert_grad_close(
+                &g,
+                &tensor(&golden, &format!("grad.features.{layer}.c{c}")),
+                &format!("vgg16 grad features.{layer} c{c} (only channel {c}: {only_c})"),
+                layer < 14,
+            );
+        }
     }
 }
 
@@ -170,7 +187,7 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
             g.data_mut()[c] = 1.0;
             (0.0, model.graph.backward(&trace, g).unwrap())
         } else {
-            channel_grad(&model, key, &input, c)
+            channel_grad(&model, key, &input, c, true)
         };
         assert_grad_close(
             &g,

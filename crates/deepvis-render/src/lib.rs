@@ -142,7 +142,7 @@ pub fn objective_and_grad(
     rgb: &Tensor,
     channels: &[usize],
 ) -> Result<(Vec<f32>, Tensor), RenderError> {
-    let trace = graph.forward(normalize(rgb, norm), layer)?;
+    let trace = graph.forward_channels(normalize(rgb, norm), &[layer], channels)?;
     let (values, g_out) = channel_objective(trace.output(), channels)?;
     let mut g = graph.backward(&trace, g_out)?;
     denormalize_grad(&mut g, norm);
@@ -195,7 +195,10 @@ pub fn ascend_channels(
             on_step(done, total);
         }
         let (finals, _) = channel_objective(
-            model.graph.forward(normalize(&x, norm), layer)?.output(),
+            model
+                .graph
+                .forward_channels(normalize(&x, norm), &[layer], group)?
+                .output(),
             group,
         )?;
         let initial = initial.unwrap_or_else(|| finals.clone());

@@ -44,7 +44,7 @@
 //! Every value is per image, to be maximized; a batch's scalar is the sum over its images.
 
 use crate::RenderError;
-use deepvis_engine::{NodeId, Tensor, Trace};
+use deepvis_engine::{Graph, NodeId, Tensor, Trace};
 use deepvis_models::Model;
 use std::fmt;
 use std::ops::{Add, Mul, Neg, Sub};
@@ -1034,6 +1034,36 @@ impl Objective {
         }
     }
 
+    /// The one node this objective reads and the channels of it that it reads, where that is
+    /// only some channels of one node (channel and neuron objectives and their combinations);
+    /// None where it reads whole layers or several nodes. The engine then computes only those
+    /// channels of that node (`Graph::forward_channels`).
+    pub fn channels_read(&self) -> Option<(NodeId, Vec<usize>)> {
+        match self.reads()? {
+            Reads::Nothing => None,
+            Reads::Channels(node, ch) => Some((node, ch)),
+        }
+    }
+
+    /// None: whole layers, or several nodes.
+    fn reads(&self) -> Option<Reads> {
+        match self {
+            Objective::Const(_) => Some(Reads::Nothing),
+            Objective::Channel { layer, channel } | Objective::Neuron { layer, channel, .. } => {
+                Some(Reads::Channels(layer.node, vec![*channel]))
+            }
+            Objective::Add(a, b) | Objective::Sub(a, b) | Objective::Mul(a, b) => {
+                Reads::union(a.reads()?, b.reads()?)
+            }
+            Objective::Neg(a) => a.reads(),
+            Objective::LayerSquares(_)
+            | Objective::Position { .. }
+            | Objective::Class { .. }
+            | Objective::Direction { .. }
+            | Objective::Diversity(_) => None,
+        }
+    }
+
     /// Whether the value of one image depends on the other images of the batch.
     pub fn uses_batch(&self) -> bool {
         match self {
@@ -1593,6 +1623,27 @@ impl Diversity {
     }
 }
 
+/// What part of the network an objective reads (see `Objective::channels_read`).
+enum Reads {
+    Nothing,
+    Channels(NodeId, Vec<usize>),
+}
+
+impl Reads {
+    fn union(a: Reads, b: Reads) -> Option<Reads> {
+        match (a, b) {
+            (Reads::Nothing, r) | (r, Reads::Nothing) => Some(r),
+            (Reads::Channels(n, mut a), Reads::Channels(m, b)) if n == m => {
+                a.extend(b);
+                a.sort_unstable();
+                a.dedup();
+                Some(Reads::Channels(n, a))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The objective of each image of a batch: one for all, or one per image.
 #[derive(Clone, Debug)]
 pub enum BatchObjective {
@@ -1609,6 +1660,31 @@ impl BatchObjective {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// See [`Objective::channels_read`]; for per-image objectives, the union over the images
+    /// (all must read the same node).
+    pub fn channels_read(&self) -> Option<(NodeId, Vec<usize>)> {
+        let reads = match self {
+            BatchObjective::Shared(o) => o.reads()?,
+            BatchObjective::PerImage(v) => v
+                .iter()
+                .try_fold(Reads::Nothing, |acc, o| Reads::union(acc, o.reads()?))?,
+        };
+        match reads {
+            Reads::Nothing => None,
+            Reads::Channels(node, ch) => Some((node, ch)),
+        }
+    }
+
+    /// Traces `x` (normalized network input) for this objective, computing only the channels it
+    /// reads where it reads only some.
+    pub fn trace(&self, graph: &Graph, x: Tensor) -> Result<Trace, RenderError> {
+        let nodes = self.nodes();
+        Ok(match self.channels_read() {
+            Some((node, ch)) if nodes == [node] => graph.forward_channels(x, &nodes, &ch)?,
+            _ => graph.forward_multi(x, &nodes)?,
+        })
     }
 
     /// The objective of image `b`.

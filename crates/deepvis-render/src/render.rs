@@ -243,9 +243,7 @@ pub fn evaluate(
     w: usize,
 ) -> Result<Vec<f32>, RenderError> {
     let x = Tensor::new(vec![n, 3, h, w], images.to_vec())?;
-    let trace = model
-        .graph
-        .forward_multi(normalize(&x, &model.info.normalization), &objective.nodes())?;
+    let trace = objective.trace(&model.graph, normalize(&x, &model.info.normalization))?;
     Ok(objective.evaluate(&trace, n, false)?.0)
 }
 
@@ -253,7 +251,6 @@ pub fn evaluate(
 struct Stepper<'a> {
     model: &'a Model,
     objective: &'a BatchObjective,
-    nodes: Vec<deepvis_engine::NodeId>,
     n: usize,
     image: Vec<f32>,
     image_grad: Vec<f32>,
@@ -279,9 +276,8 @@ impl<'a> Stepper<'a> {
         let (th, tw) = pipeline.forward(&self.image, n, h, w, rng);
         let x = Tensor::new(vec![n, 3, th, tw], pipeline.output().to_vec())?;
         let trace = self
-            .model
-            .graph
-            .forward_multi(normalize(&x, &self.model.info.normalization), &self.nodes)?;
+            .objective
+            .trace(&self.model.graph, normalize(&x, &self.model.info.normalization))?;
         let (values, grads) = self.objective.evaluate(&trace, n, true)?;
         let seeds = grads.expect("asked for gradients").into_seeds();
         let mut g = self.model.graph.backward_multi(&trace, seeds)?;
@@ -366,7 +362,6 @@ pub fn render(
     let mut stepper = Stepper {
         model,
         objective,
-        nodes: objective.nodes(),
         n,
         image: vec![0.0; n * 3 * first * first],
         image_grad: Vec::new(),
@@ -546,8 +541,7 @@ pub fn dream(
         let mut stepper = Stepper {
             model,
             objective: &objective,
-            nodes: objective.nodes(),
-            n: 1,
+                n: 1,
             image: Vec::new(),
             image_grad: Vec::new(),
             param_grad: Vec::new(),
