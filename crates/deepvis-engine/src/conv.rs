@@ -10,6 +10,7 @@ use crate::bf16::{self, PackedA};
 use crate::depthwise::{self, DwGeom};
 use crate::gemm::{matmul, matmul_split, MatMut, MatRef};
 use crate::layers::bias_relu;
+use crate::narrow;
 use crate::winograd::{self, WinoGeom, WinogradWeights};
 use crate::{precision, EngineError, Precision, Tensor};
 use rayon::prelude::*;
@@ -311,6 +312,30 @@ impl SharedMut {
 
 impl Conv2d {
     /// Whether Winograd computes this convolution for `g` under `algo`.
+    /// The direct path for a few output channels (`narrow`), under `Auto` only.
+    fn narrow_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<narrow::NarrowGeom> {
+        let eligible = algo == ConvAlgo::Auto
+            && g.cout <= narrow::MAX_OUTPUTS
+            && g.groups == 1
+            && g.sh == 1
+            && g.sw == 1
+            && g.dh == 1
+            && g.dw == 1
+            && g.cin >= 16;
+        eligible.then_some(narrow::NarrowGeom {
+            cin: g.cin,
+            cout: g.cout,
+            h: g.h,
+            w: g.w,
+            oh: g.oh,
+            ow: g.ow,
+            kh: g.kh,
+            kw: g.kw,
+            pt: g.pt,
+            pl: g.pl,
+        })
+    }
+
     fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<WinoGeom> {
         let eligible = g.kh == 3
             && g.kw == 3
@@ -614,6 +639,20 @@ impl Conv2d {
         let prec = effective(prec);
         let g = self.geometry(x.shape())?;
         let shape = [g.n, g.cout, g.oh, g.ow];
+        if let Some(ng) = self.narrow_geometry(&g, algo) {
+            let mut y = Tensor::for_overwrite(&shape);
+            narrow::forward(
+                &ng,
+                &self.weight,
+                self.bias.as_deref(),
+                x.data(),
+                y.data_mut(),
+            );
+            if relu {
+                bias_relu(y.data_mut(), g.oh * g.ow, g.cout, None, true);
+            }
+            return Ok(y);
+        }
         if let Some(wg) = self.winograd_geometry(&g, algo) {
             let w = self.winograd_weights();
             let mut y = Tensor::for_overwrite(&shape);
@@ -699,6 +738,11 @@ impl Conv2d {
             let mut dx = Tensor::for_overwrite(input_shape);
             let dg = g.depthwise_geom();
             depthwise::backward(&dg, &self.weight, grad_out.data(), dx.data_mut());
+            return Ok(dx);
+        }
+        if let Some(ng) = self.narrow_geometry(&g, algo) {
+            let mut dx = Tensor::for_overwrite(input_shape);
+            narrow::backward(&ng, &self.weight, grad_out.data(), dx.data_mut());
             return Ok(dx);
         }
         let mut dx = Tensor::zeros(input_shape);

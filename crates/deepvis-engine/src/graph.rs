@@ -224,7 +224,8 @@ fn scatter_channels(t: &Tensor, channels: &[usize], c: usize) -> Tensor {
     let (src, dst) = (t.data(), out.data_mut());
     for b in 0..n {
         for (j, &ch) in channels.iter().enumerate() {
-            dst[(b * c + ch) * plane..][..plane].copy_from_slice(&src[(b * k + j) * plane..][..plane]);
+            dst[(b * c + ch) * plane..][..plane]
+                .copy_from_slice(&src[(b * k + j) * plane..][..plane]);
         }
     }
     out

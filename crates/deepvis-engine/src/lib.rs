@@ -9,6 +9,7 @@ mod gemm;
 mod graph;
 mod layers;
 mod memory;
+mod narrow;
 mod pool;
 mod simd;
 mod tensor;

@@ -158,6 +158,49 @@ fn conv_of(case: &ConvCase, r: &mut ChaCha8Rng) -> Conv2d {
 fn conv_cases() -> Vec<ConvCase> {
     let p = Padding::symmetric;
     vec![
+        // A few output channels from many inputs (the direct `narrow` path): 3×3 pad 1, a 5×5
+        // with uneven explicit padding, and a 2×3 without padding.
+        ConvCase {
+            n: 2,
+            cin: 20,
+            cout: 1,
+            hw: (19, 13),
+            k: (3, 3),
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            padding: p(1),
+            pads: (1, 1, 1, 1),
+        },
+        ConvCase {
+            n: 1,
+            cin: 16,
+            cout: 3,
+            hw: (11, 14),
+            k: (5, 5),
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            padding: Padding::Explicit {
+                top: 2,
+                bottom: 1,
+                left: 0,
+                right: 3,
+            },
+            pads: (2, 1, 0, 3),
+        },
+        ConvCase {
+            n: 1,
+            cin: 17,
+            cout: 4,
+            hw: (9, 10),
+            k: (2, 3),
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            padding: p(0),
+            pads: (0, 0, 0, 0),
+        },
         // VGG-style 3×3, stride 1, pad 1.
         ConvCase {
             n: 2,

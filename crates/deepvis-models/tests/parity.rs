@@ -105,7 +105,10 @@ fn channel_grad(
 ) -> (f32, Tensor) {
     let id = model.layer(layer).unwrap();
     let trace = if only_c {
-        let t = model.graph.forward_channels(input.clone(), &[id], &[c]).unwrap();
+        let t = model
+            .graph
+            .forward_channels(input.clone(), &[id], &[c])
+            .unwrap();
         if model.is_conv(id) {
             assert_eq!(t.computed_channels(id), Some(&[c][..]), "{layer}");
         }

@@ -275,9 +275,10 @@ impl<'a> Stepper<'a> {
         param.forward(&mut self.image);
         let (th, tw) = pipeline.forward(&self.image, n, h, w, rng);
         let x = Tensor::new(vec![n, 3, th, tw], pipeline.output().to_vec())?;
-        let trace = self
-            .objective
-            .trace(&self.model.graph, normalize(&x, &self.model.info.normalization))?;
+        let trace = self.objective.trace(
+            &self.model.graph,
+            normalize(&x, &self.model.info.normalization),
+        )?;
         let (values, grads) = self.objective.evaluate(&trace, n, true)?;
         let seeds = grads.expect("asked for gradients").into_seeds();
         let mut g = self.model.graph.backward_multi(&trace, seeds)?;
@@ -541,7 +542,7 @@ pub fn dream(
         let mut stepper = Stepper {
             model,
             objective: &objective,
-                n: 1,
+            n: 1,
             image: Vec::new(),
             image_grad: Vec::new(),
             param_grad: Vec::new(),
