@@ -100,8 +100,11 @@ pub struct ConvCache {
     winograd: Mutex<Option<(WeightStamp, Arc<WinogradWeights>)>>,
     bf16: Mutex<Option<(WeightStamp, Arc<GemmBf16>)>>,
     /// The last output-channel selection (`Conv2d::select_outputs`), with its own cache.
-    selection: Mutex<Option<(WeightStamp, Vec<usize>, Arc<Conv2d>)>>,
+    selection: Mutex<Option<Selected>>,
 }
+
+/// Weights it was made from, the channels, and the restricted convolution.
+type Selected = (WeightStamp, Vec<usize>, Arc<Conv2d>);
 
 /// Per group, the weight matrix [cout_g × k] and its transpose, packed for `bf16::matmul`.
 struct GemmBf16 {
