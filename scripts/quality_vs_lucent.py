@@ -61,18 +61,26 @@ def views(n, seed=0):
     return torch.stack(out)
 
 
-def robust_activation(model, layer, channel, img, thetas):
+def robust_activation(model, layer, channel, img, thetas, size=224, batch=None):
+    """Mean of the channel over the views of `img` (resized to `size` first; None: as it is),
+    `batch` views per forward pass (None: all at once)."""
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
-    x = x.expand(len(thetas), -1, -1, -1)
-    grid = F.affine_grid(thetas, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    acts = {}
-    h = module(model, layer).register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
-    with torch.no_grad():
-        model(x)
-    h.remove()
-    return acts["a"][:, channel].mean().item()
+    if size is not None:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    batch = batch or len(thetas)
+    total = 0.0
+    for i in range(0, len(thetas), batch):
+        t = thetas[i:i + batch]
+        xb = x.expand(len(t), -1, -1, -1)
+        grid = F.affine_grid(t, list(xb.shape), align_corners=False)
+        xb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        acts = {}
+        h = module(model, layer).register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+        with torch.no_grad():
+            model(xb)
+        h.remove()
+        total += acts["a"][:, channel].mean().item() * len(t)
+    return total / len(thetas)
 
 
 def lucent_render(model, layer, channel):

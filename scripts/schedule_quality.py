@@ -10,44 +10,14 @@ as well at the size the user asked for.
 Needs torch and the two EfficientNet-Lite0 PyPI packages (see quality_vs_lucent.py):
     python scripts/schedule_quality.py --deepvis target/release/deepvis --out schedules
 """
-import argparse, math, os, shutil, sys
+import argparse, os, shutil, sys
 
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quality_vs_lucent import deepvis_render, load_lite0, module  # noqa: E402
+# Its views are in normalized coordinates (±16 px at 224 is ±size/14 px at any size).
+from quality_vs_lucent import deepvis_render, load_lite0, robust_activation, views  # noqa: E402
 
 CHANNELS = ["_blocks.2:5", "_blocks.5:3", "_blocks.8:33", "_blocks.11:7", "_blocks.14:12", "_conv_head:100"]
-
-
-def views(n, size, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        angle = (torch.rand(1, generator=g).item() * 2 - 1) * math.radians(15)
-        scale = 0.8 + 0.4 * torch.rand(1, generator=g).item()
-        tx, ty = ((torch.rand(2, generator=g) * 2 - 1) * (size / 14) / (size / 2)).tolist()
-        c, s = math.cos(angle) / scale, math.sin(angle) / scale
-        out.append(torch.tensor([[c, -s, tx], [s, c, ty]], dtype=torch.float32))
-    return torch.stack(out)
-
-
-def robust_activation(model, layer, channel, img, thetas, batch=4):
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
-    total = 0.0
-    for i in range(0, len(thetas), batch):
-        t = thetas[i:i + batch]
-        xb = x.expand(len(t), -1, -1, -1)
-        grid = F.affine_grid(t, list(xb.shape), align_corners=False)
-        xb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        acts = {}
-        h = module(model, layer).register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
-        with torch.no_grad():
-            model(xb)
-        h.remove()
-        total += acts["a"][:, channel].mean().item() * len(t)
-    return total / len(thetas)
 
 
 def main():
@@ -62,7 +32,7 @@ def main():
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     model = load_lite0()
-    thetas = views(a.views, a.size)
+    thetas = views(a.views)
     rows = []
     for spec in a.channels.split(","):
         layer, ch = spec.split(":")
@@ -73,7 +43,7 @@ def main():
             shutil.rmtree(dout, ignore_errors=True)
             args = ["--size", str(a.size)] + flags.split()
             img, dt = deepvis_render(a.deepvis, layer, ch, dout, args)
-            res.append((robust_activation(model, layer, ch, img, thetas), dt))
+            res.append((robust_activation(model, layer, ch, img, thetas, size=None, batch=4), dt))
         rows.append((spec, res))
         (wa, wt), (va, vt) = res
         print(f"{spec}: A {wa:.3f} in {wt:.1f} s, B {va:.3f} in {vt:.1f} s", flush=True)

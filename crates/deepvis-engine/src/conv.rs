@@ -270,6 +270,10 @@ impl Geometry {
             && self.pt == 0
             && self.pl == 0
     }
+    /// Stride 1 and no dilation on both axes.
+    fn unit_steps(&self) -> bool {
+        self.sh == 1 && self.sw == 1 && self.dh == 1 && self.dw == 1
+    }
     fn depthwise(&self) -> bool {
         self.groups == self.cin && self.groups == self.cout && self.groups > 1
     }
@@ -314,16 +318,12 @@ impl SharedMut {
 }
 
 impl Conv2d {
-    /// Whether Winograd computes this convolution for `g` under `algo`.
     /// The direct path for a few output channels (`narrow`), under `Auto` only.
     fn narrow_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<narrow::NarrowGeom> {
         let eligible = algo == ConvAlgo::Auto
             && g.cout <= narrow::MAX_OUTPUTS
             && g.groups == 1
-            && g.sh == 1
-            && g.sw == 1
-            && g.dh == 1
-            && g.dw == 1
+            && g.unit_steps()
             && g.cin >= 16;
         eligible.then_some(narrow::NarrowGeom {
             cin: g.cin,
@@ -339,14 +339,9 @@ impl Conv2d {
         })
     }
 
+    /// Whether Winograd computes this convolution for `g` under `algo`.
     fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<WinoGeom> {
-        let eligible = g.kh == 3
-            && g.kw == 3
-            && g.sh == 1
-            && g.sw == 1
-            && g.dh == 1
-            && g.dw == 1
-            && g.groups == 1;
+        let eligible = g.kh == 3 && g.kw == 3 && g.unit_steps() && g.groups == 1;
         let wanted = match algo {
             ConvAlgo::Im2col => false,
             ConvAlgo::Winograd => true,
@@ -642,15 +637,15 @@ impl Conv2d {
         let prec = effective(prec);
         let g = self.geometry(x.shape())?;
         let shape = [g.n, g.cout, g.oh, g.ow];
-        if let Some(ng) = self.narrow_geometry(&g, algo) {
+        let narrow = self.narrow_geometry(&g, algo);
+        if narrow.is_some() || g.depthwise() {
+            // The direct kernels add the bias themselves; the ReLU is one more pass.
             let mut y = Tensor::for_overwrite(&shape);
-            narrow::forward(
-                &ng,
-                &self.weight,
-                self.bias.as_deref(),
-                x.data(),
-                y.data_mut(),
-            );
+            let (w, b) = (&self.weight, self.bias.as_deref());
+            match narrow {
+                Some(ng) => narrow::forward(&ng, w, b, x.data(), y.data_mut()),
+                None => depthwise::forward(&g.depthwise_geom(), w, b, x.data(), y.data_mut()),
+            }
             if relu {
                 bias_relu(y.data_mut(), g.oh * g.ow, g.cout, None, true);
             }
@@ -668,21 +663,6 @@ impl Conv2d {
                 prec,
                 relu,
             );
-            return Ok(y);
-        }
-        if g.depthwise() {
-            let mut y = Tensor::for_overwrite(&shape);
-            let dg = g.depthwise_geom();
-            depthwise::forward(
-                &dg,
-                &self.weight,
-                self.bias.as_deref(),
-                x.data(),
-                y.data_mut(),
-            );
-            if relu {
-                bias_relu(y.data_mut(), g.oh * g.ow, g.cout, None, true);
-            }
             return Ok(y);
         }
         // Every element is written by exactly one non-accumulating GEMM.
