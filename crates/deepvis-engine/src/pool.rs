@@ -256,13 +256,30 @@ fn pool_2x2_plane(
     oh: usize,
     ow: usize,
 ) {
+    pool_2x2_tail(x, grad, out, h, w, oh, ow, 0)
+}
+
+/// `pool_2x2_plane` for output columns `from..ow` of every row (plus, backward, the row and
+/// column no window reaches).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pool_2x2_tail(
+    x: &[f32],
+    grad: Option<&[f32]>,
+    out: &mut [f32],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    from: usize,
+) {
     for oy in 0..oh {
         let r0 = &x[2 * oy * w..][..2 * ow];
         let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
         match grad {
             None => {
                 let y = &mut out[oy * ow..][..ow];
-                for (ox, y) in y.iter_mut().enumerate() {
+                for (ox, y) in y.iter_mut().enumerate().skip(from) {
                     let win = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
                     *y = argmax4(win).1;
                 }
@@ -270,7 +287,7 @@ fn pool_2x2_plane(
             Some(g) => {
                 let g = &g[oy * ow..][..ow];
                 let (d0, d1) = out[2 * oy * w..][..2 * w].split_at_mut(w);
-                for ox in 0..ow {
+                for ox in from..ow {
                     let win = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
                     let (i, _) = argmax4(win);
                     let gv = g[ox];
@@ -291,7 +308,100 @@ fn pool_2x2_plane(
     }
 }
 
-simd_fn!(fn dispatch_2x2 = pool_2x2_plane(
+/// `pool_2x2_plane` with the window maxima taken 16 at a time with AVX-512 intrinsics: the
+/// loop above leaves the stride-2 reads and writes to gathers and scalar stores, which made the
+/// backward pass run at half the memory bandwidth of the element-wise passes around it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pool_2x2_plane_avx512(
+    x: &[f32],
+    grad: Option<&[f32]>,
+    out: &mut [f32],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) {
+    use std::arch::x86_64::*;
+    // Lane i of (lo, hi) = element i of 32 consecutive floats: even and odd elements.
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    // Back again: element 2i of the result is a[i], element 2i + 1 is b[i].
+    let inter_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let inter_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let vec_end = ow / 16 * 16;
+    for oy in 0..oh {
+        let r0 = x.as_ptr().add(2 * oy * w);
+        let r1 = x.as_ptr().add((2 * oy + 1) * w);
+        for ox in (0..vec_end).step_by(16) {
+            let taps = |r: *const f32| {
+                let (lo, hi) = (
+                    _mm512_loadu_ps(r.add(2 * ox)),
+                    _mm512_loadu_ps(r.add(2 * ox + 16)),
+                );
+                (
+                    _mm512_permutex2var_ps(lo, even, hi),
+                    _mm512_permutex2var_ps(lo, odd, hi),
+                )
+            };
+            let ((t0, t1), (t2, t3)) = (taps(r0), taps(r1));
+            // argmax4's rule, lane-wise: a later tap wins if greater or NaN.
+            let take = |t: __m512, best: __m512| {
+                _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t, t)
+            };
+            let m1 = take(t1, t0);
+            let best = _mm512_mask_blend_ps(m1, t0, t1);
+            let m2 = take(t2, best);
+            let best = _mm512_mask_blend_ps(m2, best, t2);
+            let m3 = take(t3, best);
+            let best = _mm512_mask_blend_ps(m3, best, t3);
+            match grad {
+                None => _mm512_storeu_ps(out.as_mut_ptr().add(oy * ow + ox), best),
+                Some(g) => {
+                    let gv = _mm512_loadu_ps(g.as_ptr().add(oy * ow + ox));
+                    let w3 = m3;
+                    let w2 = m2 & !m3;
+                    let w1 = m1 & !m2 & !m3;
+                    let w0 = !(m1 | m2 | m3);
+                    let (o0, o1) = (_mm512_maskz_mov_ps(w0, gv), _mm512_maskz_mov_ps(w1, gv));
+                    let (o2, o3) = (_mm512_maskz_mov_ps(w2, gv), _mm512_maskz_mov_ps(w3, gv));
+                    let d0 = out.as_mut_ptr().add(2 * oy * w + 2 * ox);
+                    let d1 = out.as_mut_ptr().add((2 * oy + 1) * w + 2 * ox);
+                    _mm512_storeu_ps(d0, _mm512_permutex2var_ps(o0, inter_lo, o1));
+                    _mm512_storeu_ps(d0.add(16), _mm512_permutex2var_ps(o0, inter_hi, o1));
+                    _mm512_storeu_ps(d1, _mm512_permutex2var_ps(o2, inter_lo, o3));
+                    _mm512_storeu_ps(d1.add(16), _mm512_permutex2var_ps(o2, inter_hi, o3));
+                }
+            }
+        }
+    }
+    // The columns past the last whole vector (and the edges), the portable way: a plane whose
+    // first `vec_end` output columns of every row are already done.
+    pool_2x2_tail(x, grad, out, h, w, oh, ow, vec_end);
+}
+
+/// The 2×2 pool of one plane on the widest path the SIMD level allows.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_2x2(
+    x: &[f32],
+    grad: Option<&[f32]>,
+    out: &mut [f32],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
+        // SAFETY: the CPU has the enabled features; every access stays inside the rows the
+        // portable loop reads and writes (16 windows = 32 input columns ≤ 2·ow).
+        return unsafe { pool_2x2_plane_avx512(x, grad, out, h, w, oh, ow) };
+    }
+    pool_2x2_loops(x, grad, out, h, w, oh, ow)
+}
+
+simd_fn!(fn pool_2x2_loops = pool_2x2_plane(
     x: &[f32],
     grad: Option<&[f32]>,
     out: &mut [f32],

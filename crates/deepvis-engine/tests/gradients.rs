@@ -1081,3 +1081,48 @@ fn computing_only_the_read_channels_changes_nothing_they_feed() {
     let t = g.forward_channels(x, &[pool], &[1]).unwrap();
     assert_eq!(t.computed_channels(pool), None);
 }
+
+#[test]
+fn max_pool_2x2_wide_rows_with_ties_and_nans_match_a_naive_reference() {
+    // Wide enough for several 16-window vectors plus a remainder, odd height and width, values
+    // from a small set (ties everywhere) and some NaNs.
+    let mut r = rng(41);
+    let (n, c, h, w) = (2, 3, 7, 75);
+    let data: Vec<f32> = (0..n * c * h * w)
+        .map(|_| match r.gen_range(0..20) {
+            0 => f32::NAN,
+            k => (k % 4) as f32 - 1.0,
+        })
+        .collect();
+    let x = Tensor::new(vec![n, c, h, w], data.clone()).unwrap();
+    let pool = MaxPool2d::square(2, 2);
+    let y = pool.forward(&x).unwrap();
+    let (oh, ow) = (h / 2, w / 2);
+    assert_eq!(y.shape(), &[n, c, oh, ow]);
+    let g = random(&[n, c, oh, ow], &mut r);
+    let dx = pool.backward(&x, &g).unwrap();
+    let mut want_dx = vec![0f32; data.len()];
+    for p in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                // The first of the window's maxima in row-major order; a NaN after it wins.
+                let at = |k: usize| p * h * w + (2 * oy + k / 2) * w + 2 * ox + k % 2;
+                let mut best = 0;
+                for k in 1..4 {
+                    let (v, b) = (data[at(k)], data[at(best)]);
+                    if v > b || v.is_nan() {
+                        best = k;
+                    }
+                }
+                let got = y.data()[(p * oh + oy) * ow + ox];
+                let want = data[at(best)];
+                assert!(
+                    got == want || (got.is_nan() && want.is_nan()),
+                    "{p} {oy} {ox}"
+                );
+                want_dx[at(best)] = g.data()[(p * oh + oy) * ow + ox];
+            }
+        }
+    }
+    assert_eq!(dx.data(), &want_dx[..]);
+}
