@@ -615,7 +615,21 @@ impl Graph {
     ) -> Result<Tensor, EngineError> {
         let target = trace.values.len() - 1;
         let mut grads: Vec<Option<Tensor>> = vec![None; target + 1];
+        // A ReLU whose only consumer is a 2×2 max pool has its backward pass done by the
+        // pool's (`MaxPool2d::backward_through_relu`), saving a sweep over the larger tensor;
+        // not where the ReLU's output is also seeded (that gradient is unmasked).
+        let mut consumers = vec![0usize; target + 1];
+        for node in &self.nodes[1..=target] {
+            for &j in &node.inputs {
+                consumers[j] += 1;
+            }
+        }
+        let mut seeded = vec![false; target + 1];
+        let mut relu_done = vec![false; target + 1];
         for (id, grad) in seeds {
+            if let Some(s) = seeded.get_mut(id) {
+                *s = true;
+            }
             if id > target || Some(grad.shape()) != trace.shapes[id].as_deref() {
                 return Err(EngineError::Shape(format!(
                     "gradient of shape {:?} for node {id}, whose output is {:?}",
@@ -647,10 +661,16 @@ impl Graph {
                     }
                     Op::Conv2d(c) => {
                         let shape = trace.shapes[head.inputs[0]].as_deref().unwrap_or(&[]);
-                        let gz = relu_backward(y, &g);
-                        // The unfused graph frees this gradient before the convolution runs;
-                        // so must this, or the step's peak memory grows by one activation.
-                        drop(g);
+                        let gz = if relu_done[i] {
+                            g
+                        } else {
+                            let gz = relu_backward(y, &g);
+                            // The unfused graph frees this gradient before the convolution
+                            // runs; so must this, or the step's peak memory grows by one
+                            // activation.
+                            drop(g);
+                            gz
+                        };
                         c.backward(shape, &gz)?
                     }
                     Op::ChannelAffine(a) => affine_relu6_backward(a, y, &g)?,
@@ -679,6 +699,7 @@ impl Graph {
                 }
                 Op::Conv2d(c) => vec![c.backward(in_shape(0), &g)?],
                 Op::ChannelAffine(a) => vec![a.backward(&g)?],
+                Op::Relu if relu_done[i] => vec![g],
                 Op::Relu => {
                     let y = trace.values[i]
                         .as_ref()
@@ -686,7 +707,19 @@ impl Graph {
                     vec![relu_backward(y, &g)]
                 }
                 Op::Relu6 => vec![relu6_backward(in_value(0)?, &g)],
-                Op::MaxPool2d(p) => vec![p.backward(in_value(0)?, &g)?],
+                Op::MaxPool2d(p) => {
+                    let (j, x) = (node.inputs[0], in_value(0)?);
+                    if matches!(self.nodes[j].op, Op::Relu)
+                        && consumers[j] == 1
+                        && !seeded[j]
+                        && p.folds_relu(x.shape())
+                    {
+                        relu_done[j] = true;
+                        vec![p.backward_through_relu(x, &g)?]
+                    } else {
+                        vec![p.backward(x, &g)?]
+                    }
+                }
                 Op::AvgPool2d(p) => vec![p.backward(in_shape(0), &g)?],
                 Op::AdaptiveAvgPool2d(p) => vec![p.backward(in_shape(0), &g)?],
                 Op::Linear(l) => vec![l.backward(&g)?],

@@ -187,6 +187,41 @@ impl MaxPool2d {
     }
 
     pub fn backward(&self, x: &Tensor, grad_out: &Tensor) -> Result<Tensor, EngineError> {
+        self.backward_impl(x, grad_out, false)
+    }
+
+    /// Whether [`MaxPool2d::backward_through_relu`] can fold the ReLU in for input shape `x`.
+    pub(crate) fn folds_relu(&self, x: &[usize]) -> bool {
+        match self.output_shape(x) {
+            Ok(o) => x.len() == 4 && self.is_2x2(x[2], x[3], o[2], o[3]),
+            Err(_) => false,
+        }
+    }
+
+    /// The input gradient of maxpool(relu(z)) with respect to z, given the ReLU's output `x`:
+    /// a window passes its gradient only where its maximum is positive, so the ReLU's own
+    /// backward pass, a sweep over the larger tensor, is not needed. Only where
+    /// [`MaxPool2d::folds_relu`].
+    pub(crate) fn backward_through_relu(
+        &self,
+        x: &Tensor,
+        grad_out: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        if !self.folds_relu(x.shape()) {
+            return Err(EngineError::Shape(format!(
+                "max-pool with a folded ReLU needs the 2×2 path, got input {:?}",
+                x.shape()
+            )));
+        }
+        self.backward_impl(x, grad_out, true)
+    }
+
+    fn backward_impl(
+        &self,
+        x: &Tensor,
+        grad_out: &Tensor,
+        through_relu: bool,
+    ) -> Result<Tensor, EngineError> {
         let out_shape = self.output_shape(x.shape())?;
         let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
         if grad_out.shape() != out_shape {
@@ -208,7 +243,7 @@ impl MaxPool2d {
                         .zip(xp.chunks(h * w))
                         .zip(gp.chunks(oh * ow))
                     {
-                        dispatch_2x2(xp, Some(gp), dp, h, w, oh, ow);
+                        dispatch_2x2(xp, Some((gp, through_relu)), dp, h, w, oh, ow);
                     }
                 });
             return Ok(dx);
@@ -245,11 +280,12 @@ fn argmax4(v: [f32; 4]) -> (u32, f32) {
 }
 
 /// One plane of the 2×2 max pool: with `grad` None, the forward pass into `out` ([oh × ow]);
-/// with Some(g), the input gradient into `out` ([h × w], every element written).
+/// with Some((g, through_relu)), the input gradient into `out` ([h × w], every element
+/// written), through a ReLU before the pool if `through_relu`.
 #[inline(always)]
 fn pool_2x2_plane(
     x: &[f32],
-    grad: Option<&[f32]>,
+    grad: Option<(&[f32], bool)>,
     out: &mut [f32],
     h: usize,
     w: usize,
@@ -265,7 +301,7 @@ fn pool_2x2_plane(
 #[allow(clippy::too_many_arguments)]
 fn pool_2x2_tail(
     x: &[f32],
-    grad: Option<&[f32]>,
+    grad: Option<(&[f32], bool)>,
     out: &mut [f32],
     h: usize,
     w: usize,
@@ -284,13 +320,14 @@ fn pool_2x2_tail(
                     *y = argmax4(win).1;
                 }
             }
-            Some(g) => {
+            Some((g, through_relu)) => {
                 let g = &g[oy * ow..][..ow];
                 let (d0, d1) = out[2 * oy * w..][..2 * w].split_at_mut(w);
                 for ox in from..ow {
                     let win = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
-                    let (i, _) = argmax4(win);
-                    let gv = g[ox];
+                    let (i, v) = argmax4(win);
+                    // As the ReLU's backward would: nothing where its output is not above 0.
+                    let gv = if through_relu && v <= 0.0 { 0.0 } else { g[ox] };
                     d0[2 * ox] = if i == 0 { gv } else { 0.0 };
                     d0[2 * ox + 1] = if i == 1 { gv } else { 0.0 };
                     d1[2 * ox] = if i == 2 { gv } else { 0.0 };
@@ -316,7 +353,7 @@ fn pool_2x2_tail(
 #[allow(clippy::too_many_arguments)]
 unsafe fn pool_2x2_plane_avx512(
     x: &[f32],
-    grad: Option<&[f32]>,
+    grad: Option<(&[f32], bool)>,
     out: &mut [f32],
     h: usize,
     w: usize,
@@ -358,8 +395,13 @@ unsafe fn pool_2x2_plane_avx512(
             let best = _mm512_mask_blend_ps(m3, best, t3);
             match grad {
                 None => _mm512_storeu_ps(out.as_mut_ptr().add(oy * ow + ox), best),
-                Some(g) => {
-                    let gv = _mm512_loadu_ps(g.as_ptr().add(oy * ow + ox));
+                Some((g, through_relu)) => {
+                    let mut gv = _mm512_loadu_ps(g.as_ptr().add(oy * ow + ox));
+                    if through_relu {
+                        // Zero where the maximum is ≤ 0 (NaN passes, as in the ReLU's backward).
+                        let dead = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(best, _mm512_setzero_ps());
+                        gv = _mm512_mask_mov_ps(gv, dead, _mm512_setzero_ps());
+                    }
                     let w3 = m3;
                     let w2 = m2 & !m3;
                     let w1 = m1 & !m2 & !m3;
@@ -385,7 +427,7 @@ unsafe fn pool_2x2_plane_avx512(
 #[allow(clippy::too_many_arguments)]
 fn dispatch_2x2(
     x: &[f32],
-    grad: Option<&[f32]>,
+    grad: Option<(&[f32], bool)>,
     out: &mut [f32],
     h: usize,
     w: usize,
@@ -403,7 +445,7 @@ fn dispatch_2x2(
 
 simd_fn!(fn pool_2x2_loops = pool_2x2_plane(
     x: &[f32],
-    grad: Option<&[f32]>,
+    grad: Option<(&[f32], bool)>,
     out: &mut [f32],
     h: usize,
     w: usize,

@@ -1126,3 +1126,58 @@ fn max_pool_2x2_wide_rows_with_ties_and_nans_match_a_naive_reference() {
     }
     assert_eq!(dx.data(), &want_dx[..]);
 }
+
+#[test]
+fn a_relu_before_a_max_pool_is_folded_into_the_pools_backward() {
+    let mut r = rng(21);
+    // Wide enough for the 16-window vector path as well as the remainder.
+    let case = ConvCase {
+        n: 2,
+        cin: 3,
+        cout: 4,
+        hw: (8, 42),
+        k: (3, 3),
+        stride: 1,
+        dilation: 1,
+        groups: 1,
+        padding: Padding::symmetric(1),
+        pads: (1, 1, 1, 1),
+    };
+    let conv = conv_of(&case, &mut r);
+    let conv2 = conv_of(
+        &ConvCase {
+            cin: 4,
+            cout: 3,
+            hw: (4, 21),
+            ..case
+        },
+        &mut r,
+    );
+    let pool = MaxPool2d::square(2, 2);
+    let mut g = Graph::new();
+    g.then("conv", Op::Conv2d(conv.clone()));
+    let relu_node = g.then("relu", Op::Relu);
+    g.then("pool", Op::MaxPool2d(pool.clone()));
+    let last = g.then("conv2", Op::Conv2d(conv2.clone()));
+    let x = random(&[2, 3, 8, 42], &mut r);
+    // The same chain op by op, with the ReLU's own backward pass.
+    let y = relu(&conv.forward(&x).unwrap());
+    let seed = random(&[2, 3, 4, 21], &mut r);
+    let gp = conv2.backward(&[2, 4, 4, 21], &seed).unwrap();
+    let by_hand = |gy: Tensor| conv.backward(x.shape(), &relu_backward(&y, &gy)).unwrap();
+    let want = by_hand(pool.backward(&y, &gp).unwrap());
+    // Negative pre-activations make all-zero windows, whose gradient the fold must drop.
+    assert!(y.data().iter().filter(|&&v| v == 0.0).count() > y.numel() / 4);
+    let trace = g.forward(x.clone(), last).unwrap();
+    let got = g.backward(&trace, seed.clone()).unwrap();
+    assert_eq!(got.data(), want.data());
+    // Seeded at the ReLU as well, the fold is off: the seed must pass the ReLU's own mask.
+    let extra = random(y.shape(), &mut r);
+    let trace = g.forward_multi(x.clone(), &[relu_node, last]).unwrap();
+    let got = g
+        .backward_multi(&trace, vec![(last, seed), (relu_node, extra.clone())])
+        .unwrap();
+    let mut gy = pool.backward(&y, &gp).unwrap();
+    gy.add_assign(&extra);
+    assert_eq!(got.data(), by_hand(gy).data());
+}
