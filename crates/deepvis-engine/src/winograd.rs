@@ -522,7 +522,6 @@ fn output_transform(
                 }
                 let ob: [&[f32]; 4] =
                     std::array::from_fn(|b| &outs[(a * 4 + b) * nt + base..][..tw]);
-                interleave4(ob, orow);
                 // SAFETY: output row (n, o, oy) belongs to this task alone.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -530,7 +529,13 @@ fn output_transform(
                         g.ow,
                     )
                 };
-                dst.copy_from_slice(&orow[..g.ow]);
+                // Straight into the row where it is whole tiles (no copy to pay).
+                if g.ow == 4 * tw {
+                    interleave4(ob, dst);
+                } else {
+                    interleave4(ob, orow);
+                    dst.copy_from_slice(&orow[..g.ow]);
+                }
             }
         }
     });
