@@ -728,12 +728,19 @@ impl Conv2d {
             narrow::backward(&ng, &self.weight, grad_out.data(), dx.data_mut());
             return Ok(dx);
         }
-        let mut dx = Tensor::zeros(input_shape);
         if let Some(wg) = self.winograd_geometry(&g, algo) {
+            // Overlapping tiles add into dx.
+            let mut dx = Tensor::zeros(input_shape);
             let w = self.winograd_weights();
             winograd::backward(&wg, &w, grad_out.data(), dx.data_mut(), prec);
             return Ok(dx);
         }
+        // A 1×1 convolution's GEMM writes every element of dx; col2im adds into it.
+        let mut dx = if g.pointwise() {
+            Tensor::for_overwrite(input_shape)
+        } else {
+            Tensor::zeros(input_shape)
+        };
         self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec);
         Ok(dx)
     }
