@@ -85,10 +85,13 @@ pub fn set_max_simd(level: SimdLevel) {
 pub fn simd_level() -> SimdLevel {
     let mut cap = CAP.load(Ordering::Relaxed);
     if cap == 0 {
-        let level = std::env::var("DEEPVIS_SIMD")
-            .ok()
-            .and_then(|v| SimdLevel::from_name(v.trim()))
-            .unwrap_or(SimdLevel::Avx512);
+        let level = match std::env::var("DEEPVIS_SIMD") {
+            Ok(v) => SimdLevel::from_name(v.trim()).unwrap_or_else(|| {
+                eprintln!("deepvis: DEEPVIS_SIMD={v} ignored: use avx512, avx2 or portable");
+                SimdLevel::Avx512
+            }),
+            Err(_) => SimdLevel::Avx512,
+        };
         cap = encode(level);
         // Another thread or `set_max_simd` may have set it first; theirs stands.
         let _ = CAP.compare_exchange(0, cap, Ordering::Relaxed, Ordering::Relaxed);
