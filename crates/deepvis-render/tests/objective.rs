@@ -449,3 +449,39 @@ fn per_image_gradients_stay_in_their_image() {
     assert_eq!(grad, want);
     assert!(obj.evaluate(&t, 3, false).is_err());
 }
+
+#[test]
+fn channels_read_names_the_one_layer_and_its_channels() {
+    let m = model();
+    let read = |src: &str| Objective::parse(src, m).unwrap().channels_read();
+    let node = |name: &str| m.layer(name).unwrap();
+    assert_eq!(read("_blocks.8:5"), Some((node("_blocks.8"), vec![5])));
+    assert_eq!(
+        read("_blocks.8:9 - 0.5 * _blocks.8:5 + 2"),
+        Some((node("_blocks.8"), vec![5, 9]))
+    );
+    assert_eq!(
+        read("neuron(_blocks.8:3) + _blocks.8:3"),
+        Some((node("_blocks.8"), vec![3]))
+    );
+    // Two layers, whole layers, or nothing read: the engine computes everything.
+    assert_eq!(read("_blocks.8:5 + _blocks.9:5"), None);
+    assert_eq!(read("dream(_blocks.8)"), None);
+    assert_eq!(read("_blocks.8:5 + diversity(_blocks.8)"), None);
+    assert_eq!(read("3"), None);
+    // Per image: the union over the batch.
+    let per_image = BatchObjective::PerImage(vec![
+        Objective::channel(m, "_blocks.8", 7).unwrap(),
+        Objective::channel(m, "_blocks.8", 2).unwrap(),
+        Objective::channel(m, "_blocks.8", 7).unwrap(),
+    ]);
+    assert_eq!(
+        per_image.channels_read(),
+        Some((node("_blocks.8"), vec![2, 7]))
+    );
+    let mixed = BatchObjective::PerImage(vec![
+        Objective::channel(m, "_blocks.8", 7).unwrap(),
+        Objective::channel(m, "_blocks.9", 2).unwrap(),
+    ]);
+    assert_eq!(mixed.channels_read(), None);
+}
