@@ -161,6 +161,35 @@ impl PackedA {
         PackedA { data, m, k }
     }
 
+    /// Packs the row-major [rows × cols] matrix at `ptr`, or with `transpose` its transpose
+    /// ([cols × rows]): how weight matrices are used forward and backward.
+    ///
+    /// # Safety
+    /// `ptr` must address `rows · cols` valid floats.
+    pub unsafe fn row_major(ptr: *const f32, rows: usize, cols: usize, transpose: bool) -> Self {
+        if transpose {
+            PackedA::new(
+                cols,
+                rows,
+                MatRef {
+                    ptr,
+                    rs: 1,
+                    cs: cols as isize,
+                },
+            )
+        } else {
+            PackedA::new(
+                rows,
+                cols,
+                MatRef {
+                    ptr,
+                    rs: cols as isize,
+                    cs: 1,
+                },
+            )
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
     }

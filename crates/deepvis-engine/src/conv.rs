@@ -106,6 +106,24 @@ pub struct ConvCache {
 /// Weights it was made from, the channels, and the restricted convolution.
 type Selected = (WeightStamp, Vec<usize>, Arc<Conv2d>);
 
+/// The value kept in `slot` if `fresh` accepts it, else `make()`'s, kept for next time. The
+/// lock is held while making, so threads that need it at once prepare it once.
+fn cached<T: Clone>(
+    slot: &Mutex<Option<T>>,
+    fresh: impl FnOnce(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> T {
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match &*slot {
+        Some(v) if fresh(v) => v.clone(),
+        _ => {
+            let v = make();
+            *slot = Some(v.clone());
+            v
+        }
+    }
+}
+
 /// Per group, the weight matrix [cout_g × k] and its transpose, packed for `bf16::matmul`.
 struct GemmBf16 {
     forward: Vec<PackedA>,
@@ -378,18 +396,21 @@ impl Conv2d {
             ));
         }
         let stamp = WeightStamp::of(&self.weight);
-        let mut slot = self
-            .cache
-            .selection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((s, chosen, conv)) = &*slot {
-            if *s == stamp && chosen == channels {
-                return Ok(conv.clone());
-            }
-        }
+        let fresh = |(s, chosen, _): &Selected| *s == stamp && chosen == channels;
+        let (_, _, conv) = cached(&self.cache.selection, fresh, || {
+            (
+                stamp,
+                channels.to_vec(),
+                Arc::new(self.restricted_to(channels)),
+            )
+        });
+        Ok(conv)
+    }
+
+    /// This convolution's output channels `channels`, as a convolution of its own.
+    fn restricted_to(&self, channels: &[usize]) -> Conv2d {
         let per = self.weight.len() / self.out_channels;
-        let conv = Arc::new(Conv2d {
+        Conv2d {
             in_channels: self.in_channels,
             out_channels: channels.len(),
             kernel: self.kernel,
@@ -406,82 +427,38 @@ impl Conv2d {
                 .as_ref()
                 .map(|b| channels.iter().map(|&c| b[c]).collect()),
             cache: ConvCache::default(),
-        });
-        *slot = Some((stamp, channels.to_vec(), conv.clone()));
-        Ok(conv)
+        }
     }
 
     fn winograd_weights(&self) -> Arc<WinogradWeights> {
         let stamp = WeightStamp::of(&self.weight);
-        let mut slot = self
-            .cache
-            .winograd
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match &*slot {
-            Some((s, w)) if *s == stamp => w.clone(),
-            _ => {
-                let w = Arc::new(WinogradWeights::new(
-                    &self.weight,
-                    self.out_channels,
-                    self.in_channels,
-                ));
-                *slot = Some((stamp, w.clone()));
-                w
-            }
-        }
+        let make = || {
+            let w = WinogradWeights::new(&self.weight, self.out_channels, self.in_channels);
+            (stamp, Arc::new(w))
+        };
+        cached(&self.cache.winograd, |(s, _)| *s == stamp, make).1
     }
 
     fn gemm_bf16_weights(&self, g: &Geometry) -> Arc<GemmBf16> {
         let stamp = WeightStamp::of(&self.weight);
-        let mut slot = self
-            .cache
-            .bf16
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match &*slot {
-            Some((s, w)) if *s == stamp => w.clone(),
-            _ => {
-                let (cout_g, k) = (g.cout_g(), g.k());
-                let pack = |transpose: bool| -> Vec<PackedA> {
-                    (0..g.groups)
-                        .map(|grp| {
-                            let ptr = self.weight[grp * cout_g * k..].as_ptr();
-                            // SAFETY: each group's weights are a [cout_g × k] row-major block.
-                            unsafe {
-                                if transpose {
-                                    PackedA::new(
-                                        k,
-                                        cout_g,
-                                        MatRef {
-                                            ptr,
-                                            rs: 1,
-                                            cs: k as isize,
-                                        },
-                                    )
-                                } else {
-                                    PackedA::new(
-                                        cout_g,
-                                        k,
-                                        MatRef {
-                                            ptr,
-                                            rs: k as isize,
-                                            cs: 1,
-                                        },
-                                    )
-                                }
-                            }
-                        })
-                        .collect()
-                };
-                let w = Arc::new(GemmBf16 {
-                    forward: pack(false),
-                    backward: pack(true),
-                });
-                *slot = Some((stamp, w.clone()));
-                w
-            }
-        }
+        let make = || {
+            let (cout_g, k) = (g.cout_g(), g.k());
+            let pack = |transpose: bool| -> Vec<PackedA> {
+                (0..g.groups)
+                    .map(|grp| {
+                        let ptr = self.weight[grp * cout_g * k..].as_ptr();
+                        // SAFETY: each group's weights are a [cout_g × k] row-major block.
+                        unsafe { PackedA::row_major(ptr, cout_g, k, transpose) }
+                    })
+                    .collect()
+            };
+            let w = GemmBf16 {
+                forward: pack(false),
+                backward: pack(true),
+            };
+            (stamp, Arc::new(w))
+        };
+        cached(&self.cache.bf16, |(s, _)| *s == stamp, make).1
     }
 
     /// Bytes of prepared weights this convolution's cache holds (Winograd transforms and bf16

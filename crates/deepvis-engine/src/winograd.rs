@@ -110,29 +110,7 @@ impl WinogradWeights {
                     .map(|xi| {
                         let ptr = self.u[xi * plane..].as_ptr();
                         // SAFETY: U[ξ] is a [cout × cin] row-major slab of `u`.
-                        unsafe {
-                            if transpose {
-                                PackedA::new(
-                                    cin,
-                                    cout,
-                                    MatRef {
-                                        ptr,
-                                        rs: 1,
-                                        cs: cin as isize,
-                                    },
-                                )
-                            } else {
-                                PackedA::new(
-                                    cout,
-                                    cin,
-                                    MatRef {
-                                        ptr,
-                                        rs: cin as isize,
-                                        cs: 1,
-                                    },
-                                )
-                            }
-                        }
+                        unsafe { PackedA::row_major(ptr, cout, cin, transpose) }
                     })
                     .collect()
             };
