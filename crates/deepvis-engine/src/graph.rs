@@ -161,6 +161,8 @@ pub struct Trace {
     values: Vec<Option<Tensor>>,
     /// Nodes computed together with their successor (see `Graph::fusions`); they have no value.
     fused: Vec<bool>,
+    /// How many of the pass's nodes read each node's output.
+    consumers: Vec<usize>,
     /// A target convolution computed for these output channels only (`forward_channels`).
     selection: Option<Selection>,
 }
@@ -429,14 +431,8 @@ impl Graph {
     /// ReLU6's input need not be kept: its output tells the same). Only where the first node's
     /// own output is not a target and feeds nothing else, so every value anyone can ask for
     /// still exists.
-    fn fusions(&self, needed: &[bool], is_target: &[bool]) -> Vec<bool> {
+    fn fusions(&self, needed: &[bool], is_target: &[bool], consumers: &[usize]) -> Vec<bool> {
         let last = needed.len() - 1;
-        let mut consumers = vec![0usize; last + 1];
-        for (node, _) in self.nodes[..=last].iter().zip(needed).filter(|(_, &n)| n) {
-            for &j in &node.inputs {
-                consumers[j] += 1;
-            }
-        }
         let mut fused = vec![false; last + 1];
         for i in 1..last {
             let next = &self.nodes[i + 1];
@@ -452,6 +448,17 @@ impl Graph {
                 );
         }
         fused
+    }
+
+    /// How many of the `needed` nodes read each node's output.
+    fn consumers(&self, needed: &[bool]) -> Vec<usize> {
+        let mut consumers = vec![0usize; needed.len()];
+        for (node, _) in self.nodes.iter().zip(needed).filter(|(_, &n)| n) {
+            for &j in &node.inputs {
+                consumers[j] += 1;
+            }
+        }
+        consumers
     }
 
     /// Evaluates the network up to `target`, keeping only what the backward pass needs.
@@ -498,7 +505,8 @@ impl Graph {
         for &t in targets {
             keep[t] = true;
         }
-        let fused = self.fusions(&needed, &keep);
+        let consumers = self.consumers(&needed);
+        let fused = self.fusions(&needed, &keep, &consumers);
         for i in 1..=target {
             if !needed[i] {
                 continue;
@@ -596,6 +604,7 @@ impl Graph {
             shapes,
             values,
             fused,
+            consumers,
             selection,
         })
     }
@@ -618,12 +627,7 @@ impl Graph {
         // A ReLU whose only consumer is a 2×2 max pool has its backward pass done by the
         // pool's (`MaxPool2d::backward_through_relu`), saving a sweep over the larger tensor;
         // not where the ReLU's output is also seeded (that gradient is unmasked).
-        let mut consumers = vec![0usize; target + 1];
-        for node in &self.nodes[1..=target] {
-            for &j in &node.inputs {
-                consumers[j] += 1;
-            }
-        }
+        let consumers = &trace.consumers;
         let mut seeded = vec![false; target + 1];
         let mut relu_done = vec![false; target + 1];
         for (id, grad) in seeds {
