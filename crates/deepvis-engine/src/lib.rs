@@ -13,6 +13,7 @@ mod narrow;
 mod pool;
 mod simd;
 mod tensor;
+mod threads;
 mod winograd;
 
 pub use bf16::{bf16_supported, precision, set_precision, Precision};
@@ -23,6 +24,7 @@ pub use memory::retain_freed_memory;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 pub use simd::{detected_simd, set_max_simd, simd_level, SimdLevel};
 pub use tensor::Tensor;
+pub use threads::on_pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -142,11 +142,14 @@ pub fn objective_and_grad(
     rgb: &Tensor,
     channels: &[usize],
 ) -> Result<(Vec<f32>, Tensor), RenderError> {
-    let trace = graph.forward_channels(normalize(rgb, norm), &[layer], channels)?;
-    let (values, g_out) = channel_objective(trace.output(), channels)?;
-    let mut g = graph.backward(&trace, g_out)?;
-    denormalize_grad(&mut g, norm);
-    Ok((values, g))
+    // One hand-off to the pool for the whole pass (see `on_pool`).
+    deepvis_engine::on_pool(|| {
+        let trace = graph.forward_channels(normalize(rgb, norm), &[layer], channels)?;
+        let (values, g_out) = channel_objective(trace.output(), channels)?;
+        let mut g = graph.backward(&trace, g_out)?;
+        denormalize_grad(&mut g, norm);
+        Ok((values, g))
+    })
 }
 
 /// The start image of one channel: grey with uniform noise, drawn from a generator seeded by

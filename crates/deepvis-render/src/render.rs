@@ -385,12 +385,15 @@ pub fn render(
         }
         let mut pipeline = Pipeline::new(scaled_transforms(settings, s));
         for step in 0..octave.steps {
-            let values = stepper.pass(
-                param.as_mut(),
-                &mut pipeline,
-                &settings.regularizers,
-                &mut rng,
-            )?;
+            // The whole pass on a pool worker: one hand-off per step instead of one per op.
+            let values = deepvis_engine::on_pool(|| {
+                stepper.pass(
+                    param.as_mut(),
+                    &mut pipeline,
+                    &settings.regularizers,
+                    &mut rng,
+                )
+            })?;
             let per = param.per_image();
             optimizer.step(param.params_mut(), &stepper.param_grad, per);
             param.project();
