@@ -35,9 +35,10 @@ impl DwGeom {
     fn wq(&self) -> usize {
         self.ow + (self.kw - 1) * self.dw / self.sw
     }
-    /// Floats per phase: hq rows of wq plus one row of slack for the last taps' overhang.
+    /// Floats per phase: hq rows of wq plus one row of slack for the last taps' overhang,
+    /// and a vector's for the rounding up in `padded_len`.
     fn phase_len(&self) -> usize {
-        (self.hq() + 1) * self.wq()
+        (self.hq() + 1) * self.wq() + 16
     }
     /// (phase index, offset into it) of tap (ky, kx).
     fn tap(&self, ky: usize, kx: usize) -> (usize, usize) {
@@ -150,6 +151,12 @@ fn accumulate(dst: &mut [f32], init: f32, taps: &[(f32, usize)], src: &[f32]) {
     blocks::<1>(dst, i, init, taps, src);
 }
 
+/// `len` rounded up to whole 16-float vectors: the throw-away outputs past the end cost less
+/// than a scalar tail (on a 7×7 plane the tail would be a sixth of the work).
+fn padded_len(len: usize) -> usize {
+    len.next_multiple_of(16)
+}
+
 #[inline(always)]
 fn forward_plane(g: &DwGeom, w: &[f32], bias: f32, x: &[f32], out: &mut [f32], buf: &mut [f32]) {
     let (hq, wq, plen) = (g.hq(), g.wq(), g.phase_len());
@@ -179,8 +186,7 @@ fn forward_plane(g: &DwGeom, w: &[f32], bias: f32, x: &[f32], out: &mut [f32], b
             }
         }
     }
-    let len = g.oh * wq;
-    let acc = &mut acc[..len];
+    let acc = &mut acc[..padded_len(g.oh * wq)];
     let mut taps = Taps::new();
     for ky in 0..g.kh {
         for kx in 0..g.kw {
@@ -206,7 +212,7 @@ fn backward_plane(g: &DwGeom, w: &[f32], dy: &[f32], dx: &mut [f32], buf: &mut [
         .map(|(ky, kx)| g.tap(ky, kx).1)
         .max()
         .unwrap_or(0);
-    let dyq = &mut dyq[..front + hq * wq];
+    let dyq = &mut dyq[..front + padded_len(hq * wq)];
     dyq[..front].fill(0.0);
     for oy in 0..g.oh {
         let row = &mut dyq[front + oy * wq..][..wq];
@@ -225,7 +231,7 @@ fn backward_plane(g: &DwGeom, w: &[f32], dy: &[f32], dx: &mut [f32], buf: &mut [
             }
         }
         accumulate(
-            &mut phases[p * plen..][..hq * wq],
+            &mut phases[p * plen..][..padded_len(hq * wq)],
             0.0,
             taps.as_slice(),
             dyq,
@@ -276,9 +282,12 @@ simd_fn!(fn backward_plane_simd = backward_plane(
 
 /// y (every element overwritten) = depthwise convolution of x, plus bias.
 pub(crate) fn forward(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+    if g.blocked_forward() {
+        return forward_blocked(g, weight, bias, x, y);
+    }
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let per = g.per_task();
-    let scratch = g.sh * g.sw * g.phase_len() + g.oh * g.wq();
+    let scratch = g.sh * g.sw * g.phase_len() + padded_len(g.oh * g.wq());
     y.par_chunks_mut(plane_out * per)
         .enumerate()
         .for_each(|(t, outs)| {
@@ -297,6 +306,9 @@ pub(crate) fn forward(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32
 
 /// dx (every element overwritten) = the input gradient for the output gradient dy.
 pub(crate) fn backward(g: &DwGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
+    if g.blocked_backward() {
+        return backward_blocked(g, weight, dy, dx);
+    }
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let per = g.per_task();
     // Phases, then dy with up to a phase's worth of leading zeros.
@@ -314,4 +326,290 @@ pub(crate) fn backward(g: &DwGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
                 }
             })
         });
+}
+
+/// Channels per task of the channel-blocked kernel: one AVX-512 register of float32.
+const LANES: usize = 16;
+
+/// Output widths up to this go channel-blocked. On small planes (EfficientNet's 7² stage) the
+/// per-plane kernel above spends its time on set-up and on throw-away columns (a 5×5 kernel on
+/// a 7-wide plane computes 11 columns for 7); vectorizing across 16 channels instead keeps
+/// every lane useful. Measured on EfficientNet-Lite0: 1.3–1.4× faster at 7², slower from 14²
+/// on, where interleaving the channels costs more than it saves.
+const BLOCKED_MAX_WIDTH: usize = 8;
+
+impl DwGeom {
+    fn blocked_forward(&self) -> bool {
+        self.ow <= BLOCKED_MAX_WIDTH
+    }
+    /// Strided backward passes scatter; measured slower than the per-plane kernel's phases.
+    fn blocked_backward(&self) -> bool {
+        self.blocked_forward() && self.sh == 1 && self.sw == 1
+    }
+}
+
+/// `out[o] = init + Σ_t w[t] · src[base(o) + off[t]]` for the outputs `o = (oy, ox)` of an
+/// `oh × ow` grid, `base(o) = ((oy·sy + y0)·width + ox·sx + x0)·LANES`, all vectors of LANES
+/// channels; four outputs of a row at a time share each weight load.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gather_taps(
+    src: &[f32],
+    width: usize,
+    (y0, x0): (usize, usize),
+    (sy, sx): (usize, usize),
+    (oh, ow): (usize, usize),
+    taps: &[(usize, [f32; LANES])],
+    init: &[f32; LANES],
+    out: &mut [f32],
+) {
+    for oy in 0..oh {
+        let row = (oy * sy + y0) * width + x0;
+        let mut ox = 0;
+        while ox + 4 <= ow {
+            let mut acc = [*init; 4];
+            for (off, w) in taps {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let s = &src[(row + (ox + j) * sx) * LANES + off..][..LANES];
+                    for l in 0..LANES {
+                        a[l] += w[l] * s[l];
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                out[(oy * ow + ox + j) * LANES..][..LANES].copy_from_slice(a);
+            }
+            ox += 4;
+        }
+        while ox < ow {
+            let mut a = *init;
+            for (off, w) in taps {
+                let s = &src[(row + ox * sx) * LANES + off..][..LANES];
+                for l in 0..LANES {
+                    a[l] += w[l] * s[l];
+                }
+            }
+            out[(oy * ow + ox) * LANES..][..LANES].copy_from_slice(&a);
+            ox += 1;
+        }
+    }
+}
+
+/// Interleaves `planes` (each `h × w`, at most LANES of them) into `dst`, a zeroed
+/// `rows × width` grid of LANES-channel vectors, with the plane's (0, 0) at (top, left);
+/// what falls outside the grid is dropped.
+#[inline(always)]
+fn interleave(
+    planes: &[f32],
+    h: usize,
+    w: usize,
+    dst: &mut [f32],
+    width: usize,
+    top: usize,
+    left: usize,
+) {
+    let rows = dst.len() / (width * LANES);
+    let (ch, cw) = (
+        h.min(rows.saturating_sub(top)),
+        w.min(width.saturating_sub(left)),
+    );
+    for (l, plane) in planes.chunks_exact(h * w).enumerate() {
+        for y in 0..ch {
+            let d = ((y + top) * width + left) * LANES + l;
+            for (x, v) in plane[y * w..][..cw].iter().enumerate() {
+                dst[d + x * LANES] = *v;
+            }
+        }
+    }
+}
+
+/// The inverse: plane `l` of `planes` (each `h × w`) = lane `l` of the `h × w` window of `src`
+/// (a grid `width` wide) at (top, left).
+#[inline(always)]
+fn deinterleave(
+    src: &[f32],
+    width: usize,
+    top: usize,
+    left: usize,
+    planes: &mut [f32],
+    h: usize,
+    w: usize,
+) {
+    for (l, plane) in planes.chunks_exact_mut(h * w).enumerate() {
+        for y in 0..h {
+            let s = ((y + top) * width + left) * LANES + l;
+            for (x, v) in plane[y * w..][..w].iter_mut().enumerate() {
+                *v = src[s + x * LANES];
+            }
+        }
+    }
+}
+
+/// Per-lane weights of each tap for channels `c0..c0 + n`, in the order of `order` over
+/// (ky, kx), at offset `off(ky, kx)`; lanes past `n` are zero.
+fn lane_taps(
+    g: &DwGeom,
+    weight: &[f32],
+    c0: usize,
+    n: usize,
+    flip: bool,
+    off: impl Fn(usize, usize) -> usize,
+    taps: &mut Vec<(usize, [f32; LANES])>,
+) {
+    let k = g.kh * g.kw;
+    taps.clear();
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let t = if flip {
+                k - 1 - (ky * g.kw + kx)
+            } else {
+                ky * g.kw + kx
+            };
+            let mut w = [0.0; LANES];
+            for (l, v) in w.iter_mut().enumerate().take(n) {
+                *v = weight[(c0 + l) * k + t];
+            }
+            taps.push((off(ky, kx), w));
+        }
+    }
+}
+
+fn forward_block(
+    g: &DwGeom,
+    taps: &[(usize, [f32; LANES])],
+    init: &[f32; LANES],
+    x: &[f32],
+    y: &mut [f32],
+    buf: &mut [f32],
+) {
+    let (hp, wp) = g.padded_in();
+    let (src, out) = buf.split_at_mut(hp * wp * LANES);
+    src.fill(0.0);
+    interleave(x, g.h, g.w, src, wp, g.pt, g.pl);
+    gather_taps(src, wp, (0, 0), (g.sh, g.sw), (g.oh, g.ow), taps, init, out);
+    deinterleave(out, g.ow, 0, 0, y, g.oh, g.ow);
+}
+
+fn backward_block(
+    g: &DwGeom,
+    taps: &[(usize, [f32; LANES])],
+    dy: &[f32],
+    dx: &mut [f32],
+    buf: &mut [f32],
+) {
+    // Stride 1: dx[iy][ix] = Σ w[kh−1−ky'][kw−1−kx'] · dy[iy + pt + ky'·dh − (kh−1)·dh][…], a
+    // forward pass with the flipped kernel over dy shifted by (kh−1)·dh and zero-padded.
+    let (hq, wq) = g.padded_dy();
+    let (src, out) = buf.split_at_mut(hq * wq * LANES);
+    src.fill(0.0);
+    interleave(
+        dy,
+        g.oh,
+        g.ow,
+        src,
+        wq,
+        (g.kh - 1) * g.dh,
+        (g.kw - 1) * g.dw,
+    );
+    gather_taps(
+        src,
+        wq,
+        (g.pt, g.pl),
+        (1, 1),
+        (g.h, g.w),
+        taps,
+        &[0.0; LANES],
+        out,
+    );
+    deinterleave(out, g.w, 0, 0, dx, g.h, g.w);
+}
+
+simd_fn!(fn forward_block_simd = forward_block(
+    g: &DwGeom,
+    taps: &[(usize, [f32; LANES])],
+    init: &[f32; LANES],
+    x: &[f32],
+    y: &mut [f32],
+    buf: &mut [f32],
+));
+simd_fn!(fn backward_block_simd = backward_block(
+    g: &DwGeom,
+    taps: &[(usize, [f32; LANES])],
+    dy: &[f32],
+    dx: &mut [f32],
+    buf: &mut [f32],
+));
+
+impl DwGeom {
+    /// The zero-padded input grid every forward window reads: rows up to the last window's
+    /// end, and at least the input's.
+    fn padded_in(&self) -> (usize, usize) {
+        (
+            ((self.oh - 1) * self.sh + (self.kh - 1) * self.dh + 1).max(self.h + self.pt),
+            ((self.ow - 1) * self.sw + (self.kw - 1) * self.dw + 1).max(self.w + self.pl),
+        )
+    }
+    /// The grid of dy shifted by the kernel's extent, for the stride-1 backward pass.
+    fn padded_dy(&self) -> (usize, usize) {
+        (
+            (self.h + self.pt).max(self.oh) + (self.kh - 1) * self.dh,
+            (self.w + self.pl).max(self.ow) + (self.kw - 1) * self.dw,
+        )
+    }
+}
+
+/// Runs `f(c0, n, planes_in, planes_out)` for every block of up to LANES channels of every
+/// image, in parallel.
+fn for_channel_blocks(
+    g: &DwGeom,
+    (plane_in, plane_out): (usize, usize),
+    src: &[f32],
+    dst: &mut [f32],
+    f: impl Fn(usize, usize, &[f32], &mut [f32]) + Sync,
+) {
+    let c = g.channels;
+    dst.par_chunks_mut(c * plane_out)
+        .zip(src.par_chunks(c * plane_in))
+        .for_each(|(dst, src)| {
+            dst.par_chunks_mut(LANES * plane_out)
+                .zip(src.par_chunks(LANES * plane_in))
+                .enumerate()
+                .for_each(|(b, (d, s))| f(b * LANES, d.len() / plane_out, s, d));
+        });
+}
+
+thread_local! {
+    static TAPS: RefCell<Vec<(usize, [f32; LANES])>> = const { RefCell::new(Vec::new()) };
+}
+
+fn forward_blocked(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+    let (hp, wp) = g.padded_in();
+    let scratch = (hp * wp + g.oh * g.ow) * LANES;
+    let off = |ky: usize, kx: usize| (ky * g.dh * wp + kx * g.dw) * LANES;
+    for_channel_blocks(g, (g.h * g.w, g.oh * g.ow), x, y, |c0, n, x, y| {
+        let mut init = [0.0; LANES];
+        if let Some(b) = bias {
+            init[..n].copy_from_slice(&b[c0..c0 + n]);
+        }
+        TAPS.with(|t| {
+            let mut taps = t.borrow_mut();
+            lane_taps(g, weight, c0, n, false, off, &mut taps);
+            with_scratch(scratch, |buf| {
+                forward_block_simd(g, &taps, &init, x, y, buf)
+            });
+        });
+    });
+}
+
+fn backward_blocked(g: &DwGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (hq, wq) = g.padded_dy();
+    let scratch = (hq * wq + g.h * g.w) * LANES;
+    let off = |ky: usize, kx: usize| (ky * g.dh * wq + kx * g.dw) * LANES;
+    for_channel_blocks(g, (g.oh * g.ow, g.h * g.w), dy, dx, |c0, n, dy, dx| {
+        TAPS.with(|t| {
+            let mut taps = t.borrow_mut();
+            lane_taps(g, weight, c0, n, true, off, &mut taps);
+            with_scratch(scratch, |buf| backward_block_simd(g, &taps, dy, dx, buf));
+        });
+    });
 }

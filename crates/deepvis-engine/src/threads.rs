@@ -21,7 +21,10 @@ mod tests {
 
     #[test]
     fn runs_on_a_worker_and_returns_its_value() {
-        assert!(rayon::current_thread_index().is_none(), "tests start outside the pool");
+        assert!(
+            rayon::current_thread_index().is_none(),
+            "tests start outside the pool"
+        );
         let (on_worker, v) = on_pool(|| (rayon::current_thread_index().is_some(), 41 + 1));
         assert!(on_worker);
         assert_eq!(v, 42);
