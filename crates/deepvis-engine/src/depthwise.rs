@@ -151,6 +151,83 @@ fn accumulate(dst: &mut [f32], init: f32, taps: &[(f32, usize)], src: &[f32]) {
     blocks::<1>(dst, i, init, taps, src);
 }
 
+impl DwGeom {
+    /// Floats of the zero-padded input row that stride-2 phases are split from and merged into.
+    fn wide_row_len(&self) -> usize {
+        2 * padded_len(self.wq())
+    }
+}
+
+/// The two column phases of every row for stride 2 (`phase[py][px][yq][j] = padded[2·yq + py]
+/// [2j + px]`): each input row is copied into a zero-padded row, then split into its even and
+/// odd columns 16 at a time. Element by element, these strided reads were most of the time of
+/// EfficientNet's stride-2 depthwise layers.
+#[inline(always)]
+fn split_stride2(g: &DwGeom, x: &[f32], phases: &mut [f32], wide: &mut [f32]) {
+    let (hq, wq, plen) = (g.hq(), g.wq(), g.phase_len());
+    for py in 0..g.sh {
+        let (p0, p1) = phases[py * 2 * plen..][..2 * plen].split_at_mut(plen);
+        p0[hq * wq..].fill(0.0);
+        p1[hq * wq..].fill(0.0);
+        for yq in 0..hq {
+            let (r0, r1) = (&mut p0[yq * wq..][..wq], &mut p1[yq * wq..][..wq]);
+            let Some(iy) = source(yq, py, g.sh, g.pt, g.h) else {
+                r0.fill(0.0);
+                r1.fill(0.0);
+                continue;
+            };
+            // wide[q] = x[iy][q − pl], zero outside the row.
+            let pl = g.pl.min(wide.len());
+            let n = g.w.min(wide.len() - pl);
+            wide[..pl].fill(0.0);
+            wide[pl..pl + n].copy_from_slice(&x[iy * g.w..][..n]);
+            wide[pl + n..].fill(0.0);
+            let full = wq / 16 * 16;
+            for ((a, b), s) in r0[..full]
+                .chunks_exact_mut(16)
+                .zip(r1[..full].chunks_exact_mut(16))
+                .zip(wide.chunks_exact(32))
+            {
+                for j in 0..16 {
+                    a[j] = s[2 * j];
+                    b[j] = s[2 * j + 1];
+                }
+            }
+            for j in full..wq {
+                r0[j] = wide[2 * j];
+                r1[j] = wide[2 * j + 1];
+            }
+        }
+    }
+}
+
+/// The inverse for one input row: `row[ix] = phase[(ix + pl) % 2][(ix + pl) / 2]` from the two
+/// column phases of its row, zero where no window reaches.
+#[inline(always)]
+fn merge_stride2(g: &DwGeom, p0: &[f32], p1: &[f32], row: &mut [f32], wide: &mut [f32]) {
+    let wq = p0.len();
+    let full = wq / 16 * 16;
+    for ((a, b), d) in p0[..full]
+        .chunks_exact(16)
+        .zip(p1[..full].chunks_exact(16))
+        .zip(wide.chunks_exact_mut(32))
+    {
+        for j in 0..16 {
+            d[2 * j] = a[j];
+            d[2 * j + 1] = b[j];
+        }
+    }
+    for j in full..wq {
+        wide[2 * j] = p0[j];
+        wide[2 * j + 1] = p1[j];
+    }
+    let n = g.w.min((2 * wq).saturating_sub(g.pl));
+    if n > 0 {
+        row[..n].copy_from_slice(&wide[g.pl..g.pl + n]);
+    }
+    row[n..].fill(0.0);
+}
+
 /// `len` rounded up to whole 16-float vectors: the throw-away outputs past the end cost less
 /// than a scalar tail (on a 7×7 plane the tail would be a sixth of the work).
 fn padded_len(len: usize) -> usize {
@@ -160,9 +237,16 @@ fn padded_len(len: usize) -> usize {
 #[inline(always)]
 fn forward_plane(g: &DwGeom, w: &[f32], bias: f32, x: &[f32], out: &mut [f32], buf: &mut [f32]) {
     let (hq, wq, plen) = (g.hq(), g.wq(), g.phase_len());
-    let (phases, acc) = buf.split_at_mut(g.sh * g.sw * plen);
+    let (phases, rest) = buf.split_at_mut(g.sh * g.sw * plen);
+    let (acc, wide) = rest.split_at_mut(padded_len(g.oh * wq));
+    if g.sw == 2 {
+        split_stride2(g, x, phases, wide);
+    }
     for py in 0..g.sh {
         for px in 0..g.sw {
+            if g.sw == 2 {
+                break;
+            }
             let ph = &mut phases[(py * g.sw + px) * plen..][..plen];
             ph[hq * wq..].fill(0.0);
             for yq in 0..hq {
@@ -186,7 +270,6 @@ fn forward_plane(g: &DwGeom, w: &[f32], bias: f32, x: &[f32], out: &mut [f32], b
             }
         }
     }
-    let acc = &mut acc[..padded_len(g.oh * wq)];
     let mut taps = Taps::new();
     for ky in 0..g.kh {
         for kx in 0..g.kw {
@@ -203,6 +286,7 @@ fn forward_plane(g: &DwGeom, w: &[f32], bias: f32, x: &[f32], out: &mut [f32], b
 #[inline(always)]
 fn backward_plane(g: &DwGeom, w: &[f32], dy: &[f32], dx: &mut [f32], buf: &mut [f32]) {
     let (hq, wq, plen) = (g.hq(), g.wq(), g.phase_len());
+    let (buf, wide) = buf.split_at_mut(buf.len() - g.wide_row_len());
     let (phases, dyq) = buf.split_at_mut(g.sh * g.sw * plen);
     let len = g.oh * wq;
     // dy in rows of wq after `front` zeros, so that every phase element can gather its taps
@@ -252,6 +336,12 @@ fn backward_plane(g: &DwGeom, w: &[f32], dy: &[f32], dx: &mut [f32], buf: &mut [
             row[lo - g.pl..][..hi - lo].copy_from_slice(&src[lo..hi]);
             continue;
         }
+        if g.sw == 2 {
+            let p0 = &phases[py * 2 * plen + yq * wq..][..wq];
+            let p1 = &phases[(py * 2 + 1) * plen + yq * wq..][..wq];
+            merge_stride2(g, p0, p1, row, wide);
+            continue;
+        }
         row.fill(0.0);
         for px in 0..g.sw {
             let (lo, hi) = valid_range(g.w, wq, g.sw, g.pl, px);
@@ -287,7 +377,7 @@ pub(crate) fn forward(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32
     }
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let per = g.per_task();
-    let scratch = g.sh * g.sw * g.phase_len() + padded_len(g.oh * g.wq());
+    let scratch = g.sh * g.sw * g.phase_len() + padded_len(g.oh * g.wq()) + g.wide_row_len();
     y.par_chunks_mut(plane_out * per)
         .enumerate()
         .for_each(|(t, outs)| {
@@ -312,7 +402,7 @@ pub(crate) fn backward(g: &DwGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let per = g.per_task();
     // Phases, then dy with up to a phase's worth of leading zeros.
-    let scratch = (g.sh * g.sw + 2) * g.phase_len();
+    let scratch = (g.sh * g.sw + 2) * g.phase_len() + g.wide_row_len();
     dx.par_chunks_mut(plane_in * per)
         .enumerate()
         .for_each(|(t, dxs)| {
