@@ -2,7 +2,8 @@
 //! differentiated back to the input.
 
 use crate::layers::{
-    affine_relu6, affine_relu6_backward, relu, relu6, relu6_backward, relu_backward,
+    affine_relu6, affine_relu6_backward_in_place, relu, relu6, relu6_backward_in_place,
+    relu_backward_in_place,
 };
 use crate::{
     AdaptiveAvgPool2d, AvgPool2d, ChannelAffine, Conv2d, EngineError, Linear, MaxPool2d, Tensor,
@@ -664,7 +665,9 @@ impl Graph {
             }
         }
         for i in (1..=target).rev() {
-            let Some(g) = grads[i].take() else { continue };
+            let Some(mut g) = grads[i].take() else {
+                continue;
+            };
             if trace.fused[i - 1] {
                 let head = &self.nodes[i - 1];
                 let y = trace.values[i].as_ref().ok_or_else(|| {
@@ -674,27 +677,24 @@ impl Graph {
                     Op::Conv2d(_) if trace.selected(i).is_some() => {
                         let sel = trace.selected(i).expect("checked");
                         let shape = trace.shapes[head.inputs[0]].as_deref().unwrap_or(&[]);
-                        let (g, y) = (
+                        let (mut g, y) = (
                             gather_channels(&g, &sel.channels)?,
                             gather_channels(y, &sel.channels)?,
                         );
-                        sel.conv.backward(shape, &relu_backward(&y, &g))?
+                        relu_backward_in_place(&y, &mut g);
+                        sel.conv.backward(shape, &g)?
                     }
                     Op::Conv2d(c) => {
                         let shape = trace.shapes[head.inputs[0]].as_deref().unwrap_or(&[]);
-                        let gz = if relu_done[i] {
-                            g
-                        } else {
-                            let gz = relu_backward(y, &g);
-                            // The unfused graph frees this gradient before the convolution
-                            // runs; so must this, or the step's peak memory grows by one
-                            // activation.
-                            drop(g);
-                            gz
-                        };
-                        c.backward(shape, &gz)?
+                        if !relu_done[i] {
+                            relu_backward_in_place(y, &mut g);
+                        }
+                        c.backward(shape, &g)?
                     }
-                    Op::ChannelAffine(a) => affine_relu6_backward(a, y, &g)?,
+                    Op::ChannelAffine(a) => {
+                        affine_relu6_backward_in_place(a, y, &mut g)?;
+                        g
+                    }
                     _ => unreachable!("only these heads are fused"),
                 };
                 match &mut grads[head.inputs[0]] {
@@ -719,15 +719,22 @@ impl Graph {
                     vec![sel.conv.backward(in_shape(0), &g)?]
                 }
                 Op::Conv2d(c) => vec![c.backward(in_shape(0), &g)?],
-                Op::ChannelAffine(a) => vec![a.backward(&g)?],
+                Op::ChannelAffine(a) => {
+                    a.backward_in_place(&mut g)?;
+                    vec![g]
+                }
                 Op::Relu if relu_done[i] => vec![g],
                 Op::Relu => {
                     let y = trace.values[i]
                         .as_ref()
                         .ok_or_else(|| EngineError::Graph("relu output was not kept".into()))?;
-                    vec![relu_backward(y, &g)]
+                    relu_backward_in_place(y, &mut g);
+                    vec![g]
                 }
-                Op::Relu6 => vec![relu6_backward(in_value(0)?, &g)],
+                Op::Relu6 => {
+                    relu6_backward_in_place(in_value(0)?, &mut g);
+                    vec![g]
+                }
                 Op::MaxPool2d(p) => {
                     let (j, x) = (node.inputs[0], in_value(0)?);
                     if matches!(self.nodes[j].op, Op::Relu)

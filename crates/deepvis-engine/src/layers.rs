@@ -55,6 +55,23 @@ impl ChannelAffine {
         Ok(y)
     }
 
+    /// `backward` into the gradient itself.
+    pub fn backward_in_place(&self, grad: &mut Tensor) -> Result<(), EngineError> {
+        let (c, plane) = self.check(grad.shape())?;
+        let plane = plane.max(1);
+        let per = CHUNK.div_ceil(plane);
+        grad.data_mut()
+            .par_chunks_mut(per * plane)
+            .enumerate()
+            .for_each(|(t, g)| {
+                for (i, g) in g.chunks_mut(plane).enumerate() {
+                    let a = self.scale[(t * per + i) % c];
+                    map_inplace(g, |g| g * a);
+                }
+            });
+        Ok(())
+    }
+
     pub fn backward(&self, grad_out: &Tensor) -> Result<Tensor, EngineError> {
         let (c, plane) = self.check(grad_out.shape())?;
         let mut dx = Tensor::for_overwrite(grad_out.shape());
@@ -158,29 +175,22 @@ pub(crate) fn affine_relu6(a: &ChannelAffine, x: &Tensor) -> Result<Tensor, Engi
 
 /// The input gradient of `affine_relu6` from its output y: the ReLU6 passes the gradient where
 /// 0 < y < 6, which is where its input lay strictly inside (0, 6).
-pub(crate) fn affine_relu6_backward(
+pub(crate) fn affine_relu6_backward_in_place(
     a: &ChannelAffine,
     y: &Tensor,
-    grad_out: &Tensor,
-) -> Result<Tensor, EngineError> {
-    let (c, plane) = a.check(grad_out.shape())?;
-    let mut dx = Tensor::for_overwrite(grad_out.shape());
+    grad: &mut Tensor,
+) -> Result<(), EngineError> {
+    let (c, plane) = a.check(grad.shape())?;
     let plane = plane.max(1);
     let per = CHUNK.div_ceil(plane);
-    dx.data_mut()
+    grad.data_mut()
         .par_chunks_mut(per * plane)
-        .zip(grad_out.data().par_chunks(per * plane))
         .zip(y.data().par_chunks(per * plane))
         .enumerate()
-        .for_each(|(t, ((o, g), y))| {
-            for (i, ((o, g), y)) in o
-                .chunks_mut(plane)
-                .zip(g.chunks(plane))
-                .zip(y.chunks(plane))
-                .enumerate()
-            {
+        .for_each(|(t, (g, y))| {
+            for (i, (g, y)) in g.chunks_mut(plane).zip(y.chunks(plane)).enumerate() {
                 let s = a.scale[(t * per + i) % c];
-                map2_slices(o, g, y, &|g, y| {
+                zip_in_place_slices(g, y, &|g, y| {
                     if y > 0.0 && y < 6.0 {
                         g * s
                     } else {
@@ -189,7 +199,52 @@ pub(crate) fn affine_relu6_backward(
                 });
             }
         });
-    Ok(dx)
+    Ok(())
+}
+
+#[inline(always)]
+fn zip_in_place_generic(o: &mut [f32], b: &[f32], f: &impl Fn(f32, f32) -> f32) {
+    for (o, b) in o.iter_mut().zip(b) {
+        *o = f(*o, *b);
+    }
+}
+
+simd_fn!(
+    /// o[i] = f(o[i], b[i]), vectorized as wide as the CPU allows.
+    fn zip_in_place_slices = zip_in_place_generic(o: &mut [f32], b: &[f32], f: &impl Fn(f32, f32) -> f32)
+);
+
+/// a[i] = f(a[i], b[i]) in parallel chunks. The backward passes overwrite the gradient they
+/// own: writing a fresh tensor instead costs a third stream of memory traffic (its cache lines
+/// are read before they are written).
+fn zip_in_place(a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(a, b)| zip_in_place_slices(a, b, &f));
+}
+
+/// `relu_backward` into the gradient itself.
+pub fn relu_backward_in_place(output: &Tensor, grad: &mut Tensor) {
+    debug_assert_eq!(output.shape(), grad.shape());
+    zip_in_place(grad.data_mut(), output.data(), |g, y| {
+        if y <= 0.0 {
+            0.0
+        } else {
+            g
+        }
+    });
+}
+
+/// `relu6_backward` into the gradient itself.
+pub fn relu6_backward_in_place(input: &Tensor, grad: &mut Tensor) {
+    debug_assert_eq!(input.shape(), grad.shape());
+    zip_in_place(grad.data_mut(), input.data(), |g, x| {
+        if x > 0.0 && x < 6.0 {
+            g
+        } else {
+            0.0
+        }
+    });
 }
 
 /// out[i] = f(a[i], b[i]) over equal-length slices, in parallel chunks, into a fresh tensor.
