@@ -105,24 +105,27 @@ fn main() {
     )
     .expect("shape");
     let all_channels = args.iter().any(|a| a == "--all-channels");
+    // As the render loop does: the whole step on a pool worker.
     let step = |x: &Tensor| {
-        // The objective reads channel 15 only; --all-channels computes the whole last layer.
-        let trace = if all_channels {
-            graph.forward(x.clone(), target)
-        } else {
-            graph.forward_channels(x.clone(), &[target], &[15])
-        }
-        .expect("forward");
-        let out = trace.output();
-        let mut g = Tensor::zeros(out.shape());
-        let plane: usize = out.shape()[2..].iter().product();
-        let c = out.shape()[1];
-        for (i, p) in g.data_mut().chunks_mut(plane).enumerate() {
-            if i % c == 15 % c {
-                p.fill(1.0 / plane as f32);
+        on_pool(|| {
+            // The objective reads channel 15 only; --all-channels computes the whole last layer.
+            let trace = if all_channels {
+                graph.forward(x.clone(), target)
+            } else {
+                graph.forward_channels(x.clone(), &[target], &[15])
             }
-        }
-        graph.backward(&trace, g).expect("backward")
+            .expect("forward");
+            let out = trace.output();
+            let mut g = Tensor::zeros(out.shape());
+            let plane: usize = out.shape()[2..].iter().product();
+            let c = out.shape()[1];
+            for (i, p) in g.data_mut().chunks_mut(plane).enumerate() {
+                if i % c == 15 % c {
+                    p.fill(1.0 / plane as f32);
+                }
+            }
+            graph.backward(&trace, g).expect("backward")
+        })
     };
     for _ in 0..2 {
         std::hint::black_box(step(&x));

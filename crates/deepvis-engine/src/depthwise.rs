@@ -239,14 +239,14 @@ fn forward_plane(g: &DwGeom, w: &[f32], bias: f32, x: &[f32], out: &mut [f32], b
     let (hq, wq, plen) = (g.hq(), g.wq(), g.phase_len());
     let (phases, rest) = buf.split_at_mut(g.sh * g.sw * plen);
     let (acc, wide) = rest.split_at_mut(padded_len(g.oh * wq));
-    if g.sw == 2 {
+    let phase_rows = if g.sw == 2 {
         split_stride2(g, x, phases, wide);
-    }
-    for py in 0..g.sh {
+        0..0
+    } else {
+        0..g.sh
+    };
+    for py in phase_rows {
         for px in 0..g.sw {
-            if g.sw == 2 {
-                break;
-            }
             let ph = &mut phases[(py * g.sw + px) * plen..][..plen];
             ph[hq * wq..].fill(0.0);
             for yq in 0..hq {
@@ -535,8 +535,8 @@ fn deinterleave(
     }
 }
 
-/// Per-lane weights of each tap for channels `c0..c0 + n`, in the order of `order` over
-/// (ky, kx), at offset `off(ky, kx)`; lanes past `n` are zero.
+/// Per-lane weights of each tap (ky, kx) for channels `c0..c0 + n`, with the kernel rotated by
+/// 180° if `flip`, at offset `off(ky, kx)`; lanes past `n` are zero.
 fn lane_taps(
     g: &DwGeom,
     weight: &[f32],

@@ -494,15 +494,6 @@ impl Graph {
         targets: &[NodeId],
         channels: Option<&[usize]>,
     ) -> Result<Trace, EngineError> {
-        crate::on_pool(|| self.forward_here(x, targets, channels))
-    }
-
-    fn forward_here(
-        &self,
-        x: Tensor,
-        targets: &[NodeId],
-        channels: Option<&[usize]>,
-    ) -> Result<Trace, EngineError> {
         let Some(&target) = targets.iter().max() else {
             return Err(EngineError::Graph("no target node".into()));
         };
@@ -628,14 +619,6 @@ impl Graph {
     /// The input gradient of a loss that depends on several traced nodes, given the gradient
     /// with respect to each of their outputs.
     pub fn backward_multi(
-        &self,
-        trace: &Trace,
-        seeds: Vec<(NodeId, Tensor)>,
-    ) -> Result<Tensor, EngineError> {
-        crate::on_pool(|| self.backward_here(trace, seeds))
-    }
-
-    fn backward_here(
         &self,
         trace: &Trace,
         seeds: Vec<(NodeId, Tensor)>,
