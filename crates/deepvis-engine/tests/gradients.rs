@@ -533,6 +533,73 @@ fn conv_gradient_is_the_exact_adjoint() {
     }
 }
 
+/// Depthwise convolutions on random geometries: both kernels (per plane and channel-blocked),
+/// every stride phase, tails and paddings wider than the kernel; forward against the naive
+/// reference, backward as its exact adjoint.
+#[test]
+fn depthwise_matches_the_reference_on_random_geometries() {
+    let mut r = rng(17);
+    let mut tried = 0;
+    while tried < 150 {
+        let k = [1, 3, 5][r.gen_range(0..3)];
+        let (stride, dilation) = (r.gen_range(1..4), r.gen_range(1..3));
+        let pads = (
+            r.gen_range(0..k + 1),
+            r.gen_range(0..k + 1),
+            r.gen_range(0..k + 1),
+            r.gen_range(0..k + 1),
+        );
+        let hw = (r.gen_range(1..24), r.gen_range(1..48));
+        let span = dilation * (k - 1) + 1;
+        if hw.0 + pads.0 + pads.1 < span || hw.1 + pads.2 + pads.3 < span {
+            continue;
+        }
+        tried += 1;
+        let c = r.gen_range(1..40);
+        let case = ConvCase {
+            n: r.gen_range(1..3),
+            cin: c,
+            cout: c,
+            hw,
+            k: (k, k),
+            stride,
+            dilation,
+            groups: c,
+            padding: Padding::Explicit {
+                top: pads.0,
+                bottom: pads.1,
+                left: pads.2,
+                right: pads.3,
+            },
+            pads,
+        };
+        let mut conv = conv_of(&case, &mut r);
+        let x = random(&[case.n, c, hw.0, hw.1], &mut r);
+        let y = conv.forward(&x).unwrap();
+        let (shape, want) = naive_conv(&x, &conv, pads);
+        assert_eq!(
+            y.shape(),
+            &shape[..],
+            "{tried}: {hw:?} k{k} s{stride} d{dilation} {pads:?}"
+        );
+        for (a, b) in y.data().iter().zip(&want) {
+            assert!(
+                (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
+                "{tried}: {hw:?} k{k} s{stride} d{dilation} {pads:?}: {a} vs {b}"
+            );
+        }
+        conv.bias = None;
+        let y = conv.forward(&x).unwrap();
+        let g = random(y.shape(), &mut r);
+        let dx = conv.backward(x.shape(), &g).unwrap();
+        let (lhs, rhs) = (dot(&y, &g), dot(&x, &dx));
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+            "{tried}: {hw:?} k{k} s{stride} d{dilation} {pads:?}: {lhs} vs {rhs}"
+        );
+    }
+}
+
 #[test]
 fn conv_rejects_wrong_channels() {
     let mut r = rng(4);
