@@ -54,9 +54,9 @@ pub(crate) mod buffers {
     /// What the pool and the live buffers may hold together: the largest working set seen, but
     /// at least 1 GiB. Held to the working set exactly, the pool must be empty at a step's peak,
     /// so a step's buffers of other sizes keep evicting ones the next step asks for again, and
-    /// those come back as fresh, page-faulting memory: VGG16 at 512 px, batch 1, ran 5–13 %
-    /// slower for it (features.5 112 → 100 ms, features.14 249 → 216, features.28 351 → 334),
-    /// at the same peak RSS. Above 1 GiB (a batch of 8 at 512 px) the cap stays the working
+    /// those come back as fresh, page-faulting memory: VGG16 at 512 px, batch 1, ran 8–23 %
+    /// slower for it (features.5 87 against 107 ms, features.14 199 against 242, features.28
+    /// 319 against 345), at the same peak RSS (±3 %). Above 1 GiB (a batch of 8 at 512 px) the cap stays the working
     /// set: there, more room bought 15 % but cost 0.4 GB of peak RSS.
     fn cap() -> usize {
         PEAK.load(Ordering::Relaxed).max(1 << 30)

@@ -243,8 +243,10 @@ pub fn evaluate(
     w: usize,
 ) -> Result<Vec<f32>, RenderError> {
     let x = Tensor::new(vec![n, 3, h, w], images.to_vec())?;
-    let trace = objective.trace(&model.graph, normalize(&x, &model.info.normalization))?;
-    Ok(objective.evaluate(&trace, n, false)?.0)
+    deepvis_engine::on_pool(|| {
+        let trace = objective.trace(&model.graph, normalize(&x, &model.info.normalization))?;
+        Ok(objective.evaluate(&trace, n, false)?.0)
+    })
 }
 
 /// Reusable state of the inner loop.
@@ -261,8 +263,19 @@ struct Stepper<'a> {
 impl<'a> Stepper<'a> {
     /// One forward/backward pass: objective values on the transformed images, the ascent
     /// gradient with respect to the untransformed images in `image_grad` (penalties subtracted)
-    /// and with respect to the parameters in `param_grad`.
+    /// and with respect to the parameters in `param_grad`. The whole pass runs on a pool worker:
+    /// one hand-off per step instead of one per op (see `on_pool`).
     fn pass(
+        &mut self,
+        param: &mut dyn Param,
+        pipeline: &mut Pipeline,
+        regularizers: &[Regularizer],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<f32>, RenderError> {
+        deepvis_engine::on_pool(|| self.pass_here(param, pipeline, regularizers, rng))
+    }
+
+    fn pass_here(
         &mut self,
         param: &mut dyn Param,
         pipeline: &mut Pipeline,
@@ -385,15 +398,12 @@ pub fn render(
         }
         let mut pipeline = Pipeline::new(scaled_transforms(settings, s));
         for step in 0..octave.steps {
-            // The whole pass on a pool worker: one hand-off per step instead of one per op.
-            let values = deepvis_engine::on_pool(|| {
-                stepper.pass(
-                    param.as_mut(),
-                    &mut pipeline,
-                    &settings.regularizers,
-                    &mut rng,
-                )
-            })?;
+            let values = stepper.pass(
+                param.as_mut(),
+                &mut pipeline,
+                &settings.regularizers,
+                &mut rng,
+            )?;
             let per = param.per_image();
             optimizer.step(param.params_mut(), &stepper.param_grad, per);
             param.project();
