@@ -40,6 +40,10 @@ impl DwGeom {
     fn phase_len(&self) -> usize {
         (self.hq() + 1) * self.wq() + 16
     }
+    /// Floats of the zero-padded input row that stride-2 phases are split from and merged into.
+    fn wide_row_len(&self) -> usize {
+        2 * padded_len(self.wq())
+    }
     /// (phase index, offset into it) of tap (ky, kx).
     fn tap(&self, ky: usize, kx: usize) -> (usize, usize) {
         let (y, x) = (ky * self.dh, kx * self.dw);
@@ -149,13 +153,6 @@ fn accumulate(dst: &mut [f32], init: f32, taps: &[(f32, usize)], src: &[f32]) {
     let i = blocks::<64>(dst, 0, init, taps, src);
     let i = blocks::<16>(dst, i, init, taps, src);
     blocks::<1>(dst, i, init, taps, src);
-}
-
-impl DwGeom {
-    /// Floats of the zero-padded input row that stride-2 phases are split from and merged into.
-    fn wide_row_len(&self) -> usize {
-        2 * padded_len(self.wq())
-    }
 }
 
 /// The two column phases of every row for stride 2 (`phase[py][px][yq][j] = padded[2·yq + py]
@@ -428,16 +425,6 @@ const LANES: usize = 16;
 /// on, where interleaving the channels costs more than it saves.
 const BLOCKED_MAX_WIDTH: usize = 8;
 
-impl DwGeom {
-    fn blocked_forward(&self) -> bool {
-        self.ow <= BLOCKED_MAX_WIDTH
-    }
-    /// Strided backward passes scatter; measured slower than the per-plane kernel's phases.
-    fn blocked_backward(&self) -> bool {
-        self.blocked_forward() && self.sh == 1 && self.sw == 1
-    }
-}
-
 /// `out[o] = init + Σ_t w[t] · src[base(o) + off[t]]` for the outputs `o = (oy, ox)` of an
 /// `oh × ow` grid, `base(o) = ((oy·sy + y0)·width + ox·sx + x0)·LANES`, all vectors of LANES
 /// channels; four outputs of a row at a time share each weight load.
@@ -485,9 +472,9 @@ fn gather_taps(
     }
 }
 
-/// Interleaves `planes` (each `h × w`, at most LANES of them) into `dst`, a zeroed
-/// `rows × width` grid of LANES-channel vectors, with the plane's (0, 0) at (top, left);
-/// what falls outside the grid is dropped.
+/// Interleaves `planes` (each `h × w`, at most LANES of them) into `dst`, a zeroed grid of
+/// LANES-channel vectors `width` wide, with the plane's (0, 0) at (top, left); the callers size
+/// the grid to hold the planes whole.
 #[inline(always)]
 fn interleave(
     planes: &[f32],
@@ -498,39 +485,22 @@ fn interleave(
     top: usize,
     left: usize,
 ) {
-    let rows = dst.len() / (width * LANES);
-    let (ch, cw) = (
-        h.min(rows.saturating_sub(top)),
-        w.min(width.saturating_sub(left)),
-    );
     for (l, plane) in planes.chunks_exact(h * w).enumerate() {
-        for y in 0..ch {
+        for y in 0..h {
             let d = ((y + top) * width + left) * LANES + l;
-            for (x, v) in plane[y * w..][..cw].iter().enumerate() {
+            for (x, v) in plane[y * w..][..w].iter().enumerate() {
                 dst[d + x * LANES] = *v;
             }
         }
     }
 }
 
-/// The inverse: plane `l` of `planes` (each `h × w`) = lane `l` of the `h × w` window of `src`
-/// (a grid `width` wide) at (top, left).
+/// Plane `l` of `planes` (each `len` long) = lane `l` of the vectors in `src`.
 #[inline(always)]
-fn deinterleave(
-    src: &[f32],
-    width: usize,
-    top: usize,
-    left: usize,
-    planes: &mut [f32],
-    h: usize,
-    w: usize,
-) {
-    for (l, plane) in planes.chunks_exact_mut(h * w).enumerate() {
-        for y in 0..h {
-            let s = ((y + top) * width + left) * LANES + l;
-            for (x, v) in plane[y * w..][..w].iter_mut().enumerate() {
-                *v = src[s + x * LANES];
-            }
+fn deinterleave(src: &[f32], planes: &mut [f32], len: usize) {
+    for (l, plane) in planes.chunks_exact_mut(len).enumerate() {
+        for (p, v) in plane.iter_mut().enumerate() {
+            *v = src[p * LANES + l];
         }
     }
 }
@@ -577,7 +547,7 @@ fn forward_block(
     src.fill(0.0);
     interleave(x, g.h, g.w, src, wp, g.pt, g.pl);
     gather_taps(src, wp, (0, 0), (g.sh, g.sw), (g.oh, g.ow), taps, init, out);
-    deinterleave(out, g.ow, 0, 0, y, g.oh, g.ow);
+    deinterleave(out, y, g.oh * g.ow);
 }
 
 fn backward_block(
@@ -611,7 +581,7 @@ fn backward_block(
         &[0.0; LANES],
         out,
     );
-    deinterleave(out, g.w, 0, 0, dx, g.h, g.w);
+    deinterleave(out, dx, g.h * g.w);
 }
 
 simd_fn!(fn forward_block_simd = forward_block(
@@ -631,6 +601,13 @@ simd_fn!(fn backward_block_simd = backward_block(
 ));
 
 impl DwGeom {
+    fn blocked_forward(&self) -> bool {
+        self.ow <= BLOCKED_MAX_WIDTH
+    }
+    /// Strided backward passes scatter; measured slower than the per-plane kernel's phases.
+    fn blocked_backward(&self) -> bool {
+        self.blocked_forward() && self.sh == 1 && self.sw == 1
+    }
     /// The zero-padded input grid every forward window reads: rows up to the last window's
     /// end, and at least the input's.
     fn padded_in(&self) -> (usize, usize) {

@@ -58,17 +58,10 @@ impl ChannelAffine {
     /// `backward` into the gradient itself.
     pub fn backward_in_place(&self, grad: &mut Tensor) -> Result<(), EngineError> {
         let (c, plane) = self.check(grad.shape())?;
-        let plane = plane.max(1);
-        let per = CHUNK.div_ceil(plane);
-        grad.data_mut()
-            .par_chunks_mut(per * plane)
-            .enumerate()
-            .for_each(|(t, g)| {
-                for (i, g) in g.chunks_mut(plane).enumerate() {
-                    let a = self.scale[(t * per + i) % c];
-                    map_inplace(g, |g| g * a);
-                }
-            });
+        per_plane_in_place(grad.data_mut(), plane, |i, g| {
+            let a = self.scale[i % c];
+            map_inplace(g, |g| g * a);
+        });
         Ok(())
     }
 
@@ -101,6 +94,19 @@ fn per_plane(
         .for_each(|(t, (o, s))| {
             for (i, (o, s)) in o.chunks_mut(plane).zip(s.chunks(plane)).enumerate() {
                 f(t * per + i, o, s);
+            }
+        });
+}
+
+/// `f(plane index, plane)` over whole planes of `data`, several per rayon task (as `per_plane`).
+fn per_plane_in_place(data: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let plane = plane.max(1);
+    let per = CHUNK.div_ceil(plane);
+    data.par_chunks_mut(per * plane)
+        .enumerate()
+        .for_each(|(t, d)| {
+            for (i, d) in d.chunks_mut(plane).enumerate() {
+                f(t * per + i, d);
             }
         });
 }
@@ -181,24 +187,12 @@ pub(crate) fn affine_relu6_backward_in_place(
     grad: &mut Tensor,
 ) -> Result<(), EngineError> {
     let (c, plane) = a.check(grad.shape())?;
-    let plane = plane.max(1);
-    let per = CHUNK.div_ceil(plane);
-    grad.data_mut()
-        .par_chunks_mut(per * plane)
-        .zip(y.data().par_chunks(per * plane))
-        .enumerate()
-        .for_each(|(t, (g, y))| {
-            for (i, (g, y)) in g.chunks_mut(plane).zip(y.chunks(plane)).enumerate() {
-                let s = a.scale[(t * per + i) % c];
-                zip_in_place_slices(g, y, &|g, y| {
-                    if y > 0.0 && y < 6.0 {
-                        g * s
-                    } else {
-                        0.0
-                    }
-                });
-            }
-        });
+    let y = y.data();
+    per_plane_in_place(grad.data_mut(), plane, |i, g| {
+        let s = a.scale[i % c];
+        let y = &y[i * plane..][..plane];
+        zip_in_place_slices(g, y, &|g, y| relu6_grad(g * s, y));
+    });
     Ok(())
 }
 
@@ -226,25 +220,13 @@ fn zip_in_place(a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
 /// `relu_backward` into the gradient itself.
 pub fn relu_backward_in_place(output: &Tensor, grad: &mut Tensor) {
     debug_assert_eq!(output.shape(), grad.shape());
-    zip_in_place(grad.data_mut(), output.data(), |g, y| {
-        if y <= 0.0 {
-            0.0
-        } else {
-            g
-        }
-    });
+    zip_in_place(grad.data_mut(), output.data(), relu_grad);
 }
 
 /// `relu6_backward` into the gradient itself.
 pub fn relu6_backward_in_place(input: &Tensor, grad: &mut Tensor) {
     debug_assert_eq!(input.shape(), grad.shape());
-    zip_in_place(grad.data_mut(), input.data(), |g, x| {
-        if x > 0.0 && x < 6.0 {
-            g
-        } else {
-            0.0
-        }
-    });
+    zip_in_place(grad.data_mut(), input.data(), relu6_grad);
 }
 
 /// out[i] = f(a[i], b[i]) over equal-length slices, in parallel chunks, into a fresh tensor.
@@ -265,13 +247,28 @@ pub fn relu(x: &Tensor) -> Tensor {
 /// PyTorch's threshold_backward: the gradient passes where the output is positive.
 pub fn relu_backward(output: &Tensor, grad_out: &Tensor) -> Tensor {
     debug_assert_eq!(output.shape(), grad_out.shape());
-    map2(grad_out.shape(), grad_out.data(), output.data(), |g, y| {
-        if y <= 0.0 {
-            0.0
-        } else {
-            g
-        }
-    })
+    map2(grad_out.shape(), grad_out.data(), output.data(), relu_grad)
+}
+
+/// The gradient `g` through a ReLU whose output is `y`.
+#[inline(always)]
+fn relu_grad(g: f32, y: f32) -> f32 {
+    if y <= 0.0 {
+        0.0
+    } else {
+        g
+    }
+}
+
+/// The gradient `g` through a ReLU6 at `x` (its input, or its output: both lie strictly
+/// inside (0, 6) at the same places).
+#[inline(always)]
+fn relu6_grad(g: f32, x: f32) -> f32 {
+    if x > 0.0 && x < 6.0 {
+        g
+    } else {
+        0.0
+    }
 }
 
 pub fn relu6(x: &Tensor) -> Tensor {
@@ -281,13 +278,7 @@ pub fn relu6(x: &Tensor) -> Tensor {
 /// PyTorch's hardtanh_backward: the gradient passes where 0 < x < 6 strictly.
 pub fn relu6_backward(input: &Tensor, grad_out: &Tensor) -> Tensor {
     debug_assert_eq!(input.shape(), grad_out.shape());
-    map2(grad_out.shape(), grad_out.data(), input.data(), |g, x| {
-        if x > 0.0 && x < 6.0 {
-            g
-        } else {
-            0.0
-        }
-    })
+    map2(grad_out.shape(), grad_out.data(), input.data(), relu6_grad)
 }
 
 /// y = x·Wᵀ + b over the last axis; input [N, in], weight [out, in] (PyTorch's layout).
