@@ -706,8 +706,8 @@ impl Conv2d {
             return Ok(dx);
         }
         if let Some(wg) = self.winograd_geometry(&g, algo) {
-            // Overlapping tiles add into dx.
-            let mut dx = Tensor::zeros(input_shape);
+            // `winograd::backward` writes (or zeroes) every element.
+            let mut dx = Tensor::for_overwrite(input_shape);
             let w = self.winograd_weights();
             winograd::backward(&wg, &w, grad_out.data(), dx.data_mut(), prec);
             return Ok(dx);

@@ -7,6 +7,7 @@ mod conv;
 mod depthwise;
 mod gemm;
 mod graph;
+mod lanes;
 mod layers;
 mod memory;
 mod narrow;

@@ -11,6 +11,9 @@
 
 use crate::bf16::{self, PackedA};
 use crate::gemm::{matmul, MatMut, MatRef};
+use crate::lanes::Arith;
+
+mod wide;
 use crate::simd::simd_fn;
 use crate::Precision;
 use rayon::prelude::*;
@@ -232,53 +235,53 @@ impl Ptr {
 
 /// Bᵀ·d for one 6-vector.
 #[inline(always)]
-fn bt6(d: [f32; 6]) -> [f32; 6] {
+pub(super) fn bt6<T: Arith>(d: [T; 6]) -> [T; 6] {
     let (d31, d42) = (d[3] - d[1], d[4] - d[2]);
     [
-        (d[0] - 2.0 * d[2] + d[4]) + 1.5 * d31,
-        (d[4] - d[1]) + 0.5 * d[2] + 2.5 * d[3],
-        (d[4] + d[1]) - 2.5 * d[2] + 0.5 * d[3],
-        d42 + 2.0 * d31,
-        d42 - 0.5 * d31,
-        (d[1] - 2.0 * d[3] + d[5]) + 1.5 * d42,
+        (d[0] - d[2] * 2.0 + d[4]) + d31 * 1.5,
+        (d[4] - d[1]) + d[2] * 0.5 + d[3] * 2.5,
+        (d[4] + d[1]) - d[2] * 2.5 + d[3] * 0.5,
+        d42 + d31 * 2.0,
+        d42 - d31 * 0.5,
+        (d[1] - d[3] * 2.0 + d[5]) + d42 * 1.5,
     ]
 }
 
 /// B·v (the adjoint of `bt6`).
 #[inline(always)]
-fn b6(v: [f32; 6]) -> [f32; 6] {
+pub(super) fn b6<T: Arith>(v: [T; 6]) -> [T; 6] {
     [
         v[0],
-        -1.5 * v[0] - v[1] + v[2] - 2.0 * v[3] + 0.5 * v[4] + v[5],
-        -2.0 * v[0] + 0.5 * v[1] - 2.5 * v[2] - v[3] - v[4] - 1.5 * v[5],
-        1.5 * v[0] + 2.5 * v[1] + 0.5 * v[2] + 2.0 * v[3] - 0.5 * v[4] - 2.0 * v[5],
-        v[0] + v[1] + v[2] + v[3] + v[4] + 1.5 * v[5],
+        v[0] * -1.5 - v[1] + v[2] - v[3] * 2.0 + v[4] * 0.5 + v[5],
+        v[0] * -2.0 + v[1] * 0.5 - v[2] * 2.5 - v[3] - v[4] - v[5] * 1.5,
+        v[0] * 1.5 + v[1] * 2.5 + v[2] * 0.5 + v[3] * 2.0 - v[4] * 0.5 - v[5] * 2.0,
+        v[0] + v[1] + v[2] + v[3] + v[4] + v[5] * 1.5,
         v[5],
     ]
 }
 
 /// Aᵀ·m: 6 transform-domain values to 4 outputs.
 #[inline(always)]
-fn at6(m: [f32; 6]) -> [f32; 4] {
+pub(super) fn at6<T: Arith>(m: [T; 6]) -> [T; 4] {
     let (p, q) = (m[1] + m[2], m[1] - m[2]);
     [
         m[0] + p + m[3] + m[4],
-        q + 0.5 * m[3] - 2.0 * m[4],
-        p + 0.25 * m[3] + 4.0 * m[4],
-        q + 0.125 * m[3] - 8.0 * m[4] + m[5],
+        q + m[3] * 0.5 - m[4] * 2.0,
+        p + m[3] * 0.25 + m[4] * 4.0,
+        q + m[3] * 0.125 - m[4] * 8.0 + m[5],
     ]
 }
 
 /// A·y (the adjoint of `at6`): 4 output gradients to 6 transform-domain values.
 #[inline(always)]
-fn a4(y: [f32; 4]) -> [f32; 6] {
+pub(super) fn a4<T: Arith>(y: [T; 4]) -> [T; 6] {
     let (e, f) = (y[0] + y[2], y[1] + y[3]);
     [
         y[0],
         e + f,
         e - f,
-        y[0] + 0.5 * y[1] + 0.25 * y[2] + 0.125 * y[3],
-        y[0] - 2.0 * y[1] + 4.0 * y[2] - 8.0 * y[3],
+        y[0] + y[1] * 0.5 + y[2] * 0.25 + y[3] * 0.125,
+        y[0] - y[1] * 2.0 + y[2] * 4.0 - y[3] * 8.0,
         y[3],
     ]
 }
@@ -783,6 +786,7 @@ pub(crate) fn forward(
 ) {
     let blocks = g.blocks();
     let tw = g.tw();
+    let wide = tw >= wide::MIN_TILES;
     let y_ptr = Ptr(y.as_mut_ptr());
     let run = |(u0, u1): (usize, usize), s: &mut Scratch, par: bool| {
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
@@ -791,13 +795,23 @@ pub(crate) fn forward(
         grow(&mut s.v, XI * g.cin * t);
         grow(&mut s.m, XI * g.cout * t);
         let v_ptr = Ptr(s.v.as_mut_ptr());
-        let in_t = |c: usize| input_transform_simd(g, x, u0, u1, c, v_ptr, t);
+        let in_t = |c: usize| {
+            if wide {
+                wide::input_transform(g, x, u0, u1, c, v_ptr, t)
+            } else {
+                input_transform_simd(g, x, u0, u1, c, v_ptr, t)
+            }
+        };
         each(g.cin, par, in_t);
         block_gemms(w, &s.v, &mut s.m, t, false, par, prec);
         let m = &s.m[..];
         let out_t = |o: usize| {
             let b = bias.map_or(0.0, |b| b[o]);
-            output_transform_simd(g, m, u0, u1, o, b, relu, y_ptr, t)
+            if wide {
+                wide::output_transform(g, m, u0, u1, o, b, relu, y_ptr, t)
+            } else {
+                output_transform_simd(g, m, u0, u1, o, b, relu, y_ptr, t)
+            }
         };
         each(g.cout, par, out_t);
     };
@@ -811,7 +825,7 @@ pub(crate) fn forward(
     }
 }
 
-/// dx (zero-filled by the caller) += the input gradient for the output gradient dy.
+/// dx = the input gradient for the output gradient dy (dx's old contents are ignored).
 pub(crate) fn backward(
     g: &WinoGeom,
     w: &WinogradWeights,
@@ -821,32 +835,58 @@ pub(crate) fn backward(
 ) {
     let blocks = g.blocks();
     let tw = g.tw();
+    let wide = tw >= wide::MIN_TILES;
+    if !wide {
+        // Only the wide transforms write each element once; these add into dx.
+        dx.fill(0.0);
+    }
     let dx_ptr = Ptr(dx.as_mut_ptr());
-    let run = |(u0, u1): (usize, usize), s: &mut Scratch, par: bool| {
+    let run = |(u0, u1): (usize, usize), s: &mut Scratch, par: bool, nb: wide::Neighbours| {
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
         // values that only ever reach extra columns of the product, which nobody reads.
         let t = ((u1 - u0) * tw).next_multiple_of(16);
         grow(&mut s.m, XI * g.cout * t);
         grow(&mut s.v, XI * g.cin * t);
         let m_ptr = Ptr(s.m.as_mut_ptr());
-        let in_t = |o: usize| grad_input_transform_simd(g, dy, u0, u1, o, m_ptr, t);
+        let in_t = |o: usize| {
+            if wide {
+                wide::grad_input_transform(g, dy, u0, u1, o, m_ptr, t)
+            } else {
+                grad_input_transform_simd(g, dy, u0, u1, o, m_ptr, t)
+            }
+        };
         each(g.cout, par, in_t);
         block_gemms(w, &s.m, &mut s.v, t, true, par, prec);
         let v = &s.v[..];
-        let out_t = |c: usize| grad_output_transform_simd(g, v, u0, u1, c, dx_ptr, t);
+        let out_t = |c: usize| {
+            if wide {
+                wide::grad_output_transform(g, v, u0, u1, c, dx_ptr, t, nb)
+            } else {
+                grad_output_transform_simd(g, v, u0, u1, c, dx_ptr, t)
+            }
+        };
         each(g.cin, par, out_t);
     };
     let threads = rayon::current_num_threads();
     if blocks.len() >= 2 * threads {
         // Neighbouring blocks scatter into two shared input rows; blocks two apart never meet.
+        // The even blocks run first, so they write those rows and the odd blocks add to them.
         for phase in 0..2 {
+            let nb = wide::Neighbours {
+                before_done: phase == 1,
+                after_done: phase == 1,
+            };
             blocks
                 .par_iter()
                 .skip(phase)
                 .step_by(2)
-                .for_each(|&b| SCRATCH.with(|s| run(b, &mut s.borrow_mut(), false)));
+                .for_each(|&b| SCRATCH.with(|s| run(b, &mut s.borrow_mut(), false, nb)));
         }
     } else {
-        blocks_in_turn(&blocks, run);
+        let nb = wide::Neighbours {
+            before_done: true,
+            after_done: false,
+        };
+        blocks_in_turn(&blocks, |b, s, par| run(b, s, par, nb));
     }
 }
