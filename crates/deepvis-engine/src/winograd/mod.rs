@@ -210,6 +210,14 @@ fn blocks_in_turn(blocks: &[(usize, usize)], run: impl Fn((usize, usize), &mut S
     SCRATCH.with(|tl| std::mem::swap(&mut s, &mut tl.borrow_mut()));
 }
 
+/// Floats from the start of one ξ slab of a block's V or M (`rows × t`) to the next: one
+/// cache line more than the slab. With `t` a multiple of 16, slabs of 64 or more rows are
+/// whole multiples of 4 KiB apart, and the transforms' 36 streams (one per ξ) all fell into
+/// the same L1 sets.
+pub(super) fn slab(rows: usize, t: usize) -> usize {
+    rows * t + 16
+}
+
 fn grow(buf: &mut Vec<f32>, len: usize) {
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -442,7 +450,7 @@ fn input_transform(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: *
             // SAFETY: (ξ = a·6 + k, c, 0..nt) lies inside this block's V and is written only
             // by the task that owns channel c of this block; the six rows are disjoint.
             let dst: [&mut [f32]; 6] = std::array::from_fn(|a| unsafe {
-                std::slice::from_raw_parts_mut(v.add(((a * 6 + k) * g.cin + c) * t), nt)
+                std::slice::from_raw_parts_mut(v.add((a * 6 + k) * slab(g.cin, t) + c * t), nt)
             });
             bt_rows(d, dst);
         }
@@ -470,7 +478,7 @@ fn output_transform(
     with_staging(24 * nt, 4 * tw, |vert, outs, orow| {
         for s in 0..6 {
             let src: [&[f32]; 6] =
-                std::array::from_fn(|r| &m[((r * 6 + s) * g.cout + o) * t..][..nt]);
+                std::array::from_fn(|r| &m[(r * 6 + s) * slab(g.cout, t) + o * t..][..nt]);
             let (v0, rest) = vert.split_at_mut(6 * nt);
             let (v1, rest) = rest.split_at_mut(6 * nt);
             let (v2, v3) = rest.split_at_mut(6 * nt);
@@ -602,7 +610,7 @@ fn grad_input_transform(
             // SAFETY: (ξ = r·6 + s, o, 0..nt) is written only by the task owning o; the six
             // rows are disjoint.
             let dst: [&mut [f32]; 6] = std::array::from_fn(|r| unsafe {
-                std::slice::from_raw_parts_mut(dm.add(((r * 6 + s) * g.cout + o) * t), nt)
+                std::slice::from_raw_parts_mut(dm.add((r * 6 + s) * slab(g.cout, t) + o * t), nt)
             });
             a_rows(src, dst);
         }
@@ -629,7 +637,7 @@ fn grad_output_transform(
     with_staging(36 * nt, wp, |vert, cols, prow| {
         for k in 0..6 {
             let src: [&[f32]; 6] =
-                std::array::from_fn(|a| &dv[((a * 6 + k) * g.cin + c) * t..][..nt]);
+                std::array::from_fn(|a| &dv[(a * 6 + k) * slab(g.cin, t) + c * t..][..nt]);
             b_rows(src, rows_mut(&mut vert[k * 6 * nt..], nt));
         }
         for r in 0..6 {
@@ -729,13 +737,13 @@ fn block_gemms(
         };
         let one = |xi: usize| {
             let rhs = MatRef {
-                ptr: src[xi * k * t..].as_ptr(),
+                ptr: src[xi * slab(k, t)..].as_ptr(),
                 rs: t as isize,
                 cs: 1,
             };
             // SAFETY: as below.
             let out = MatMut {
-                ptr: unsafe { dst_ptr.get().add(xi * m * t) },
+                ptr: unsafe { dst_ptr.get().add(xi * slab(m, t)) },
                 rs: t as isize,
                 cs: 1,
             };
@@ -760,13 +768,13 @@ fn block_gemms(
             }
         };
         let rhs = MatRef {
-            ptr: src[xi * k * t..].as_ptr(),
+            ptr: src[xi * slab(k, t)..].as_ptr(),
             rs: t as isize,
             cs: 1,
         };
         // SAFETY: each ξ writes its own [m × t] slab of dst; all slabs lie inside dst.
         let out = MatMut {
-            ptr: unsafe { dst_ptr.get().add(xi * m * t) },
+            ptr: unsafe { dst_ptr.get().add(xi * slab(m, t)) },
             rs: t as isize,
             cs: 1,
         };
@@ -792,8 +800,8 @@ pub(crate) fn forward(
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
         // values that only ever reach extra columns of the product, which nobody reads.
         let t = ((u1 - u0) * tw).next_multiple_of(16);
-        grow(&mut s.v, XI * g.cin * t);
-        grow(&mut s.m, XI * g.cout * t);
+        grow(&mut s.v, XI * slab(g.cin, t));
+        grow(&mut s.m, XI * slab(g.cout, t));
         let v_ptr = Ptr(s.v.as_mut_ptr());
         let in_t = |c: usize| {
             if wide {
@@ -845,8 +853,8 @@ pub(crate) fn backward(
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
         // values that only ever reach extra columns of the product, which nobody reads.
         let t = ((u1 - u0) * tw).next_multiple_of(16);
-        grow(&mut s.m, XI * g.cout * t);
-        grow(&mut s.v, XI * g.cin * t);
+        grow(&mut s.m, XI * slab(g.cout, t));
+        grow(&mut s.v, XI * slab(g.cin, t));
         let m_ptr = Ptr(s.m.as_mut_ptr());
         let in_t = |o: usize| {
             if wide {

@@ -10,7 +10,7 @@
 //! Narrow rows (deep layers at small sizes, 4–8 tiles) keep the block-wide transforms, which
 //! fill the vectors with tiles of several rows.
 
-use super::{a4, at6, b6, bt6, Ptr, WinoGeom};
+use super::{a4, at6, b6, bt6, slab, Ptr, WinoGeom};
 use crate::lanes::{Lanes, Lanes16};
 
 /// Tile rows this wide or wider use these transforms (a chunk of 16 tiles is then at least
@@ -165,7 +165,7 @@ unsafe fn input<T: Lanes>(
                 for (a, val) in out.into_iter().enumerate() {
                     // SAFETY: (ξ, c, tb..tb + lanes) lies in this block's V and belongs to the
                     // task for channel c.
-                    let dst = v.add(((a * 6 + s) * g.cin + c) * t + tb);
+                    let dst = v.add((a * 6 + s) * slab(g.cin, t) + c * t + tb);
                     val.store_first(dst, lanes);
                 }
             }
@@ -198,7 +198,7 @@ unsafe fn output<T: Lanes>(
             let tb = (u - u0) * tw + j0;
             // down[s][a]: column s of the 16 tiles after Aᵀ down.
             let down = six!(|s| at6(six!(|r| T::load_first(
-                m.add(((r * 6 + s) * g.cout + o) * t + tb),
+                m.add((r * 6 + s) * slab(g.cout, t) + o * t + tb),
                 lanes
             ))));
             for a in 0..4 {
@@ -270,7 +270,7 @@ unsafe fn grad_input<T: Lanes>(
                 for (r, val) in out.into_iter().enumerate() {
                     // SAFETY: (ξ, o, tb..tb + lanes) lies in this block's dM and belongs to the
                     // task for channel o.
-                    val.store_first(dm.add(((r * 6 + s) * g.cout + o) * t + tb), lanes);
+                    val.store_first(dm.add((r * 6 + s) * slab(g.cout, t) + o * t + tb), lanes);
                 }
             }
         }
@@ -313,7 +313,7 @@ unsafe fn grad_output<T: Lanes>(
             let tb = (u - u0) * tw + j0;
             // vert[k][r]: column k of the 16 tiles after B down.
             let vert = six!(|k| b6(six!(|a| T::load_first(
-                dv.add(((a * 6 + k) * g.cin + c) * t + tb),
+                dv.add((a * 6 + k) * slab(g.cin, t) + c * t + tb),
                 lanes
             ))));
             for r in 0..6 {
