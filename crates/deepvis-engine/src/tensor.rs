@@ -170,6 +170,24 @@ impl Tensor {
         Ok(Tensor { shape, data })
     }
 
+    /// A copy of `data` in a buffer from the engine's pool. Per-step inputs built this way
+    /// reuse memory; a fresh `Vec` each step came back as page-faulting memory.
+    pub fn from_slice(shape: &[usize], data: &[f32]) -> Result<Self, EngineError> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(EngineError::Shape(format!(
+                "shape {shape:?} needs {numel} values, got {}",
+                data.len()
+            )));
+        }
+        let mut buf = buffers::take(numel);
+        buf.copy_from_slice(data);
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            data: buf,
+        })
+    }
+
     pub fn zeros(shape: &[usize]) -> Self {
         Tensor {
             shape: shape.to_vec(),
@@ -255,5 +273,19 @@ impl Tensor {
         for (a, b) in self.data.iter_mut().zip(&other.data) {
             *a += *b;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_slice_copies_and_checks_the_length() {
+        let data: Vec<f32> = (0..6000).map(|i| i as f32 * 0.5).collect();
+        let t = Tensor::from_slice(&[2, 3, 1000], &data).unwrap();
+        assert_eq!(t.shape(), &[2, 3, 1000]);
+        assert_eq!(t.data(), &data[..]);
+        assert!(Tensor::from_slice(&[2, 3, 999], &data).is_err());
     }
 }

@@ -84,13 +84,29 @@ pub struct ChannelResult {
 /// Maps RGB in [0, 1] to the model's normalized input, and gradients back.
 pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
     let mut y = x.clone();
+    normalize_in_place(&mut y, norm);
+    y
+}
+
+/// `normalize` of the RGB images `[n, 3, h, w]` in `rgb`, into a tensor from the engine's
+/// buffer pool (what the render loop builds every step).
+pub(crate) fn normalized(
+    rgb: &[f32],
+    shape: [usize; 4],
+    norm: &Normalization,
+) -> Result<Tensor, RenderError> {
+    let mut x = Tensor::from_slice(&shape, rgb)?;
+    normalize_in_place(&mut x, norm);
+    Ok(x)
+}
+
+fn normalize_in_place(x: &mut Tensor, norm: &Normalization) {
     let plane = x.shape()[2] * x.shape()[3];
-    for (i, p) in y.data_mut().chunks_mut(plane).enumerate() {
+    for (i, p) in x.data_mut().chunks_mut(plane).enumerate() {
         let c = i % 3;
         let (m, s) = (norm.mean[c], norm.std[c]);
         p.iter_mut().for_each(|v| *v = (*v - m) / s);
     }
-    y
 }
 
 /// d/d rgb from d/d normalized: divide by the channel's std.

@@ -4,8 +4,7 @@ use crate::objective::{BatchObjective, Objective};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::param::{Param, ParamKind, Pixel};
 use crate::transform::{lucid_standard_for, resize, PadMode, Pipeline, Regularizer, Transform};
-use crate::{denormalize_grad, normalize, RenderError};
-use deepvis_engine::Tensor;
+use crate::{denormalize_grad, normalized, RenderError};
 use deepvis_models::Model;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -242,9 +241,9 @@ pub fn evaluate(
     h: usize,
     w: usize,
 ) -> Result<Vec<f32>, RenderError> {
-    let x = Tensor::new(vec![n, 3, h, w], images.to_vec())?;
+    let x = normalized(images, [n, 3, h, w], &model.info.normalization)?;
     deepvis_engine::on_pool(|| {
-        let trace = objective.trace(&model.graph, normalize(&x, &model.info.normalization))?;
+        let trace = objective.trace(&model.graph, x)?;
         Ok(objective.evaluate(&trace, n, false)?.0)
     })
 }
@@ -258,6 +257,7 @@ struct Stepper<'a> {
     image_grad: Vec<f32>,
     param_grad: Vec<f32>,
     penalty_values: Vec<f32>,
+    penalty_grad: Vec<f32>,
 }
 
 impl<'a> Stepper<'a> {
@@ -287,11 +287,12 @@ impl<'a> Stepper<'a> {
         self.image.resize(n * 3 * h * w, 0.0);
         param.forward(&mut self.image);
         let (th, tw) = pipeline.forward(&self.image, n, h, w, rng);
-        let x = Tensor::new(vec![n, 3, th, tw], pipeline.output().to_vec())?;
-        let trace = self.objective.trace(
-            &self.model.graph,
-            normalize(&x, &self.model.info.normalization),
+        let x = normalized(
+            pipeline.output(),
+            [n, 3, th, tw],
+            &self.model.info.normalization,
         )?;
+        let trace = self.objective.trace(&self.model.graph, x)?;
         let (values, grads) = self.objective.evaluate(&trace, n, true)?;
         let seeds = grads.expect("asked for gradients").into_seeds();
         let mut g = self.model.graph.backward_multi(&trace, seeds)?;
@@ -300,13 +301,15 @@ impl<'a> Stepper<'a> {
         self.image_grad.resize(n * 3 * h * w, 0.0);
         pipeline.backward(g.data(), &mut self.image_grad);
         if regularizers.iter().any(Regularizer::is_penalty) {
-            let mut pg = vec![0.0f32; self.image.len()];
+            let pg = &mut self.penalty_grad;
+            pg.clear();
+            pg.resize(self.image.len(), 0.0);
             self.penalty_values.clear();
             self.penalty_values.resize(n, 0.0);
             for r in regularizers {
-                r.penalty(&self.image, n, h, w, &mut self.penalty_values, &mut pg);
+                r.penalty(&self.image, n, h, w, &mut self.penalty_values, pg);
             }
-            for (a, b) in self.image_grad.iter_mut().zip(&pg) {
+            for (a, b) in self.image_grad.iter_mut().zip(pg.iter()) {
                 *a -= b;
             }
         }
@@ -381,6 +384,7 @@ pub fn render(
         image_grad: Vec::new(),
         param_grad: Vec::new(),
         penalty_values: Vec::new(),
+        penalty_grad: Vec::new(),
     };
     param.forward(&mut stepper.image);
     let initial = evaluate(model, objective, &stepper.image, n, first, first)?;
@@ -560,6 +564,7 @@ pub fn dream(
             image_grad: Vec::new(),
             param_grad: Vec::new(),
             penalty_values: Vec::new(),
+            penalty_grad: Vec::new(),
         };
         let mut optimizer = Optimizer::new(OptimizerKind::Normalized { lr: settings.lr });
         for _ in 0..settings.steps_per_octave {
