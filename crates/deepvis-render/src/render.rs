@@ -387,7 +387,15 @@ pub fn render(
         penalty_grad: Vec::new(),
     };
     param.forward(&mut stepper.image);
-    let initial = evaluate(model, objective, &stepper.image, n, first, first)?;
+    // Without transforms the first step's forward pass is on the start images themselves, so
+    // its values are the initial objective (as in `ascend_channels`): one forward pass less.
+    let first_step_is_start =
+        settings.octaves[0].steps > 0 && scaled_transforms(settings, first).is_empty();
+    let mut initial = if first_step_is_start {
+        Vec::new()
+    } else {
+        evaluate(model, objective, &stepper.image, n, first, first)?
+    };
     let mut optimizer = Optimizer::new(settings.optimizer);
     let total = settings.total_steps();
     let mut done = 0;
@@ -408,6 +416,9 @@ pub fn render(
                 &settings.regularizers,
                 &mut rng,
             )?;
+            if done == 0 && first_step_is_start {
+                initial.clone_from(&values);
+            }
             let per = param.per_image();
             optimizer.step(param.params_mut(), &stepper.param_grad, per);
             param.project();
