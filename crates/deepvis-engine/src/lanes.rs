@@ -240,6 +240,15 @@ mod avx512 {
         unsafe { _mm512_loadu_si512(v.as_ptr() as *const _) }
     }
 
+    /// Permute indices joining the low (`lo`) or the high (`hi`) 8 lanes of two vectors.
+    #[inline(always)]
+    fn halves() -> (__m512i, __m512i) {
+        (
+            idx([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]),
+            idx([8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31]),
+        )
+    }
+
     impl Lanes for Zmm {
         #[inline(always)]
         fn zero() -> Self {
@@ -284,8 +293,7 @@ mod avx512 {
             // each, then the halves of lanes 0–7 and 8–15 joined.
             let k01 = idx([0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29]);
             let k23 = idx([2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31]);
-            let lo = idx([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]);
-            let hi = idx([8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31]);
+            let (lo, hi) = halves();
             unsafe {
                 let b0 = _mm512_permutex2var_ps(a[0].0, k01, a[1].0);
                 let b1 = _mm512_permutex2var_ps(a[0].0, k23, a[1].0);
@@ -301,8 +309,7 @@ mod avx512 {
         }
         #[inline(always)]
         fn interleave4(c: [Self; 4]) -> [Self; 4] {
-            let lo = idx([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]);
-            let hi = idx([8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31]);
+            let (lo, hi) = halves();
             // b0 = [c0 0–7 | c1 0–7], b1 = [c2 0–7 | c3 0–7]; lane l of the output quad q
             // gathers (c0, c1, c2, c3)[l] at 8·(k mod 2) + l of b(k / 2).
             let q0 = idx([0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27]);

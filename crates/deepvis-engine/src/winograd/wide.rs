@@ -130,6 +130,8 @@ unsafe fn output_columns<T: Lanes>(src: *const f32, n: usize) -> [T; 4] {
 /// `input_transform`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
+// `s` indexes the second axis of a [row][column] array: no iterator runs across it.
+#[allow(clippy::needless_range_loop)]
 unsafe fn input<T: Lanes>(
     g: &WinoGeom,
     x: &[f32],
@@ -176,6 +178,8 @@ unsafe fn input<T: Lanes>(
 /// y[n, o, rows of units u0..u1] from M[ξ][o][t], plus bias, then ReLU if `relu`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
+// `s` indexes the second axis of a [row][column] array: no iterator runs across it.
+#[allow(clippy::needless_range_loop)]
 unsafe fn output<T: Lanes>(
     g: &WinoGeom,
     m: &[f32],
@@ -235,6 +239,8 @@ unsafe fn output<T: Lanes>(
 /// dM[ξ][o][t] = A dY Aᵀ for the 4×4 output-gradient tiles (see the parent's
 /// `grad_input_transform`).
 #[inline(always)]
+// `s` indexes the second axis of a [row][column] array: no iterator runs across it.
+#[allow(clippy::needless_range_loop)]
 unsafe fn grad_input<T: Lanes>(
     g: &WinoGeom,
     dy: &[f32],
