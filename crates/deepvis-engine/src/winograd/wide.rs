@@ -81,13 +81,18 @@ unsafe fn tile_columns<T: Lanes>(row: *const f32, w: usize, col0: isize) -> [T; 
         let p = row.wrapping_offset(col0);
         let lo = (-col0).max(0) as usize;
         let hi = (w as isize - col0).max(0) as usize;
-        let part = |q: usize| {
-            T::load_range(
-                p.wrapping_add(16 * q),
-                lo.saturating_sub(16 * q),
-                hi.saturating_sub(16 * q),
-            )
-        };
+        // (Lane ranges by plain integer closures; the loads themselves are not in a closure,
+        // see `six!`.)
+        let (lo_q, hi_q) = (
+            |q: usize| lo.saturating_sub(16 * q),
+            |q: usize| hi.saturating_sub(16 * q),
+        );
+        let a = [
+            T::load_range(p, lo_q(0), hi_q(0)),
+            T::load_range(p.wrapping_add(16), lo_q(1), hi_q(1)),
+            T::load_range(p.wrapping_add(32), lo_q(2), hi_q(2)),
+            T::load_range(p.wrapping_add(48), lo_q(3), hi_q(3)),
+        ];
         let at = |q: usize| {
             if (lo..hi).contains(&q) {
                 *p.wrapping_add(q)
@@ -95,7 +100,7 @@ unsafe fn tile_columns<T: Lanes>(row: *const f32, w: usize, col0: isize) -> [T; 
                 0.0
             }
         };
-        ([part(0), part(1), part(2), part(3)], at(64), at(65))
+        (a, at(64), at(65))
     };
     let [c0, c1, c2, c3] = T::deinterleave4(a);
     // Columns 4 and 5 of tile l are columns 0 and 1 of tile l + 1.
