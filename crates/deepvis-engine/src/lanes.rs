@@ -28,7 +28,10 @@ pub(crate) trait Lanes: Arith {
     /// The first `n` (≤ 16) lanes from `p`, zeros beyond.
     /// # Safety
     /// `p` is valid for reading `n` floats.
-    unsafe fn load_first(p: *const f32, n: usize) -> Self;
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, n: usize) -> Self {
+        Self::load_range(p, 0, n)
+    }
     /// Lanes `lo..hi` (⊆ 0..16) from `p + lane`, zeros elsewhere.
     /// # Safety
     /// `p + lo .. p + hi` is valid for reading; `p` itself may point outside the allocation
@@ -44,7 +47,10 @@ pub(crate) trait Lanes: Arith {
     /// Writes the first `n` (≤ 16) lanes.
     /// # Safety
     /// `p` is valid for writing `n` floats.
-    unsafe fn store_first(self, p: *mut f32, n: usize);
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize) {
+        self.store_range(p, 0, n)
+    }
     /// From 64 consecutive floats `a` (four vectors), lanes `c[k][l] = a[4l + k]`.
     fn deinterleave4(a: [Self; 4]) -> [Self; 4];
     /// The inverse of `deinterleave4`.
@@ -118,12 +124,6 @@ impl Lanes for Lanes16 {
         Lanes16(std::ptr::read_unaligned(p as *const [f32; 16]))
     }
     #[inline(always)]
-    unsafe fn load_first(p: *const f32, n: usize) -> Self {
-        let mut v = [0.0; 16];
-        std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n.min(16));
-        Lanes16(v)
-    }
-    #[inline(always)]
     unsafe fn load_range(p: *const f32, lo: usize, hi: usize) -> Self {
         let mut v = [0.0; 16];
         for (i, d) in v.iter_mut().enumerate().take(hi.min(16)).skip(lo) {
@@ -140,10 +140,6 @@ impl Lanes for Lanes16 {
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         std::ptr::write_unaligned(p as *mut [f32; 16], self.0)
-    }
-    #[inline(always)]
-    unsafe fn store_first(self, p: *mut f32, n: usize) {
-        std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, n.min(16));
     }
     #[inline(always)]
     fn deinterleave4(a: [Self; 4]) -> [Self; 4] {
@@ -267,10 +263,6 @@ mod avx512 {
             Zmm(_mm512_loadu_ps(p))
         }
         #[inline(always)]
-        unsafe fn load_first(p: *const f32, n: usize) -> Self {
-            Zmm(_mm512_maskz_loadu_ps(mask(n), p))
-        }
-        #[inline(always)]
         unsafe fn load_range(p: *const f32, lo: usize, hi: usize) -> Self {
             // Masked-off lanes are not accessed (AVX-512 suppresses their faults).
             Zmm(_mm512_maskz_loadu_ps(range_mask(lo, hi), p))
@@ -282,10 +274,6 @@ mod avx512 {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             _mm512_storeu_ps(p, self.0)
-        }
-        #[inline(always)]
-        unsafe fn store_first(self, p: *mut f32, n: usize) {
-            _mm512_mask_storeu_ps(p, mask(n), self.0)
         }
         #[inline(always)]
         fn deinterleave4(a: [Self; 4]) -> [Self; 4] {

@@ -157,15 +157,20 @@ pub(crate) mod buffers {
     }
 }
 
+/// Whether `len` values fill `shape`.
+fn check_len(shape: &[usize], len: usize) -> Result<(), EngineError> {
+    let numel: usize = shape.iter().product();
+    if numel != len {
+        return Err(EngineError::Shape(format!(
+            "shape {shape:?} needs {numel} values, got {len}"
+        )));
+    }
+    Ok(())
+}
+
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self, EngineError> {
-        let numel: usize = shape.iter().product();
-        if numel != data.len() {
-            return Err(EngineError::Shape(format!(
-                "shape {shape:?} needs {numel} values, got {}",
-                data.len()
-            )));
-        }
+        check_len(&shape, data.len())?;
         buffers::adopt(data.len());
         Ok(Tensor { shape, data })
     }
@@ -173,14 +178,8 @@ impl Tensor {
     /// A copy of `data` in a buffer from the engine's pool. Per-step inputs built this way
     /// reuse memory; a fresh `Vec` each step came back as page-faulting memory.
     pub fn from_slice(shape: &[usize], data: &[f32]) -> Result<Self, EngineError> {
-        let numel: usize = shape.iter().product();
-        if numel != data.len() {
-            return Err(EngineError::Shape(format!(
-                "shape {shape:?} needs {numel} values, got {}",
-                data.len()
-            )));
-        }
-        let mut buf = buffers::take(numel);
+        check_len(shape, data.len())?;
+        let mut buf = buffers::take(data.len());
         buf.copy_from_slice(data);
         Ok(Tensor {
             shape: shape.to_vec(),

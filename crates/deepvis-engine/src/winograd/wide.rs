@@ -27,38 +27,23 @@ pub(super) struct Neighbours {
     pub after_done: bool,
 }
 
-/// `[e(0), …, e(5)]` for an expression `e` of `i`, unrolled. The kernels build their small
-/// arrays this way: not with closures (`array::from_fn`, `map`), which LLVM compiled as
-/// functions without the caller's target features, turning every intrinsic into a call; and
-/// not by filling a zeroed array, which cost a memset per chunk.
+/// `[e(k₀), e(k₁), …]` for an expression `e` of `i` and the listed indices, unrolled. The
+/// kernels build their small arrays this way: not with closures (`array::from_fn`, `map`),
+/// which LLVM compiled as functions without the caller's target features, turning every
+/// intrinsic into a call; and not by filling a zeroed array, which cost a memset per chunk.
+macro_rules! unrolled {
+    (|$i:ident| $e:expr; $($k:literal),+) => {
+        [$({
+            let $i = $k;
+            $e
+        }),+]
+    };
+}
+
+/// `unrolled!` over 0..6.
 macro_rules! six {
     (|$i:ident| $e:expr) => {
-        [
-            {
-                let $i = 0;
-                $e
-            },
-            {
-                let $i = 1;
-                $e
-            },
-            {
-                let $i = 2;
-                $e
-            },
-            {
-                let $i = 3;
-                $e
-            },
-            {
-                let $i = 4;
-                $e
-            },
-            {
-                let $i = 5;
-                $e
-            },
-        ]
+        unrolled!(|$i| $e; 0, 1, 2, 3, 4, 5)
     };
 }
 
@@ -264,9 +249,9 @@ unsafe fn grad_input<T: Lanes>(
         for j0 in (0..tw).step_by(16) {
             let lanes = (tw - j0).min(16);
             // hor[a][s]: output row a of the 16 tiles after A across.
-            let hor = six!(|a| {
+            let hor = unrolled!(|a| {
                 let oy = 4 * i + a;
-                if a >= 4 || oy >= g.oh {
+                if oy >= g.oh {
                     [T::zero(); 6]
                 } else {
                     a4(output_columns::<T>(
@@ -274,7 +259,7 @@ unsafe fn grad_input<T: Lanes>(
                         g.ow - 4 * j0,
                     ))
                 }
-            });
+            }; 0, 1, 2, 3);
             let tb = (u - u0) * tw + j0;
             for s in 0..6 {
                 let out = a4([hor[0][s], hor[1][s], hor[2][s], hor[3][s]]);
