@@ -10,12 +10,15 @@ use deepvis_models::Model;
 use deepvis_output::{
     grid_sheet, load_rgb, write_gallery, FilterRecord, Manifest, RgbImage, MANIFEST_FILE,
 };
-use deepvis_render::render::{render, seed_init, Init};
+use deepvis_render::render::{render, seed_init, Init, RenderOutput};
 use deepvis_render::{BatchObjective, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
@@ -46,6 +49,10 @@ pub struct FiltersArgs {
     /// more than fit in half the free memory).
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Batches rendered at the same time, one per thread (default: one per thread when images
+    /// are rendered one at a time and memory allows, else 1). Images are the same either way.
+    #[arg(long)]
+    pub jobs: Option<usize>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -159,11 +166,7 @@ pub fn plan_batch(
     requested: Option<usize>,
     count: usize,
 ) -> Result<usize> {
-    let per_image = model
-        .graph
-        .activation_bytes(&[1, 3, size, size], layer)
-        .map_err(|e| anyhow::anyhow!("image size {size} does not work for this layer: {e}"))?
-        .saturating_mul(2);
+    let per_image = pass_bytes(model, layer, size)?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     if let Some(avail) = available_memory() {
         if per_image > avail {
@@ -188,6 +191,57 @@ pub fn plan_batch(
         }
     }
     Ok(requested.unwrap_or(default_batch(per_image).min(count)))
+}
+
+/// How many batches render side by side, one per thread. Measured on 2 cores with VGG16 at
+/// 512 px, one image per batch: two single-threaded passes side by side take 4–6 % less time
+/// per image than one pass split over both threads (features.5 69.4 → 66.5 ms per image-step,
+/// features.21 246 → 231, features.28 280 → 268), as no op splits and joins its work and each
+/// core keeps its own image in its own caches. Batches of several images already share their
+/// work out, and would hold several times the memory, so by default only single images go
+/// side by side.
+pub fn plan_jobs(
+    model: &Model,
+    layer: usize,
+    size: usize,
+    batch: usize,
+    requested: Option<usize>,
+    groups: usize,
+) -> Result<usize> {
+    let per_batch = pass_bytes(model, layer, size)?.saturating_mul(batch as u64);
+    let avail = available_memory();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if let Some(jobs) = requested {
+        if jobs == 0 {
+            bail!("--jobs must be at least 1");
+        }
+        if let Some(avail) = avail {
+            let need = per_batch.saturating_mul(jobs as u64);
+            if jobs > 1 && need > avail {
+                bail!(
+                    "--jobs {jobs} needs about {:.1} GiB, but only {:.1} GiB is free; use a smaller --jobs",
+                    gib(need),
+                    gib(avail)
+                );
+            }
+        }
+        return Ok(jobs.min(groups.max(1)));
+    }
+    if batch > 1 {
+        return Ok(1);
+    }
+    let fit = avail.map_or(1, |a| (a / 2 / per_batch.max(1)) as usize);
+    Ok(rayon::current_num_threads().min(fit).min(groups).max(1))
+}
+
+/// What one image's forward and backward pass holds at most: about twice the activations of
+/// its forward pass.
+fn pass_bytes(model: &Model, layer: usize, size: usize) -> Result<u64> {
+    Ok(model
+        .graph
+        .activation_bytes(&[1, 3, size, size], layer)
+        .map_err(|e| anyhow::anyhow!("image size {size} does not work for this layer: {e}"))?
+        .saturating_mul(2))
 }
 
 fn default_batch(per_image: u64) -> usize {
@@ -251,9 +305,12 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let steps = base_settings.total_steps();
     let progress = Progress::new(a.run.quiet, rendering * steps, skipped);
 
-    let mut done_steps = 0;
-    for group in &groups {
-        let start = Instant::now();
+    let jobs = plan_jobs(model, layer, size, batch, a.jobs, groups.len())?;
+    if jobs > 1 {
+        deepvis_engine::set_concurrent_passes(jobs);
+    }
+    let done_steps = AtomicUsize::new(0);
+    let render_group = |group: &Vec<usize>| -> Result<RenderOutput> {
         let objectives: Vec<Objective> = group
             .iter()
             .map(|&f| Objective::channel(model, &layer_name, f))
@@ -268,32 +325,49 @@ pub fn run(a: FiltersArgs) -> Result<()> {
             Init::Random
         };
         let n = group.len();
-        let result = render(model, &objective, n, &settings_g, init, |p| {
-            progress.step(done_steps + p.step * n, rendering * steps)
-        })?;
-        done_steps += steps * n;
-        let per = 3 * result.size * result.size;
-        let seconds = start.elapsed().as_secs_f64() / n as f64;
-        for (b, &f) in group.iter().enumerate() {
-            let rel = png_rel(f);
-            RgbImage::from_planar_f32(
-                &result.images[b * per..(b + 1) * per],
-                result.size,
-                result.size,
-            )
-            .save_png(&out.join(&rel))?;
-            manifest.upsert_filter(
-                &layer_name,
-                &settings,
-                a.run.seed,
-                FilterRecord {
-                    filter: f,
-                    png: rel.to_string_lossy().into_owned(),
-                    initial_activation: result.initial[b],
-                    final_activation: result.final_values[b],
-                    seconds,
-                },
-            );
+        let mut reported = 0;
+        Ok(render(model, &objective, n, &settings_g, init, |p| {
+            let done = done_steps.fetch_add((p.step - reported) * n, Ordering::Relaxed)
+                + (p.step - reported) * n;
+            reported = p.step;
+            progress.step(done, rendering * steps)
+        })?)
+    };
+    // Groups are independent renders, so `jobs` of them may run side by side, one per thread;
+    // each image comes out the same either way.
+    for wave in groups.chunks(jobs) {
+        let start = Instant::now();
+        let results: Vec<Result<RenderOutput>> = if wave.len() > 1 {
+            wave.par_iter().map(render_group).collect()
+        } else {
+            wave.iter().map(render_group).collect()
+        };
+        let images: usize = wave.iter().map(Vec::len).sum();
+        let seconds = start.elapsed().as_secs_f64() / images as f64;
+        for (group, result) in wave.iter().zip(results) {
+            let result = result?;
+            let per = 3 * result.size * result.size;
+            for (b, &f) in group.iter().enumerate() {
+                let rel = png_rel(f);
+                RgbImage::from_planar_f32(
+                    &result.images[b * per..(b + 1) * per],
+                    result.size,
+                    result.size,
+                )
+                .save_png(&out.join(&rel))?;
+                manifest.upsert_filter(
+                    &layer_name,
+                    &settings,
+                    a.run.seed,
+                    FilterRecord {
+                        filter: f,
+                        png: rel.to_string_lossy().into_owned(),
+                        initial_activation: result.initial[b],
+                        final_activation: result.final_values[b],
+                        seconds,
+                    },
+                );
+            }
         }
         // After each batch, so an interrupted run resumes from here.
         manifest.save(&manifest_path)?;
@@ -347,7 +421,9 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     plain: bool,
     start: Instant,
-    last: std::cell::Cell<Instant>,
+    /// When the last plain line was printed, and the most steps reported (renders side by side
+    /// report out of order).
+    last: Mutex<(Instant, usize)>,
 }
 
 impl Progress {
@@ -358,7 +434,7 @@ impl Progress {
                 bar: None,
                 plain: false,
                 start: now,
-                last: now.into(),
+                last: Mutex::new((now, 0)),
             };
         }
         if skipped > 0 {
@@ -377,25 +453,28 @@ impl Progress {
                 bar: Some(bar),
                 plain: false,
                 start: now,
-                last: now.into(),
+                last: Mutex::new((now, 0)),
             }
         } else {
             Progress {
                 bar: None,
                 plain: true,
                 start: now,
-                last: now.into(),
+                last: Mutex::new((now, 0)),
             }
         }
     }
 
     pub fn step(&self, done: usize, total: usize) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if done <= last.1 {
+            return;
+        }
+        last.1 = done;
         if let Some(bar) = &self.bar {
             bar.set_position(done as u64);
-        } else if self.plain
-            && (self.last.get().elapsed() >= Duration::from_secs(5) || done == total)
-        {
-            self.last.set(Instant::now());
+        } else if self.plain && (last.0.elapsed() >= Duration::from_secs(5) || done == total) {
+            last.0 = Instant::now();
             let elapsed = self.start.elapsed().as_secs_f64();
             let eta = elapsed / done.max(1) as f64 * (total - done) as f64;
             eprintln!("{done}/{total} image-steps, {elapsed:.0} s elapsed, ETA {eta:.0} s");

@@ -130,7 +130,8 @@ fn results_reproduce_from_the_seed_whatever_the_batch() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let c = tempfile::tempdir().unwrap();
-    let run = |dir: &Path, batch: &str, seed: &str| {
+    let d = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, batch: &str, jobs: &str, seed: &str| {
         ok(deepvis(&[
             "filters",
             "--preset",
@@ -145,6 +146,8 @@ fn results_reproduce_from_the_seed_whatever_the_batch() {
             "4",
             "--batch",
             batch,
+            "--jobs",
+            jobs,
             "--seed",
             seed,
             "--out",
@@ -152,14 +155,18 @@ fn results_reproduce_from_the_seed_whatever_the_batch() {
             "--quiet",
         ]))
     };
-    run(a.path(), "2", "7");
-    run(b.path(), "1", "7");
-    run(c.path(), "2", "8");
+    run(a.path(), "2", "1", "7");
+    run(b.path(), "1", "1", "7");
+    run(c.path(), "2", "1", "8");
+    // Two single-image renders side by side, one per thread.
+    run(d.path(), "1", "2", "7");
     let png = |d: &Path, f: usize| {
         std::fs::read(d.join(format!("efficientnet_lite0/_blocks.3/filter_{f:04}.png"))).unwrap()
     };
     assert_eq!(png(a.path(), 5), png(b.path(), 5));
     assert_eq!(png(a.path(), 9), png(b.path(), 9));
+    assert_eq!(png(a.path(), 5), png(d.path(), 5));
+    assert_eq!(png(a.path(), 9), png(d.path(), 9));
     assert_ne!(
         png(a.path(), 9),
         png(c.path(), 9),
@@ -355,6 +362,10 @@ fn bad_input_gets_one_clear_line() {
         "filter 112 is out of range",
     );
     check(
+        base(&["--layer", "_blocks.8", "--jobs", "0"]),
+        "--jobs must be at least 1",
+    );
+    check(
         base(&["--layer", "_blocks.8", "--filters", "9..3"]),
         "empty or reversed",
     );
@@ -491,11 +502,11 @@ fn downloads_are_checked_against_the_hash_in_the_file_name() {
 fn the_default_preset_reproduces_from_the_seed() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let run = |dir: &Path, preset: &str| {
+    let run = |dir: &Path, jobs: &str| {
         ok(deepvis(&[
             "filters",
             "--preset",
-            preset,
+            "default",
             "--layer",
             "_blocks.8",
             "--filters",
@@ -504,13 +515,18 @@ fn the_default_preset_reproduces_from_the_seed() {
             "96",
             "--steps",
             "48",
+            "--batch",
+            "1",
+            "--jobs",
+            jobs,
             "--out",
             dir.to_str().unwrap(),
             "--quiet",
         ]))
     };
-    run(a.path(), "default");
-    run(b.path(), "default");
+    // One at a time, then both side by side: the same images.
+    run(a.path(), "1");
+    run(b.path(), "2");
     let png = |d: &Path, f: usize| {
         std::fs::read(d.join(format!("efficientnet_lite0/_blocks.8/filter_{f:04}.png"))).unwrap()
     };

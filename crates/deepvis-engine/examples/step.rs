@@ -3,9 +3,10 @@
 //!
 //!     cargo run --release -p deepvis-engine --example step -- [--layer 28] [--size 224]
 //!         [--batch 1] [--iters 9] [--algo auto|im2col|winograd] [--precision f32|bf16]
-//!         [--profile] [--all-channels]
+//!         [--profile] [--all-channels] [--pair]
 //!
-//! Prints the median wall time per step, CPU time per step (user and system, so page-fault
+//! `--pair` times two steps side by side, one per thread (as `deepvis filters` renders
+//! single images with `--jobs 2`); its time is for both. Prints the median wall time per step, CPU time per step (user and system, so page-fault
 //! overhead shows), and with `--profile` the time of every op forward and backward.
 
 use deepvis_engine::*;
@@ -84,6 +85,10 @@ fn main() {
     let iters: usize = arg("--iters", "9").parse().expect("--iters N");
     let algo = ConvAlgo::parse(&arg("--algo", "auto")).expect("--algo auto|im2col|winograd");
     let profile = args.iter().any(|a| a == "--profile");
+    let pair = args.iter().any(|a| a == "--pair");
+    if pair {
+        set_concurrent_passes(2);
+    }
     set_conv_algo(algo);
     let prec = Precision::parse(&arg("--precision", "f32")).expect("--precision f32|bf16");
     if let Err(e) = set_precision(prec) {
@@ -158,7 +163,11 @@ fn main() {
     let (u0, s0) = cpu_seconds();
     for _ in 0..iters {
         let t = Instant::now();
-        std::hint::black_box(step(&x));
+        if pair {
+            on_pool(|| std::hint::black_box(rayon::join(|| step(&x), || step(&x))));
+        } else {
+            std::hint::black_box(step(&x));
+        }
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let (u1, s1) = cpu_seconds();

@@ -24,7 +24,7 @@ pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Line
 pub use memory::retain_freed_memory;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 pub use simd::{detected_simd, set_max_simd, simd_level, SimdLevel};
-pub use tensor::Tensor;
+pub use tensor::{set_concurrent_passes, Tensor};
 pub use threads::on_pool;
 
 #[derive(Debug, thiserror::Error)]

@@ -59,7 +59,15 @@ pub(crate) mod buffers {
     /// 319 against 345), at the same peak RSS (±3 %). Above 1 GiB (a batch of 8 at 512 px) the cap stays the working
     /// set: there, more room bought 15 % but cost 0.4 GB of peak RSS.
     fn cap() -> usize {
-        PEAK.load(Ordering::Relaxed).max(1 << 30)
+        PEAK.load(Ordering::Relaxed)
+            .max(FLOOR.load(Ordering::Relaxed))
+    }
+
+    /// The least `cap` allows: 1 GiB per pass that runs at the same time (`set_concurrent_passes`).
+    static FLOOR: AtomicUsize = AtomicUsize::new(1 << 30);
+
+    pub(crate) fn set_floor(bytes: usize) {
+        FLOOR.store(bytes, Ordering::Relaxed);
     }
 
     fn lock() -> std::sync::MutexGuard<'static, Pool> {
@@ -155,6 +163,15 @@ pub(crate) mod buffers {
             pool.bytes -= v.capacity() * 4;
         }
     }
+}
+
+/// Tells the buffer pool how many forward and backward passes run at the same time (one per
+/// thread when a caller renders independent images side by side), so that it keeps the same
+/// room per pass as for one. With the room of one pass, two 512-px VGG16 passes evicted each
+/// other's buffers every step and page-faulted them in again (features.28: 16 000 page
+/// faults and 55 ms of system time per pair of steps).
+pub fn set_concurrent_passes(passes: usize) {
+    buffers::set_floor(passes.max(1) << 30);
 }
 
 /// Whether `len` values fill `shape`.
