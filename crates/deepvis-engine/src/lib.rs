@@ -12,6 +12,7 @@ mod layers;
 mod memory;
 mod narrow;
 mod pool;
+mod sgemm;
 mod simd;
 mod tensor;
 mod threads;
