@@ -174,7 +174,14 @@ impl WinoGeom {
     /// transform-domain data stays near the L2 cache size.
     fn rows_per_block(&self) -> usize {
         const TARGET_TILES: usize = 64;
-        TARGET_TILES.div_ceil(self.tw()).clamp(1, self.units())
+        let tw = self.tw();
+        let least = TARGET_TILES.div_ceil(tw);
+        // The GEMMs' columns are tiles, 16 to a vector: a block of 84 or 70 tiles computes 96
+        // or 80. Up to twice the target, take the first row count that fills whole vectors.
+        let rows = (least..=2 * least)
+            .find(|r| (r * tw) % 16 == 0 && r * tw <= 2 * TARGET_TILES)
+            .unwrap_or(least);
+        rows.clamp(1, self.units())
     }
     fn blocks(&self) -> Vec<(usize, usize)> {
         let rows = self.rows_per_block();
