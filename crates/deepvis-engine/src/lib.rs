@@ -12,6 +12,7 @@ mod layers;
 mod memory;
 mod narrow;
 mod pool;
+#[cfg(target_arch = "x86_64")]
 mod sgemm;
 mod simd;
 mod tensor;

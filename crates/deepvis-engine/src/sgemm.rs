@@ -82,7 +82,8 @@ pub(crate) unsafe fn sgemm(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
+// Indexed loops over the const bounds: LLVM unrolls them into the 24 named registers.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn kernel<const R: usize, const NV: usize>(
     kc: usize,
     a: *const f32,

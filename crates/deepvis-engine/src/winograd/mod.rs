@@ -179,7 +179,7 @@ impl WinoGeom {
         // The GEMMs' columns are tiles, 16 to a vector: a block of 84 or 70 tiles computes 96
         // or 80. Up to twice the target, take the first row count that fills whole vectors.
         let rows = (least..=2 * least)
-            .find(|r| (r * tw) % 16 == 0 && r * tw <= 2 * TARGET_TILES)
+            .find(|r| (r * tw).is_multiple_of(16) && r * tw <= 2 * TARGET_TILES)
             .unwrap_or(least);
         rows.clamp(1, self.units())
     }
