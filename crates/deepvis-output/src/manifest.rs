@@ -55,6 +55,8 @@ pub struct FilterRecord {
     pub initial_activation: f32,
     #[serde(with = "non_finite_as_null")]
     pub final_activation: f32,
+    /// Wall-clock seconds per image of the batches rendered together with this one (its own
+    /// and any run side by side), so the sum over filters is the run's time.
     pub seconds: f64,
 }
 
