@@ -9,7 +9,8 @@
 //! layout) from L1 and L2. The register tile is `gemm`'s own: 6 rows by 4 vectors of 16
 //! columns, 24 accumulators, each kept over the whole depth. Measured on VGG16 at 512 px:
 //! features.28 278 → 265 ms per step, features.5 68.6 → 66.9 ms; alone, on 64- to 128-channel
-//! products with the weights in cache, 260 against `gemm`'s 230–250 GFLOP/s.
+//! products with the weights in cache, 260 against `gemm`'s 230–250 GFLOP/s. Weights too big
+//! for L2 against full blocks still go to `gemm` (`winograd::block_gemms` says why).
 
 /// Rows of C per kernel call.
 const MR: usize = 6;
@@ -101,7 +102,7 @@ unsafe fn kernel<const R: usize, const NV: usize>(
     let mut ap = a;
     for kk in 0..kc {
         // One line of each row of the next group per 16 steps: its rows arrive in time, where
-        // the hardware's prefetcher alone fell behind on six strided streams (168 against 223
+        // the hardware's prefetcher alone fell behind on six strided streams (188 against 223
         // GFLOP/s with 36 planes of 512 × 512 weights out of cache).
         if kk % 16 == 0 {
             for r in 0..R {
