@@ -487,3 +487,33 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_images_go_side_by_side_one_per_thread() {
+        let model = Model::bundled("efficientnet_lite0").expect("bundled model");
+        let layer = model.layer("_blocks.8").expect("layer");
+        let threads = rayon::current_num_threads();
+        let plan =
+            |batch, requested, groups| plan_jobs(&model, layer, 64, batch, requested, groups);
+        // Small images need little memory, so only the threads and the work limit the default
+        // (where free memory cannot be read, one at a time).
+        let side_by_side = if available_memory().is_some() {
+            threads.min(5)
+        } else {
+            1
+        };
+        assert_eq!(plan(1, None, 5).unwrap(), side_by_side);
+        assert_eq!(plan(1, None, 1).unwrap(), 1);
+        // Batches of several images already spread their work over the threads.
+        assert_eq!(plan(2, None, 5).unwrap(), 1);
+        // Asked for: as many as there are batches, at most.
+        assert_eq!(plan(1, Some(3), 2).unwrap(), 2);
+        assert_eq!(plan(4, Some(2), 9).unwrap(), 2);
+        let err = plan(1, Some(0), 2).unwrap_err().to_string();
+        assert!(err.contains("--jobs must be at least 1"), "{err}");
+    }
+}
