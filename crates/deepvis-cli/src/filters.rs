@@ -49,8 +49,9 @@ pub struct FiltersArgs {
     /// more than fit in half the free memory).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Batches rendered at the same time, one per thread (default: one per thread when images
-    /// are rendered one at a time and memory allows, else 1). Images are the same either way.
+    /// Batches rendered at the same time, one per thread (default: one per thread, as memory
+    /// allows, for single-image batches or models with small ops; else 1). Images are the same
+    /// either way.
     #[arg(long)]
     pub jobs: Option<usize>,
     #[command(flatten)]
@@ -193,13 +194,15 @@ pub fn plan_batch(
     Ok(requested.unwrap_or(default_batch(per_image).min(count)))
 }
 
-/// How many batches render side by side, one per thread. Measured on 2 cores with VGG16 at
-/// 512 px, one image per batch: two single-threaded passes side by side take 4–6 % less time
-/// per image than one pass split over both threads (features.5 69.4 → 66.5 ms per image-step,
-/// features.21 246 → 231, features.28 280 → 268), as no op splits and joins its work and each
-/// core keeps its own image in its own caches. Batches of several images already share their
-/// work out, and would hold several times the memory, so by default only single images go
-/// side by side.
+/// How many batches render side by side, one per thread. Measured on 2 cores: two
+/// single-threaded passes side by side beat one pass split over both threads wherever an op's
+/// split and join costs much against its work, or each core can keep its own image in its own
+/// caches. VGG16 at 512 px, one image per batch, per image-step: features.5 69.4 → 66.5 ms,
+/// features.21 246 → 231, features.28 280 → 268. EfficientNet-Lite0, whose ops average under
+/// 10 MFLOP: 16 filters at 224 px (batches of 2) 21.7 → 15.8 s, 32 at 128 px (batches of 6)
+/// 13.5 → 10.7 s. But batches of several VGG16 images, whose ops are hundreds of MFLOP, gain
+/// little or lose (64 px, batches of 8: 10.8 → 10.4 s; 128 px, batches of 3: 26.6 → 27.7 s), so
+/// by default batches go side by side only when they hold one image or their ops are small.
 pub fn plan_jobs(
     model: &Model,
     layer: usize,
@@ -227,7 +230,14 @@ pub fn plan_jobs(
         }
         return Ok(jobs.min(groups.max(1)));
     }
-    if batch > 1 {
+    /// Forward-pass work per node of one batch below which ops are small (VGG16's start at
+    /// hundreds of MFLOP, EfficientNet-Lite0's average under 10).
+    const SMALL_OPS: u64 = 100_000_000;
+    let flops = model
+        .graph
+        .forward_flops(&[batch, 3, size, size], layer)
+        .map_err(|e| anyhow::anyhow!("image size {size} does not work for this layer: {e}"))?;
+    if batch > 1 && flops / (layer as u64 + 1) >= SMALL_OPS {
         return Ok(1);
     }
     let fit = avail.map_or(1, |a| (a / 2 / per_batch.max(1)) as usize);
@@ -508,8 +518,14 @@ mod tests {
         };
         assert_eq!(plan(1, None, 5).unwrap(), side_by_side);
         assert_eq!(plan(1, None, 1).unwrap(), 1);
-        // Batches of several images already spread their work over the threads.
-        assert_eq!(plan(2, None, 5).unwrap(), 1);
+        // Lite0's ops are small: its batches go side by side too.
+        assert_eq!(plan(2, None, 5).unwrap(), side_by_side);
+        // VGG16's are not: a batch of several images spreads its work over the threads.
+        let vgg = deepvis_models::Model::build("vgg16", deepvis_models::WeightsFrom::Random(0))
+            .expect("vgg16");
+        let conv = vgg.layer("10").expect("layer");
+        assert_eq!(plan_jobs(&vgg, conv, 64, 8, None, 5).unwrap(), 1);
+        assert_eq!(plan_jobs(&vgg, conv, 64, 1, None, 5).unwrap(), side_by_side);
         // Asked for: as many as there are batches, at most.
         assert_eq!(plan(1, Some(3), 2).unwrap(), 2);
         assert_eq!(plan(4, Some(2), 9).unwrap(), 2);
