@@ -354,8 +354,16 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         };
         let images: usize = wave.iter().map(Vec::len).sum();
         let seconds = start.elapsed().as_secs_f64() / images as f64;
+        // A failed render leaves the others of its wave to be written first: what is done stays.
+        let mut failure = None;
         for (group, result) in wave.iter().zip(results) {
-            let result = result?;
+            let result = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
             let per = 3 * result.size * result.size;
             for (b, &f) in group.iter().enumerate() {
                 let rel = png_rel(f);
@@ -381,6 +389,10 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         }
         // After each batch, so an interrupted run resumes from here.
         manifest.save(&manifest_path)?;
+        if let Some(e) = failure {
+            progress.finish();
+            return Err(e);
+        }
     }
     progress.finish();
 
