@@ -347,11 +347,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     // each image comes out the same either way.
     for wave in groups.chunks(jobs) {
         let start = Instant::now();
-        let results: Vec<Result<RenderOutput>> = if wave.len() > 1 {
-            wave.par_iter().map(render_group).collect()
-        } else {
-            wave.iter().map(render_group).collect()
-        };
+        let results: Vec<Result<RenderOutput>> = wave.par_iter().map(render_group).collect();
         let images: usize = wave.iter().map(Vec::len).sum();
         let seconds = start.elapsed().as_secs_f64() / images as f64;
         // A failed render leaves the others of its wave to be written first: what is done stays.

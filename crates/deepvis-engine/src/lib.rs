@@ -39,3 +39,12 @@ pub enum EngineError {
     #[error("{0}")]
     Unsupported(String),
 }
+
+/// The unit tests' seeded inputs: uniform in [-0.5, 0.5).
+#[cfg(test)]
+pub(crate) fn test_lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}

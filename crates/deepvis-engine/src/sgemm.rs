@@ -142,13 +142,7 @@ unsafe fn kernel<const R: usize, const NV: usize>(
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-
-    fn lcg(s: &mut u64) -> f32 {
-        *s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    }
+    use crate::test_lcg as lcg;
 
     /// Against a float64 triple loop, over shapes with every row and column remainder, depths
     /// across the KC boundary, and leading dimensions wider than the matrices.

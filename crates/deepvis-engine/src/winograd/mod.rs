@@ -765,21 +765,21 @@ fn block_gemms(
         each(XI, par, one);
         return;
     }
-    let ut = if transpose { w.transposed() } else { &[] };
-    #[cfg(target_arch = "x86_64")]
+    // op(U[ξ]) row-major: U itself forward, its stored transpose backward.
+    let (a, lda) = if transpose {
+        (w.transposed(), cout)
+    } else {
+        (&w.u[..], cin)
+    };
     // `gemm` packs the weights before use, which pays only where big weights (512 × 512: 1 MiB
     // per ξ, more than L2) meet full blocks: they are streamed again for every block, and
     // `gemm` reads them in sequence where `sgemm` reads six strided rows at once (VGG16 at
     // 512 px, batch 8: 2578 ms per step with `gemm` there, 2751 ms with `sgemm` everywhere).
     // Smaller weights stay in cache, and short blocks (deep layers at 224 px: 16 or 49 tiles)
     // leave too little work to amortize the packing (features.28 at 224 px: 68 → 62 ms).
-    let own = m * k <= 256 * 256 || t < 64;
-    if own && crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
-        let (a, lda) = if transpose {
-            (ut, cout)
-        } else {
-            (&w.u[..], cin)
-        };
+    #[cfg(target_arch = "x86_64")]
+    if (m * k <= 256 * 256 || t < 64) && crate::simd::simd_level() == crate::simd::SimdLevel::Avx512
+    {
         let one = |xi: usize| {
             // SAFETY: AVX-512 is what simd_level() reports; each ξ reads its own U plane and
             // src slab and writes its own [m × t] slab of dst, all inside their buffers.
@@ -801,18 +801,10 @@ fn block_gemms(
         return;
     }
     let one = |xi: usize| {
-        let lhs = if transpose {
-            MatRef {
-                ptr: ut[xi * plane..].as_ptr(),
-                rs: cout as isize,
-                cs: 1,
-            }
-        } else {
-            MatRef {
-                ptr: w.u[xi * plane..].as_ptr(),
-                rs: cin as isize,
-                cs: 1,
-            }
+        let lhs = MatRef {
+            ptr: a[xi * plane..].as_ptr(),
+            rs: lda as isize,
+            cs: 1,
         };
         let rhs = MatRef {
             ptr: src[xi * slab(k, t)..].as_ptr(),
