@@ -929,9 +929,9 @@ fn winograd_cases() -> Vec<ConvCase> {
             (0, 2, 1, 0),
         ),
         case(1, 16, 16, (3, 5), p(1), (1, 1, 1, 1)),
-        // Rows of 12 tiles or more take the register-blocked transforms: two full chunks of
-        // 16 tiles and one of a single tile; exactly one chunk, unpadded, two images; enough
-        // tile rows for the parallel-block schedule; padding on one side only.
+        // Tile rows of 16 tiles or more, which fill the transforms' vectors: two full chunks
+        // of 16 tiles and one of a single tile; exactly one chunk, unpadded, two images;
+        // enough tile rows for the parallel-block schedule; padding on one side only.
         case(1, 16, 16, (9, 130), p(1), (1, 1, 1, 1)),
         case(2, 16, 17, (21, 66), p(0), (0, 0, 0, 0)),
         case(2, 16, 16, (60, 256), p(1), (1, 1, 1, 1)),

@@ -6,10 +6,8 @@
 //! The input gradient is the exact adjoint of that computation, so it needs no flipped kernel:
 //! only the transposed transform-domain weights (cached beside them, see `WinogradWeights::ut`).
 //!
-//! Tiles are processed in blocks of whole tile rows: the transforms run over contiguous rows
-//! (vectorizable across tiles), and a block's 36 transform-domain matrices stay cache-sized.
-//! Rows of at least `wide::MIN_TILES` tiles use the register-blocked transforms of `wide`;
-//! narrower ones (deep layers at small sizes) the block-wide, memory-staged ones below.
+//! Tiles are processed in blocks of whole tile rows, and a block's 36 transform-domain
+//! matrices stay cache-sized. The transforms (`wide`) keep 16 tiles of a row in registers.
 //!
 //! F(6×6, 3×3) would do 20 % fewer GEMM multiplications at 512 px, but the best interpolation
 //! points found for it gave 3.4× the mean float32 error of the F(4×4) points used here (see the
@@ -20,7 +18,6 @@ mod wide;
 use crate::bf16::{self, PackedA};
 use crate::gemm::{matmul, MatMut, MatRef};
 use crate::lanes::Arith;
-use crate::simd::simd_fn;
 use crate::Precision;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -317,423 +314,6 @@ pub(super) fn a4<T: Arith>(y: [T; 4]) -> [T; 6] {
     ]
 }
 
-/// Applies a 1-D transform element-wise across rows: out[·][j] = f(in[·][j]) for every j.
-#[inline(always)]
-fn map_rows<const I: usize, const O: usize>(
-    f: impl Fn([f32; I]) -> [f32; O],
-    input: [&[f32]; I],
-    out: [&mut [f32]; O],
-) {
-    let n = out[0].len();
-    let input: [&[f32]; I] = std::array::from_fn(|i| &input[i][..n]);
-    let mut out = out.map(|o| &mut o[..n]);
-    for j in 0..n {
-        let r = f(std::array::from_fn(|i| input[i][j]));
-        for (o, v) in out.iter_mut().zip(r) {
-            o[j] = v;
-        }
-    }
-}
-
-#[inline(always)]
-fn bt_rows(d: [&[f32]; 6], out: [&mut [f32]; 6]) {
-    map_rows(bt6, d, out)
-}
-
-#[inline(always)]
-fn b_rows(v: [&[f32]; 6], out: [&mut [f32]; 6]) {
-    map_rows(b6, v, out)
-}
-
-#[inline(always)]
-fn at_rows(m: [&[f32]; 6], out: [&mut [f32]; 4]) {
-    map_rows(at6, m, out)
-}
-
-#[inline(always)]
-fn a_rows(y: [&[f32]; 4], out: [&mut [f32]; 6]) {
-    map_rows(a4, y, out)
-}
-
-/// Splits a buffer of `k` rows of length `n` into `k` mutable rows.
-fn rows_mut<const K: usize>(buf: &mut [f32], n: usize) -> [&mut [f32]; K] {
-    let mut rest = &mut buf[..K * n];
-    std::array::from_fn(|_| {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
-        rest = tail;
-        head
-    })
-}
-
-fn rows<const K: usize>(buf: &[f32], n: usize) -> [&[f32]; K] {
-    std::array::from_fn(|k| &buf[k * n..][..n])
-}
-
-// The 1-D transforms run vectorized across tiles (`map_rows`); only these pure moves touch
-// the stride-4 tile layout of an image row. Mixing the two in one loop left both scalar.
-
-/// dst[4j + b] = src[b][j].
-#[inline(always)]
-fn interleave4(src: [&[f32]; 4], dst: &mut [f32]) {
-    let n = src[0].len();
-    let s: [&[f32]; 4] = std::array::from_fn(|b| &src[b][..n]);
-    for (j, d) in dst[..4 * n].chunks_exact_mut(4).enumerate() {
-        d[0] = s[0][j];
-        d[1] = s[1][j];
-        d[2] = s[2][j];
-        d[3] = s[3][j];
-    }
-}
-
-/// dst[b][j] = src[4j + b].
-#[inline(always)]
-fn deinterleave4(src: &[f32], dst: [&mut [f32]; 4]) {
-    let n = dst[0].len();
-    let [d0, d1, d2, d3] = dst.map(|d| &mut d[..n]);
-    for (j, s) in src[..4 * n].chunks_exact(4).enumerate() {
-        d0[j] = s[0];
-        d1[j] = s[1];
-        d2[j] = s[2];
-        d3[j] = s[3];
-    }
-}
-
-// ---- forward ---------------------------------------------------------------------------------
-
-thread_local! {
-    /// Per-thread staging for the transforms of one (channel, block): two [6][6][tiles]
-    /// planes and a padded image row. Reused so that the transforms allocate nothing.
-    static STAGING: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f(a, b, row)` with `a` and `b` of `plane` floats each and `row` of `row_len`.
-#[inline(always)]
-fn with_staging(plane: usize, row_len: usize, f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32])) {
-    STAGING.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        grow(&mut buf, 2 * plane + row_len);
-        let (a, rest) = buf.split_at_mut(plane);
-        let (b, rest) = rest.split_at_mut(plane);
-        f(a, b, &mut rest[..row_len]);
-    })
-}
-
-/// V[ξ][c][t] for the tiles of units [u0, u1) and channel c: the transformed 6×6 input tiles.
-/// `v` has `cin × t` floats per ξ.
-///
-/// The 1-D transforms run over all the block's tiles at once (rows of `nt` values), not one
-/// tile row at a time: deep layers have only 4–7 tiles per row, too few to fill a vector.
-#[inline(always)]
-fn input_transform(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: *mut f32, t: usize) {
-    let (th, tw) = (g.th(), g.tw());
-    let nt = (u1 - u0) * tw;
-    let wp = 4 * tw + 2;
-    let plane = g.h * g.w;
-    // cols[r][k][·]: column k of every tile at row offset r; hor[r][k][·]: after Bᵀ across.
-    with_staging(36 * nt, wp, |cols, hor, prow| {
-        for u in u0..u1 {
-            let (n, i) = (u / th, u % th);
-            let xc = &x[(n * g.cin + c) * plane..][..plane];
-            let base = (u - u0) * tw;
-            for r in 0..6 {
-                let y = (4 * i + r) as isize - g.pt as isize;
-                let cr: [&mut [f32]; 6] = rows_mut(&mut cols[r * 6 * nt..], nt);
-                let [c0, c1, c2, c3, c4, c5] = cr.map(|row| &mut row[base..base + tw]);
-                if y < 0 || y >= g.h as isize {
-                    for col in [c0, c1, c2, c3, c4, c5] {
-                        col.fill(0.0);
-                    }
-                    continue;
-                }
-                let src = &xc[y as usize * g.w..][..g.w];
-                // prow[q] = x[y][q − pl]
-                let lo = g.pl.min(wp);
-                let hi = (g.pl + g.w).min(wp);
-                prow[..lo].fill(0.0);
-                prow[lo..hi].copy_from_slice(&src[..hi - lo]);
-                prow[hi..].fill(0.0);
-                deinterleave4(prow, [&mut *c0, &mut *c1, &mut *c2, &mut *c3]);
-                // Columns 4 and 5 of tile j are columns 0 and 1 of tile j + 1.
-                c4[..tw - 1].copy_from_slice(&c0[1..]);
-                c5[..tw - 1].copy_from_slice(&c1[1..]);
-                c4[tw - 1] = prow[4 * tw];
-                c5[tw - 1] = prow[4 * tw + 1];
-            }
-        }
-        for r in 0..6 {
-            bt_rows(
-                rows(&cols[r * 6 * nt..], nt),
-                rows_mut(&mut hor[r * 6 * nt..], nt),
-            );
-        }
-        // Vertical pass: for each column position k, combine the 6 rows.
-        for k in 0..6 {
-            let d: [&[f32]; 6] = std::array::from_fn(|r| &hor[(r * 6 + k) * nt..][..nt]);
-            // Straight into V, without a staging copy.
-            // SAFETY: (ξ = a·6 + k, c, 0..nt) lies inside this block's V and is written only
-            // by the task that owns channel c of this block; the six rows are disjoint.
-            let dst: [&mut [f32]; 6] = std::array::from_fn(|a| unsafe {
-                std::slice::from_raw_parts_mut(v.add((a * 6 + k) * slab(g.cin, t) + c * t), nt)
-            });
-            bt_rows(d, dst);
-        }
-    });
-}
-
-/// y[n, o, rows of units u0..u1] from M[ξ][o][t], plus bias, then ReLU if `relu`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_transform(
-    g: &WinoGeom,
-    m: &[f32],
-    u0: usize,
-    u1: usize,
-    o: usize,
-    bias: f32,
-    relu: bool,
-    y: *mut f32,
-    t: usize,
-) {
-    let (th, tw) = (g.th(), g.tw());
-    let nt = (u1 - u0) * tw;
-    let plane = g.oh * g.ow;
-    // vert[a][s][·] = Aᵀ down the columns; outs[a][b][·] = then Aᵀ across (+ bias, ReLU).
-    with_staging(24 * nt, 4 * tw, |vert, outs, orow| {
-        for s in 0..6 {
-            let src: [&[f32]; 6] =
-                std::array::from_fn(|r| &m[(r * 6 + s) * slab(g.cout, t) + o * t..][..nt]);
-            let (v0, rest) = vert.split_at_mut(6 * nt);
-            let (v1, rest) = rest.split_at_mut(6 * nt);
-            let (v2, v3) = rest.split_at_mut(6 * nt);
-            at_rows(
-                src,
-                [
-                    &mut v0[s * nt..][..nt],
-                    &mut v1[s * nt..][..nt],
-                    &mut v2[s * nt..][..nt],
-                    &mut v3[s * nt..][..nt],
-                ],
-            );
-        }
-        for a in 0..4 {
-            let sv: [&[f32]; 6] = rows(&vert[a * 6 * nt..], nt);
-            let out: [&mut [f32]; 4] = rows_mut(&mut outs[a * 4 * nt..], nt);
-            if relu {
-                map_rows(|m| at6(m).map(|v| (v + bias).max(0.0)), sv, out);
-            } else {
-                map_rows(|m| at6(m).map(|v| v + bias), sv, out);
-            }
-        }
-        for u in u0..u1 {
-            let (n, i) = (u / th, u % th);
-            let base = (u - u0) * tw;
-            for a in 0..4 {
-                let oy = 4 * i + a;
-                if oy >= g.oh {
-                    break;
-                }
-                let ob: [&[f32]; 4] =
-                    std::array::from_fn(|b| &outs[(a * 4 + b) * nt + base..][..tw]);
-                // SAFETY: output row (n, o, oy) belongs to this task alone.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        y.add((n * g.cout + o) * plane + oy * g.ow),
-                        g.ow,
-                    )
-                };
-                // Straight into the row where it is whole tiles (no copy to pay).
-                if g.ow == 4 * tw {
-                    interleave4(ob, dst);
-                } else {
-                    interleave4(ob, orow);
-                    dst.copy_from_slice(&orow[..g.ow]);
-                }
-            }
-        }
-    });
-}
-
-#[inline(always)]
-fn input_transform_generic(
-    g: &WinoGeom,
-    x: &[f32],
-    u0: usize,
-    u1: usize,
-    c: usize,
-    v: Ptr,
-    t: usize,
-) {
-    input_transform(g, x, u0, u1, c, v.get(), t)
-}
-simd_fn!(fn input_transform_simd = input_transform_generic(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: Ptr, t: usize));
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn output_transform_generic(
-    g: &WinoGeom,
-    m: &[f32],
-    u0: usize,
-    u1: usize,
-    o: usize,
-    bias: f32,
-    relu: bool,
-    y: Ptr,
-    t: usize,
-) {
-    output_transform(g, m, u0, u1, o, bias, relu, y.get(), t)
-}
-simd_fn!(fn output_transform_simd = output_transform_generic(g: &WinoGeom, m: &[f32], u0: usize, u1: usize, o: usize, bias: f32, relu: bool, y: Ptr, t: usize));
-
-// ---- backward --------------------------------------------------------------------------------
-
-/// dM[ξ][o][t] = A dY Aᵀ for the 4×4 output-gradient tiles (zero beyond the output edge): the
-/// adjoint of `output_transform`.
-#[inline(always)]
-fn grad_input_transform(
-    g: &WinoGeom,
-    dy: &[f32],
-    u0: usize,
-    u1: usize,
-    o: usize,
-    dm: *mut f32,
-    t: usize,
-) {
-    let (th, tw) = (g.th(), g.tw());
-    let nt = (u1 - u0) * tw;
-    let plane = g.oh * g.ow;
-    // pc[a][b][·]: output column b of every tile at row offset a; hor[a][s][·]: after A across.
-    with_staging(24 * nt, 4 * tw, |pc, hor, prow| {
-        for u in u0..u1 {
-            let (n, i) = (u / th, u % th);
-            let base = (u - u0) * tw;
-            for a in 0..4 {
-                let oy = 4 * i + a;
-                let pr: [&mut [f32]; 4] = rows_mut(&mut pc[a * 4 * nt..], nt);
-                let cols = pr.map(|row| &mut row[base..base + tw]);
-                if oy >= g.oh {
-                    for col in cols {
-                        col.fill(0.0);
-                    }
-                    continue;
-                }
-                let src = &dy[(n * g.cout + o) * plane + oy * g.ow..][..g.ow];
-                prow[..g.ow].copy_from_slice(src);
-                prow[g.ow..].fill(0.0);
-                deinterleave4(prow, cols);
-            }
-        }
-        for a in 0..4 {
-            a_rows(
-                rows(&pc[a * 4 * nt..], nt),
-                rows_mut(&mut hor[a * 6 * nt..], nt),
-            );
-        }
-        for s in 0..6 {
-            let src: [&[f32]; 4] = std::array::from_fn(|a| &hor[(a * 6 + s) * nt..][..nt]);
-            // SAFETY: (ξ = r·6 + s, o, 0..nt) is written only by the task owning o; the six
-            // rows are disjoint.
-            let dst: [&mut [f32]; 6] = std::array::from_fn(|r| unsafe {
-                std::slice::from_raw_parts_mut(dm.add((r * 6 + s) * slab(g.cout, t) + o * t), nt)
-            });
-            a_rows(src, dst);
-        }
-    });
-}
-
-/// dx[n, c] += B dV Bᵀ scattered onto the overlapping 6×6 input tiles (dropping the padding):
-/// the adjoint of `input_transform`.
-#[inline(always)]
-fn grad_output_transform(
-    g: &WinoGeom,
-    dv: &[f32],
-    u0: usize,
-    u1: usize,
-    c: usize,
-    dx: *mut f32,
-    t: usize,
-) {
-    let (th, tw) = (g.th(), g.tw());
-    let nt = (u1 - u0) * tw;
-    let wp = 4 * tw + 2;
-    let plane = g.h * g.w;
-    // vert[k][r][·] = B down the columns; cols[r][k][·] = then B across.
-    with_staging(36 * nt, wp, |vert, cols, prow| {
-        for k in 0..6 {
-            let src: [&[f32]; 6] =
-                std::array::from_fn(|a| &dv[(a * 6 + k) * slab(g.cin, t) + c * t..][..nt]);
-            b_rows(src, rows_mut(&mut vert[k * 6 * nt..], nt));
-        }
-        for r in 0..6 {
-            let vr: [&[f32]; 6] = std::array::from_fn(|k| &vert[(k * 6 + r) * nt..][..nt]);
-            b_rows(vr, rows_mut(&mut cols[r * 6 * nt..], nt));
-        }
-        for u in u0..u1 {
-            let (n, i) = (u / th, u % th);
-            let base = (u - u0) * tw;
-            for r in 0..6 {
-                let y = (4 * i + r) as isize - g.pt as isize;
-                if y < 0 || y >= g.h as isize {
-                    continue;
-                }
-                let cr: [&mut [f32]; 6] = rows_mut(&mut cols[r * 6 * nt..], nt);
-                let [c0, c1, c2, c3, c4, c5] = cr.map(|row| &mut row[base..base + tw]);
-                // Tiles overlap by two columns: write columns 0..4 of every tile, then add 4
-                // and 5. Columns 4 and 5 of tile j − 1 land on columns 0 and 1 of tile j.
-                prow[4 * tw] = c4[tw - 1];
-                prow[4 * tw + 1] = c5[tw - 1];
-                for j in 1..tw {
-                    c0[j] += c4[j - 1];
-                    c1[j] += c5[j - 1];
-                }
-                interleave4([&*c0, &*c1, &*c2, &*c3], prow);
-                // SAFETY: the row (n, c, y) is touched by this task only while it runs
-                // (channels are split between tasks; blocks sharing rows run in different
-                // phases).
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        dx.add((n * g.cin + c) * plane + y as usize * g.w),
-                        g.w,
-                    )
-                };
-                // dx[y][q − pl] += prow[q]
-                let q0 = g.pl;
-                let q1 = (g.pl + g.w).min(wp);
-                for (d, s) in dst[..q1 - q0].iter_mut().zip(&prow[q0..q1]) {
-                    *d += *s;
-                }
-            }
-        }
-    });
-}
-
-#[inline(always)]
-fn grad_input_transform_generic(
-    g: &WinoGeom,
-    dy: &[f32],
-    u0: usize,
-    u1: usize,
-    o: usize,
-    dm: Ptr,
-    t: usize,
-) {
-    grad_input_transform(g, dy, u0, u1, o, dm.get(), t)
-}
-simd_fn!(fn grad_input_transform_simd = grad_input_transform_generic(g: &WinoGeom, dy: &[f32], u0: usize, u1: usize, o: usize, dm: Ptr, t: usize));
-
-#[inline(always)]
-fn grad_output_transform_generic(
-    g: &WinoGeom,
-    dv: &[f32],
-    u0: usize,
-    u1: usize,
-    c: usize,
-    dx: Ptr,
-    t: usize,
-) {
-    grad_output_transform(g, dv, u0, u1, c, dx.get(), t)
-}
-simd_fn!(fn grad_output_transform_simd = grad_output_transform_generic(g: &WinoGeom, dv: &[f32], u0: usize, u1: usize, c: usize, dx: Ptr, t: usize));
-
 // ---- drivers ---------------------------------------------------------------------------------
 
 /// The 36 transform-domain GEMMs of one block: dst[ξ] = op(U[ξ]) · src[ξ], where op is the
@@ -842,33 +422,21 @@ pub(crate) fn forward(
     relu: bool,
 ) {
     let blocks = g.blocks();
-    let tw = g.tw();
-    let wide = tw >= wide::MIN_TILES;
     let y_ptr = Ptr(y.as_mut_ptr());
     let run = |(u0, u1): (usize, usize), s: &mut Scratch, par: bool| {
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
         // values that only ever reach extra columns of the product, which nobody reads.
-        let t = ((u1 - u0) * tw).next_multiple_of(16);
+        let t = ((u1 - u0) * g.tw()).next_multiple_of(16);
         grow(&mut s.v, XI * slab(g.cin, t));
         grow(&mut s.m, XI * slab(g.cout, t));
         let v_ptr = Ptr(s.v.as_mut_ptr());
-        let in_t = |c: usize| {
-            if wide {
-                wide::input_transform(g, x, u0, u1, c, v_ptr, t)
-            } else {
-                input_transform_simd(g, x, u0, u1, c, v_ptr, t)
-            }
-        };
+        let in_t = |c: usize| wide::input_transform(g, x, u0, u1, c, v_ptr, t);
         each(g.cin, par, in_t);
         block_gemms(w, &s.v, &mut s.m, t, false, par, prec);
         let m = &s.m[..];
         let out_t = |o: usize| {
             let b = bias.map_or(0.0, |b| b[o]);
-            if wide {
-                wide::output_transform(g, m, u0, u1, o, b, relu, y_ptr, t)
-            } else {
-                output_transform_simd(g, m, u0, u1, o, b, relu, y_ptr, t)
-            }
+            wide::output_transform(g, m, u0, u1, o, b, relu, y_ptr, t)
         };
         each(g.cout, par, out_t);
     };
@@ -891,37 +459,19 @@ pub(crate) fn backward(
     prec: Precision,
 ) {
     let blocks = g.blocks();
-    let tw = g.tw();
-    let wide = tw >= wide::MIN_TILES;
-    if !wide {
-        // Only the wide transforms write each element once; these add into dx.
-        dx.fill(0.0);
-    }
     let dx_ptr = Ptr(dx.as_mut_ptr());
     let run = |(u0, u1): (usize, usize), s: &mut Scratch, par: bool, nb: wide::Neighbours| {
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
         // values that only ever reach extra columns of the product, which nobody reads.
-        let t = ((u1 - u0) * tw).next_multiple_of(16);
+        let t = ((u1 - u0) * g.tw()).next_multiple_of(16);
         grow(&mut s.m, XI * slab(g.cout, t));
         grow(&mut s.v, XI * slab(g.cin, t));
         let m_ptr = Ptr(s.m.as_mut_ptr());
-        let in_t = |o: usize| {
-            if wide {
-                wide::grad_input_transform(g, dy, u0, u1, o, m_ptr, t)
-            } else {
-                grad_input_transform_simd(g, dy, u0, u1, o, m_ptr, t)
-            }
-        };
+        let in_t = |o: usize| wide::grad_input_transform(g, dy, u0, u1, o, m_ptr, t);
         each(g.cout, par, in_t);
         block_gemms(w, &s.m, &mut s.v, t, true, par, prec);
         let v = &s.v[..];
-        let out_t = |c: usize| {
-            if wide {
-                wide::grad_output_transform(g, v, u0, u1, c, dx_ptr, t, nb)
-            } else {
-                grad_output_transform_simd(g, v, u0, u1, c, dx_ptr, t)
-            }
-        };
+        let out_t = |c: usize| wide::grad_output_transform(g, v, u0, u1, c, dx_ptr, t, nb);
         each(g.cin, par, out_t);
     };
     let threads = rayon::current_num_threads();

@@ -1,21 +1,15 @@
-//! The four Winograd transforms for wide tile rows (at least [`MIN_TILES`] tiles), 16 tiles at
-//! a time in registers.
+//! The four Winograd transforms, 16 tiles of a tile row at a time in registers.
 //!
-//! The block-wide transforms of the parent module stage every tile column through memory
-//! (copy the row, split it into columns, one pass across, one pass down), which made the
-//! transforms 40 % of a VGG16 step at 512 px. Here each image row is loaded once as four
-//! vectors, split into tile columns by permutes, and both passes of a 16-tile chunk stay in
-//! registers until the transform-domain values are stored.
-//!
-//! Narrow rows (deep layers at small sizes, 4–8 tiles) keep the block-wide transforms, which
-//! fill the vectors with tiles of several rows.
+//! Each image row is loaded once as four vectors, split into tile columns by permutes, and both
+//! passes of a 16-tile chunk stay in registers until the transform-domain values are stored.
+//! Staging the tile columns through memory instead made the transforms 40 % of a VGG16 step at
+//! 512 px. Rows of fewer than 16 tiles (deep layers at small sizes: 7 tiles at 28 px, 4 at
+//! 14 px) leave lanes idle, but staging them was slower still: VGG16's 512 → 512 convolution
+//! (forward + input gradient, bf16) 4.0 → 3.5 ms at 28 px and 1.44 → 1.12 ms at 14 px once
+//! these kernels took them over too.
 
 use super::{a4, at6, b6, bt6, slab, Ptr, WinoGeom};
 use crate::lanes::{Lanes, Lanes16};
-
-/// Tile rows this wide or wider use these transforms (a chunk of 16 tiles is then at least
-/// three-quarters full).
-pub(super) const MIN_TILES: usize = 12;
 
 /// Whether the image rows of tile row `u` that it shares with its neighbours are already
 /// written when it runs (see `grad_output`).
