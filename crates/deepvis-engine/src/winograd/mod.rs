@@ -171,12 +171,13 @@ impl WinoGeom {
     /// transform-domain data stays near the L2 cache size.
     fn rows_per_block(&self) -> usize {
         // Every block streams all 36 weight matrices once, so wide blocks pay where those are
-        // big; with up to 128 × 256 channels they are small (≤ 2.4 MB in bf16) and the
-        // activations of a wide block (V and M: 36 · t · (cin + cout) floats) crowd the L2
-        // instead. Measured per convolution (forward + input gradient): 128 → 256 at 128 px
-        // f32 15.5 → 13.9 ms, bf16 11.0 → 9.1 ms; 128 → 128 at 112 px bf16 5.1 → 4.7 ms;
-        // 256 → 256 at 56 px bf16 3.3 ms with 64 tiles, 4.1 ms with 16.
-        let target_tiles: usize = if self.cin * self.cout <= 128 * 256 {
+        // big; up to 128 × 128 channels they are small (≤ 1.2 MB in bf16) and the activations
+        // of a wide block (V and M: 36 · t · (cin + cout) floats) crowd the L2 instead.
+        // VGG16 at 224 px, bf16, forward + input gradient: 64 → 128 at 112 px 4.3 → 3.9 ms,
+        // 128 → 128 at 112 px 6.7 → 6.5 ms. 128 → 256 at 56 px was faster alone with 16-tile
+        // blocks, but slower inside a step (2.5 → 3.3 ms), where its 2.4 MB of weights come
+        // from memory rather than cache for each of the blocks.
+        let target_tiles: usize = if self.cin * self.cout <= 128 * 128 {
             16
         } else {
             64
