@@ -9,7 +9,7 @@
 use crate::bf16::{self, PackedA};
 use crate::depthwise::{self, DwGeom};
 use crate::gemm::{matmul, matmul_split, MatMut, MatRef};
-use crate::layers::bias_relu;
+use crate::layers::{bias_relu, relu_backward_in_place};
 use crate::narrow;
 use crate::winograd::{self, WinoGeom, WinogradWeights};
 use crate::{precision, EngineError, Precision, Tensor};
@@ -685,6 +685,40 @@ impl Conv2d {
         algo: ConvAlgo,
         prec: Precision,
     ) -> Result<Tensor, EngineError> {
+        self.backward_impl(input_shape, grad_out, algo, prec, None)
+    }
+
+    /// The input gradient of relu(conv(x)) for the gradient `grad_out` of the ReLU's output
+    /// `relu_out`. Winograd masks the gradient as it reads it; the other paths mask it in place
+    /// first.
+    pub(crate) fn backward_relu(
+        &self,
+        input_shape: &[usize],
+        grad_out: &mut Tensor,
+        relu_out: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let (algo, prec) = (conv_algo(), precision());
+        let winograd = grad_out.shape() == relu_out.shape()
+            && self.geometry(input_shape).is_ok_and(|g| {
+                !g.depthwise()
+                    && self.narrow_geometry(&g, algo).is_none()
+                    && self.winograd_geometry(&g, algo).is_some()
+            });
+        if winograd {
+            return self.backward_impl(input_shape, grad_out, algo, prec, Some(relu_out.data()));
+        }
+        relu_backward_in_place(relu_out, grad_out);
+        self.backward_impl(input_shape, grad_out, algo, prec, None)
+    }
+
+    fn backward_impl(
+        &self,
+        input_shape: &[usize],
+        grad_out: &Tensor,
+        algo: ConvAlgo,
+        prec: Precision,
+        relu_out: Option<&[f32]>,
+    ) -> Result<Tensor, EngineError> {
         let prec = effective(prec);
         let g = self.geometry(input_shape)?;
         if grad_out.shape() != [g.n, g.cout, g.oh, g.ow] {
@@ -709,9 +743,10 @@ impl Conv2d {
             // `winograd::backward` writes (or zeroes) every element.
             let mut dx = Tensor::for_overwrite(input_shape);
             let w = self.winograd_weights();
-            winograd::backward(&wg, &w, grad_out.data(), dx.data_mut(), prec);
+            winograd::backward(&wg, &w, grad_out.data(), relu_out, dx.data_mut(), prec);
             return Ok(dx);
         }
+        debug_assert!(relu_out.is_none(), "only Winograd masks as it reads");
         // A 1×1 convolution's GEMM writes every element of dx; col2im adds into it.
         let mut dx = if g.pointwise() {
             Tensor::for_overwrite(input_shape)

@@ -669,10 +669,11 @@ impl Graph {
                     }
                     Op::Conv2d(c) => {
                         let shape = trace.shapes[head.inputs[0]].as_deref().unwrap_or(&[]);
-                        if !relu_done[i] {
-                            relu_backward_in_place(y, &mut g);
+                        if relu_done[i] {
+                            c.backward(shape, &g)?
+                        } else {
+                            c.backward_relu(shape, &mut g, y)?
                         }
-                        c.backward(shape, &g)?
                     }
                     Op::ChannelAffine(a) => {
                         affine_relu6_backward_in_place(a, y, &mut g)?;

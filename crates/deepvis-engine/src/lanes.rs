@@ -22,6 +22,9 @@ pub(crate) trait Lanes: Arith {
     fn zero() -> Self;
     fn splat(v: f32) -> Self;
     fn max(self, other: Self) -> Self;
+    /// `self` where `y > 0` (or is NaN), zero where `y ≤ 0`: the ReLU's backward pass, with
+    /// `y` its output (as `relu_backward`).
+    fn where_positive(self, y: Self) -> Self;
     /// # Safety
     /// `p` is valid for reading 16 floats.
     unsafe fn load(p: *const f32) -> Self;
@@ -110,6 +113,16 @@ impl Lanes for Lanes16 {
     #[inline(always)]
     fn splat(v: f32) -> Self {
         Lanes16([v; 16])
+    }
+    #[inline(always)]
+    fn where_positive(self, y: Self) -> Self {
+        let mut v = self.0;
+        for (a, b) in v.iter_mut().zip(y.0) {
+            if b <= 0.0 {
+                *a = 0.0;
+            }
+        }
+        Lanes16(v)
     }
     #[inline(always)]
     fn max(self, o: Self) -> Self {
@@ -257,6 +270,14 @@ mod avx512 {
         #[inline(always)]
         fn max(self, o: Self) -> Self {
             Zmm(unsafe { _mm512_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn where_positive(self, y: Self) -> Self {
+            // "Not less or equal", unordered: true for NaN, as `relu_backward` keeps it.
+            unsafe {
+                let keep = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(y.0, _mm512_setzero_ps());
+                Zmm(_mm512_maskz_mov_ps(keep, self.0))
+            }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {

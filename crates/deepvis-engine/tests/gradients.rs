@@ -1101,6 +1101,41 @@ fn fused_pairs_match_the_unfused_graph() {
     assert_eq!(both.data(), want.data());
 }
 
+/// Winograd convolutions followed by a ReLU mask the output gradient while transforming it
+/// (`Conv2d::backward_relu`); that must give exactly what masking it first gives.
+#[test]
+fn a_relu_after_a_winograd_conv_is_masked_in_its_backward() {
+    let mut r = rng(16);
+    let case = ConvCase {
+        n: 2,
+        cin: 16,
+        cout: 16,
+        hw: (13, 22),
+        k: (3, 3),
+        stride: 1,
+        dilation: 1,
+        groups: 1,
+        padding: Padding::symmetric(1),
+        pads: (1, 1, 1, 1),
+    };
+    let mut g = Graph::new();
+    let conv = g.then("conv", Op::Conv2d(conv_of(&case, &mut r)));
+    g.then("relu", Op::Relu);
+    let conv2 = g.then("conv2", Op::Conv2d(conv_of(&case, &mut r)));
+    let last = g.then("relu2", Op::Relu);
+    let x = random(&[2, 16, 13, 22], &mut r);
+    let fused = g.forward(x.clone(), last).unwrap();
+    assert!(fused.value(conv).is_none() && fused.value(conv2).is_none());
+    // About half the gradient is masked: the ReLUs' outputs are zero there.
+    let zeros = fused.output().data().iter().filter(|&&v| v == 0.0).count();
+    assert!(zeros > fused.output().data().len() / 4, "{zeros}");
+    let seed = random(fused.output().shape(), &mut r);
+    let dx_fused = g.backward(&fused, seed.clone()).unwrap();
+    let plain = g.forward_multi(x, &[conv, conv2, last]).unwrap();
+    let dx_plain = g.backward(&plain, seed).unwrap();
+    assert_eq!(dx_plain.data(), dx_fused.data());
+}
+
 /// The 2×2 max pool's tie and NaN rules, as PyTorch's: ties go to the first element of the
 /// window in scan order, and a NaN wins.
 #[test]

@@ -451,11 +451,14 @@ pub(crate) fn forward(
     }
 }
 
-/// dx = the input gradient for the output gradient dy (dx's old contents are ignored).
+/// dx = the input gradient for the output gradient dy (dx's old contents are ignored), or
+/// with `relu_out` (the output of a ReLU after this convolution) for dy masked to where that
+/// output is positive.
 pub(crate) fn backward(
     g: &WinoGeom,
     w: &WinogradWeights,
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     dx: &mut [f32],
     prec: Precision,
 ) {
@@ -468,7 +471,7 @@ pub(crate) fn backward(
         grow(&mut s.m, XI * slab(g.cout, t));
         grow(&mut s.v, XI * slab(g.cin, t));
         let m_ptr = Ptr(s.m.as_mut_ptr());
-        let in_t = |o: usize| wide::grad_input_transform(g, dy, u0, u1, o, m_ptr, t);
+        let in_t = |o: usize| wide::grad_input_transform(g, dy, relu_out, u0, u1, o, m_ptr, t);
         each(g.cout, par, in_t);
         block_gemms(w, &s.m, &mut s.v, t, true, par, prec);
         let v = &s.v[..];

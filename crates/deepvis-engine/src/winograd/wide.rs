@@ -225,9 +225,11 @@ unsafe fn output<T: Lanes>(
 #[inline(always)]
 // `s` indexes the second axis of a [row][column] array: no iterator runs across it.
 #[allow(clippy::needless_range_loop)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn grad_input<T: Lanes>(
     g: &WinoGeom,
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     u0: usize,
     u1: usize,
     o: usize,
@@ -240,6 +242,7 @@ unsafe fn grad_input<T: Lanes>(
     for u in u0..u1 {
         let (n, i) = (u / th, u % th);
         let dyo = dy[(n * g.cout + o) * plane..][..plane].as_ptr();
+        let yo = relu_out.map(|y| y[(n * g.cout + o) * plane..][..plane].as_ptr());
         for j0 in (0..tw).step_by(16) {
             let lanes = (tw - j0).min(16);
             // hor[a][s]: output row a of the 16 tiles after A across.
@@ -248,10 +251,16 @@ unsafe fn grad_input<T: Lanes>(
                 if oy >= g.oh {
                     [T::zero(); 6]
                 } else {
-                    a4(output_columns::<T>(
-                        dyo.add(oy * g.ow + 4 * j0),
-                        g.ow - 4 * j0,
-                    ))
+                    let (at, n) = (oy * g.ow + 4 * j0, g.ow - 4 * j0);
+                    let d = output_columns::<T>(dyo.add(at), n);
+                    a4(match yo {
+                        // The ReLU's backward pass, fused: no sweep of its own over dy.
+                        Some(yo) => {
+                            let y = output_columns::<T>(yo.add(at), n);
+                            unrolled!(|k| d[k].where_positive(y[k]); 0, 1, 2, 3)
+                        }
+                        None => d,
+                    })
                 }
             }; 0, 1, 2, 3);
             let tb = (u - u0) * tw + j0;
@@ -407,5 +416,5 @@ macro_rules! lanes_fn {
 
 lanes_fn!(fn input_transform = input(g: &WinoGeom, x: &[f32], u0: usize, u1: usize, c: usize, v: Ptr, t: usize));
 lanes_fn!(fn output_transform = output(g: &WinoGeom, m: &[f32], u0: usize, u1: usize, o: usize, bias: f32, relu: bool, y: Ptr, t: usize));
-lanes_fn!(fn grad_input_transform = grad_input(g: &WinoGeom, dy: &[f32], u0: usize, u1: usize, o: usize, dm: Ptr, t: usize));
+lanes_fn!(fn grad_input_transform = grad_input(g: &WinoGeom, dy: &[f32], relu_out: Option<&[f32]>, u0: usize, u1: usize, o: usize, dm: Ptr, t: usize));
 lanes_fn!(fn grad_output_transform = grad_output(g: &WinoGeom, dv: &[f32], u0: usize, u1: usize, c: usize, dx: Ptr, t: usize, nb: Neighbours));
