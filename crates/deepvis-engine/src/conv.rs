@@ -358,18 +358,27 @@ impl Conv2d {
     }
 
     /// Whether Winograd computes this convolution for `g` under `algo`.
-    fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<WinoGeom> {
+    fn winograd_geometry(
+        &self,
+        g: &Geometry,
+        algo: ConvAlgo,
+        prec: Precision,
+    ) -> Option<WinoGeom> {
         let eligible = g.kh == 3 && g.kw == 3 && g.unit_steps() && g.groups == 1;
         let wanted = match algo {
             ConvAlgo::Im2col => false,
             ConvAlgo::Winograd => true,
             // Below 16 output channels the 36 transform-domain GEMMs are too thin to beat one
-            // im2col GEMM. Few input channels are no obstacle: at VGG16's first layer (3 → 64)
-            // Winograd saves the im2col matrix and, backward, a sweep of the ReLU mask
-            // (224 px, forward + input gradient: bf16 3.4 → 2.5 ms, f32 2.7 → 1.9 ms; 8 → 16
-            // channels 1.2 → 0.5 ms). A single input channel stays with im2col (0.11 against
-            // 0.20 ms at 112 px).
-            ConvAlgo::Auto => g.cin >= 3 && g.cout >= 16,
+            // im2col GEMM. In float32 few input channels are no obstacle: at VGG16's first
+            // layer (3 → 64) Winograd saves the im2col matrix (224 px, forward + input
+            // gradient: 2.7 → 1.9 ms; 8 → 16 channels, bf16, 1.2 → 0.5 ms). A single input
+            // channel stays with im2col (0.11 against 0.20 ms at 112 px). In bf16 the first
+            // layer stays with im2col too: Winograd's transforms magnify bf16 rounding about
+            // tenfold (3.5e-2 against 3e-3 of the largest output), and there it would reach
+            // every later layer, for 0.2 ms of a 45 ms step.
+            ConvAlgo::Auto => {
+                g.cout >= 16 && (g.cin >= 16 || (g.cin >= 3 && prec == Precision::F32))
+            }
         };
         (eligible && wanted).then_some(WinoGeom {
             n: g.n,
@@ -632,7 +641,7 @@ impl Conv2d {
             }
             return Ok(y);
         }
-        if let Some(wg) = self.winograd_geometry(&g, algo) {
+        if let Some(wg) = self.winograd_geometry(&g, algo, prec) {
             let w = self.winograd_weights();
             let mut y = Tensor::for_overwrite(&shape);
             winograd::forward(
@@ -706,7 +715,7 @@ impl Conv2d {
             && self.geometry(input_shape).is_ok_and(|g| {
                 !g.depthwise()
                     && self.narrow_geometry(&g, algo).is_none()
-                    && self.winograd_geometry(&g, algo).is_some()
+                    && self.winograd_geometry(&g, algo, effective(prec)).is_some()
             });
         if winograd {
             return self.backward_impl(input_shape, grad_out, algo, prec, Some(relu_out.data()));
@@ -743,7 +752,7 @@ impl Conv2d {
             narrow::backward(&ng, &self.weight, grad_out.data(), dx.data_mut());
             return Ok(dx);
         }
-        if let Some(wg) = self.winograd_geometry(&g, algo) {
+        if let Some(wg) = self.winograd_geometry(&g, algo, prec) {
             // `winograd::backward` writes (or zeroes) every element.
             let mut dx = Tensor::for_overwrite(input_shape);
             let w = self.winograd_weights();
