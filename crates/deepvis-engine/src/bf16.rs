@@ -350,6 +350,70 @@ unsafe fn kernel_avx512<const R: usize, const NV: usize>(
     }
 }
 
+/// `kernel_avx512` for 1 to 4 columns (`C`), with the rows in the lanes instead: one
+/// `vdpbf16ps` per k-pair and column takes a whole line of the packed panel (16 rows) against
+/// one broadcast pair of the column. The column-vector kernel would spend 16 instructions per
+/// pair on a vector of mostly padding: the last of 49 tiles (VGG16's 28-px layers) cost as much
+/// as 16. Four chains per column hide the instruction's latency.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_columns_avx512<const C: usize>(
+    kc: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    load_c: bool,
+) {
+    use std::arch::x86_64::*;
+    const CHAINS: usize = 4;
+    let mut acc = [[_mm512_setzero_ps(); CHAINS]; C];
+    // (A macro rather than a closure, which might be compiled without this function's target
+    // features and call every intrinsic.)
+    macro_rules! step {
+        ($p:expr, $u:expr) => {{
+            let p = $p;
+            _mm_prefetch::<_MM_HINT_T0>(a.add(MR * (p + A_PREFETCH)) as *const i8);
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_epi32(
+                a.add(MR * p) as *const i32,
+            ));
+            for (j, col) in acc.iter_mut().enumerate() {
+                let bv = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                    *b.add(NR * p + j) as i32,
+                ));
+                col[$u] = _mm512_dpbf16_ps(col[$u], av, bv);
+            }
+        }};
+    }
+    let mut p = 0;
+    while p + CHAINS <= kc {
+        for u in 0..CHAINS {
+            step!(p + u, u);
+        }
+        p += CHAINS;
+    }
+    while p < kc {
+        step!(p, 0);
+        p += 1;
+    }
+    let mask: __mmask16 = if rows >= 16 { 0xffff } else { (1u16 << rows) - 1 };
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(ldc as i32),
+    );
+    for (j, col) in acc.iter().enumerate() {
+        let mut sum = _mm512_add_ps(_mm512_add_ps(col[0], col[1]), _mm512_add_ps(col[2], col[3]));
+        let dst = c.add(j);
+        if load_c {
+            let old = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, dst);
+            sum = _mm512_add_ps(sum, old);
+        }
+        _mm512_mask_i32scatter_ps::<4>(dst, mask, offsets, sum);
+    }
+}
+
 /// The same computation as `kernel_avx512`, in scalar code that does what `vdpbf16ps` does per
 /// lane: the odd product is added first, then the even one, each rounded to f32.
 #[allow(clippy::too_many_arguments)]
@@ -417,6 +481,18 @@ unsafe fn compute(
                 // A single vector of columns: all 16 rows at once. Wider: 8 rows by up to three
                 // vectors (24 accumulators), so either way enough independent chains hide the
                 // instruction's latency.
+                #[cfg(target_arch = "x86_64")]
+                if vector && cols <= 4 {
+                    let rows = (a.m - i0).min(MR);
+                    let (ldc, dst) = (c.rs as usize, at(i0).ptr);
+                    match cols {
+                        1 => few_columns_avx512::<1>(kc, apanel, bptr, dst, ldc, rows, load_c),
+                        2 => few_columns_avx512::<2>(kc, apanel, bptr, dst, ldc, rows, load_c),
+                        3 => few_columns_avx512::<3>(kc, apanel, bptr, dst, ldc, rows, load_c),
+                        _ => few_columns_avx512::<4>(kc, apanel, bptr, dst, ldc, rows, load_c),
+                    }
+                    continue;
+                }
                 let halves: &[(usize, usize)] = if cols <= 16 {
                     &[(0, 16)]
                 } else {
@@ -596,8 +672,10 @@ mod tests {
             .fold(0f32, f32::max)
     }
 
-    const SIZES: [(usize, usize, usize); 9] = [
+    const SIZES: [(usize, usize, usize); 11] = [
         (1, 1, 1),
+        (20, 50, 300),
+        (16, 51, 130),
         (3, 5, 7),
         (16, 16, 2),
         (17, 33, 31),

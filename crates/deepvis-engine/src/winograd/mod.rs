@@ -318,11 +318,15 @@ pub(super) fn a4<T: Arith>(y: [T; 4]) -> [T; 6] {
 // ---- drivers ---------------------------------------------------------------------------------
 
 /// The 36 transform-domain GEMMs of one block: dst[ξ] = op(U[ξ]) · src[ξ], where op is the
-/// identity (forward: [cout × cin]·[cin × t]) or the transpose (backward).
+/// identity (forward: [cout × cin]·[cin × t]) or the transpose (backward). Columns from `nt`
+/// (the block's tiles) up to `t` are padding: computed by the float32 kernels (whose tiles
+/// are 16 columns wide anyway), skipped by bf16's, which has a kernel for 1 to 4 columns.
+#[allow(clippy::too_many_arguments)]
 fn block_gemms(
     w: &WinogradWeights,
     src: &[f32],
     dst: &mut [f32],
+    nt: usize,
     t: usize,
     transpose: bool,
     par: bool,
@@ -351,7 +355,7 @@ fn block_gemms(
                 rs: t as isize,
                 cs: 1,
             };
-            unsafe { bf16::matmul(&packed[xi], t, rhs, out, false, false) };
+            unsafe { bf16::matmul(&packed[xi], nt, rhs, out, false, false) };
         };
         each(XI, par, one);
         return;
@@ -433,7 +437,7 @@ pub(crate) fn forward(
         let v_ptr = Ptr(s.v.as_mut_ptr());
         let in_t = |c: usize| wide::input_transform(g, x, u0, u1, c, v_ptr, t);
         each(g.cin, par, in_t);
-        block_gemms(w, &s.v, &mut s.m, t, false, par, prec);
+        block_gemms(w, &s.v, &mut s.m, (u1 - u0) * g.tw(), t, false, par, prec);
         let m = &s.m[..];
         let out_t = |o: usize| {
             let b = bias.map_or(0.0, |b| b[o]);
@@ -473,7 +477,7 @@ pub(crate) fn backward(
         let m_ptr = Ptr(s.m.as_mut_ptr());
         let in_t = |o: usize| wide::grad_input_transform(g, dy, relu_out, u0, u1, o, m_ptr, t);
         each(g.cout, par, in_t);
-        block_gemms(w, &s.m, &mut s.v, t, true, par, prec);
+        block_gemms(w, &s.m, &mut s.v, (u1 - u0) * g.tw(), t, true, par, prec);
         let v = &s.v[..];
         let out_t = |c: usize| wide::grad_output_transform(g, v, u0, u1, c, dx_ptr, t, nb);
         each(g.cin, par, out_t);
