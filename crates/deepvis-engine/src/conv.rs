@@ -369,16 +369,11 @@ impl Conv2d {
             ConvAlgo::Im2col => false,
             ConvAlgo::Winograd => true,
             // Below 16 output channels the 36 transform-domain GEMMs are too thin to beat one
-            // im2col GEMM. In float32 few input channels are no obstacle: at VGG16's first
-            // layer (3 → 64) Winograd saves the im2col matrix (224 px, forward + input
-            // gradient: 2.7 → 1.9 ms; 8 → 16 channels, bf16, 1.2 → 0.5 ms). A single input
-            // channel stays with im2col (0.11 against 0.20 ms at 112 px). In bf16 the first
-            // layer stays with im2col too: Winograd's transforms magnify bf16 rounding about
-            // tenfold (3.5e-2 against 3e-3 of the largest output), and there it would reach
-            // every later layer, for 0.2 ms of a 45 ms step.
-            ConvAlgo::Auto => {
-                g.cout >= 16 && (g.cin >= 16 || (g.cin >= 3 && prec == Precision::F32))
-            }
+            // im2col GEMM. Few input channels are no obstacle: at VGG16's first layer (3 → 64)
+            // Winograd saves the im2col matrix (224 px, forward + input gradient, f32:
+            // 2.7 → 1.9 ms; 8 → 16 channels, bf16, 1.2 → 0.5 ms). A single input channel
+            // stays with im2col (0.11 against 0.20 ms at 112 px).
+            ConvAlgo::Auto => g.cout >= 16 && g.cin >= 3,
         };
         (eligible && wanted).then_some(WinoGeom {
             n: g.n,
@@ -650,7 +645,7 @@ impl Conv2d {
                 self.bias.as_deref(),
                 x.data(),
                 y.data_mut(),
-                prec,
+                winograd_precision(&wg, prec),
                 relu,
             );
             return Ok(y);
@@ -756,6 +751,7 @@ impl Conv2d {
             // `winograd::backward` writes (or zeroes) every element.
             let mut dx = Tensor::for_overwrite(input_shape);
             let w = self.winograd_weights();
+            let prec = winograd_precision(&wg, prec);
             winograd::backward(&wg, &w, grad_out.data(), relu_out, dx.data_mut(), prec);
             return Ok(dx);
         }
@@ -926,6 +922,18 @@ impl Conv2d {
 }
 
 /// `Bf16` where the CPU has it, else `F32`.
+/// Winograd's GEMM precision: float32 below 16 input channels whatever was asked. There the
+/// GEMMs are a small part of the work, so bf16 gains little, while the transforms magnify its
+/// rounding about tenfold (3.5e-2 of the largest output against 3e-3 for im2col in bf16), at
+/// a first layer whose error every later layer sees.
+fn winograd_precision(g: &WinoGeom, p: Precision) -> Precision {
+    if g.cin < 16 {
+        Precision::F32
+    } else {
+        p
+    }
+}
+
 fn effective(p: Precision) -> Precision {
     if p == Precision::Bf16 && !crate::bf16_supported() {
         Precision::F32

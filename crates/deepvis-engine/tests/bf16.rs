@@ -95,13 +95,14 @@ fn bf16_convolutions_match_f32_within_bf16_tolerance() {
             // the rounding of its transform-domain operands about tenfold: ~2e-2 here against
             // ~2e-3 for im2col.
             let winograd = algo != ConvAlgo::Im2col && k == 3 && s == 1 && groups == 1 && {
-                algo == ConvAlgo::Winograd || (cin >= 16 && cout >= 16)
+                algo == ConvAlgo::Winograd || (cin >= 3 && cout >= 16)
             };
             let tol = if winograd { 5e-2 } else { 1e-2 };
             assert!(ef < tol, "case {i} {algo:?} forward: {ef}");
             assert!(eb < tol, "case {i} {algo:?} input gradient: {eb}");
-            // Not accidentally float32 all along (depthwise convolutions stay f32).
-            if groups != cin {
+            // Not accidentally float32 all along (depthwise convolutions stay f32, and so do
+            // Winograd's GEMMs below 16 input channels).
+            if groups != cin && !(winograd && cin < 16) {
                 assert!(ef > 1e-6, "case {i} {algo:?}: bf16 looks like f32 ({ef})");
             }
             worst = (worst.0.max(ef), worst.1.max(eb));
