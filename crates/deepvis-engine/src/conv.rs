@@ -358,12 +358,7 @@ impl Conv2d {
     }
 
     /// Whether Winograd computes this convolution for `g` under `algo`.
-    fn winograd_geometry(
-        &self,
-        g: &Geometry,
-        algo: ConvAlgo,
-        prec: Precision,
-    ) -> Option<WinoGeom> {
+    fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<WinoGeom> {
         let eligible = g.kh == 3 && g.kw == 3 && g.unit_steps() && g.groups == 1;
         let wanted = match algo {
             ConvAlgo::Im2col => false,
@@ -636,7 +631,7 @@ impl Conv2d {
             }
             return Ok(y);
         }
-        if let Some(wg) = self.winograd_geometry(&g, algo, prec) {
+        if let Some(wg) = self.winograd_geometry(&g, algo) {
             let w = self.winograd_weights();
             let mut y = Tensor::for_overwrite(&shape);
             winograd::forward(
@@ -710,7 +705,7 @@ impl Conv2d {
             && self.geometry(input_shape).is_ok_and(|g| {
                 !g.depthwise()
                     && self.narrow_geometry(&g, algo).is_none()
-                    && self.winograd_geometry(&g, algo, effective(prec)).is_some()
+                    && self.winograd_geometry(&g, algo).is_some()
             });
         if winograd {
             return self.backward_impl(input_shape, grad_out, algo, prec, Some(relu_out.data()));
@@ -747,7 +742,7 @@ impl Conv2d {
             narrow::backward(&ng, &self.weight, grad_out.data(), dx.data_mut());
             return Ok(dx);
         }
-        if let Some(wg) = self.winograd_geometry(&g, algo, prec) {
+        if let Some(wg) = self.winograd_geometry(&g, algo) {
             // `winograd::backward` writes (or zeroes) every element.
             let mut dx = Tensor::for_overwrite(input_shape);
             let w = self.winograd_weights();
