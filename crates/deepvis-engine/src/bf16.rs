@@ -377,7 +377,7 @@ unsafe fn few_columns_avx512<const C: usize>(
             let p = $p;
             _mm_prefetch::<_MM_HINT_T0>(a.add(MR * (p + A_PREFETCH)) as *const i8);
             let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_epi32(
-                a.add(MR * p) as *const i32,
+                a.add(MR * p) as *const i32
             ));
             for (j, col) in acc.iter_mut().enumerate() {
                 let bv = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
@@ -398,7 +398,11 @@ unsafe fn few_columns_avx512<const C: usize>(
         step!(p, 0);
         p += 1;
     }
-    let mask: __mmask16 = if rows >= 16 { 0xffff } else { (1u16 << rows) - 1 };
+    let mask: __mmask16 = if rows >= 16 {
+        0xffff
+    } else {
+        (1u16 << rows) - 1
+    };
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(ldc as i32),
