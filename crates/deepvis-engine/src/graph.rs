@@ -166,6 +166,9 @@ pub struct Trace {
     consumers: Vec<usize>,
     /// A target convolution computed for these output channels only (`forward_channels`).
     selection: Option<Selection>,
+    /// For 2×2 max pools: which element of each window won (`MaxPool2d::forward_with_codes`),
+    /// so that their inputs need not be kept.
+    pool_codes: Vec<Option<Vec<u8>>>,
 }
 
 struct Selection {
@@ -508,6 +511,23 @@ impl Graph {
         }
         let consumers = self.consumers(&needed);
         let fused = self.fusions(&needed, &keep, &consumers);
+        let input_shape = x.shape().to_vec();
+        let shapes = self.shapes_of(&input_shape, &needed)?;
+        // 2×2 max pools keep codes instead of their input; a ReLU feeding one of them alone
+        // then needs no value either, as the pool's backward pass does its masking.
+        let coded = |i: usize| match &self.nodes[i].op {
+            Op::MaxPool2d(p) => shapes[self.nodes[i].inputs[0]]
+                .as_deref()
+                .is_some_and(|s| p.folds_relu(s)),
+            _ => false,
+        };
+        let pooled_relu = |i: usize| {
+            matches!(self.nodes[i].op, Op::Relu)
+                && consumers[i] == 1
+                && !keep[i]
+                && (i + 1..=target).any(|k| needed[k] && self.nodes[k].inputs == [i] && coded(k))
+        };
+        let pooled: Vec<bool> = (0..=target).map(|i| i > 0 && pooled_relu(i)).collect();
         for i in 1..=target {
             if !needed[i] {
                 continue;
@@ -522,17 +542,15 @@ impl Graph {
             }
             if fused[i - 1] {
                 // Both fused backward passes work from the final output alone.
-                keep[i] = true;
+                keep[i] |= !pooled[i];
                 continue;
             }
-            keep[i] |= node.op.backward_needs_output();
+            keep[i] |= node.op.backward_needs_output() && !pooled[i];
             for &j in &node.inputs {
-                keep[j] |= node.op.backward_needs_input();
+                keep[j] |= node.op.backward_needs_input() && !coded(i);
                 last_use[j] = i;
             }
         }
-        let input_shape = x.shape().to_vec();
-        let shapes = self.shapes_of(&input_shape, &needed)?;
         // The convolution computing the deepest target: the target itself, or the head of a
         // fused conv + ReLU pair ending there.
         let head = if target > 0 && fused[target - 1] {
@@ -555,6 +573,7 @@ impl Graph {
             _ => None,
         };
         let mut values: Vec<Option<Tensor>> = vec![None; target + 1];
+        let mut pool_codes: Vec<Option<Vec<u8>>> = vec![None; target + 1];
         values[0] = Some(x);
         for i in 1..=target {
             if !needed[i] || fused[i] {
@@ -585,6 +604,10 @@ impl Graph {
                     y.map(|y| scatter_channels(&y, &sel.channels, shapes_c(&shapes, i)))
                 }
                 (Op::Conv2d(c), _) if fused[i - 1] => c.forward_relu(ins[0]),
+                (Op::MaxPool2d(p), _) if coded(i) => p.forward_with_codes(ins[0]).map(|(y, c)| {
+                    pool_codes[i] = c;
+                    y
+                }),
                 (Op::ChannelAffine(a), _) if fused[i - 1] => affine_relu6(a, ins[0]),
                 (op, _) => op.forward(&ins),
             }
@@ -607,6 +630,7 @@ impl Graph {
             fused,
             consumers,
             selection,
+            pool_codes,
         })
     }
 
@@ -653,16 +677,19 @@ impl Graph {
             };
             if trace.fused[i - 1] {
                 let head = &self.nodes[i - 1];
-                let y = trace.values[i].as_ref().ok_or_else(|| {
-                    EngineError::Graph(format!("output of {} was not kept", self.nodes[i].name))
-                })?;
+                // (Not kept where a max pool's codes did the ReLU's masking.)
+                let y = || {
+                    trace.values[i].as_ref().ok_or_else(|| {
+                        EngineError::Graph(format!("output of {} was not kept", self.nodes[i].name))
+                    })
+                };
                 let dx = match &head.op {
                     Op::Conv2d(_) if trace.selected(i).is_some() => {
                         let sel = trace.selected(i).expect("checked");
                         let shape = trace.shapes[head.inputs[0]].as_deref().unwrap_or(&[]);
                         let (mut g, y) = (
                             gather_channels(&g, &sel.channels)?,
-                            gather_channels(y, &sel.channels)?,
+                            gather_channels(y()?, &sel.channels)?,
                         );
                         relu_backward_in_place(&y, &mut g);
                         sel.conv.backward(shape, &g)?
@@ -672,11 +699,11 @@ impl Graph {
                         if relu_done[i] {
                             c.backward(shape, &g)?
                         } else {
-                            c.backward_relu(shape, &mut g, y)?
+                            c.backward_relu(shape, &mut g, y()?)?
                         }
                     }
                     Op::ChannelAffine(a) => {
-                        affine_relu6_backward_in_place(a, y, &mut g)?;
+                        affine_relu6_backward_in_place(a, y()?, &mut g)?;
                         g
                     }
                     _ => unreachable!("only these heads are fused"),
@@ -720,16 +747,18 @@ impl Graph {
                     vec![g]
                 }
                 Op::MaxPool2d(p) => {
-                    let (j, x) = (node.inputs[0], in_value(0)?);
-                    if matches!(self.nodes[j].op, Op::Relu)
+                    let j = node.inputs[0];
+                    let through_relu = matches!(self.nodes[j].op, Op::Relu)
                         && consumers[j] == 1
                         && !seeded[j]
-                        && p.folds_relu(x.shape())
-                    {
-                        relu_done[j] = true;
-                        vec![p.backward_through_relu(x, &g)?]
+                        && p.folds_relu(in_shape(0));
+                    relu_done[j] = through_relu;
+                    if let Some(codes) = &trace.pool_codes[i] {
+                        vec![p.backward_from_codes(in_shape(0), codes, &g, through_relu)?]
+                    } else if through_relu {
+                        vec![p.backward_through_relu(in_value(0)?, &g)?]
                     } else {
-                        vec![p.backward(x, &g)?]
+                        vec![p.backward(in_value(0)?, &g)?]
                     }
                 }
                 Op::AvgPool2d(p) => vec![p.backward(in_shape(0), &g)?],
