@@ -132,3 +132,16 @@ macro_rules! simd_fn {
     };
 }
 pub(crate) use simd_fn;
+
+/// Asks for the cache line holding `p` ahead of its use (a hint: never faults, may be
+/// dropped; `p` need not point inside an allocation).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and cannot fault; SSE is baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

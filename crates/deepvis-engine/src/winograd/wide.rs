@@ -10,6 +10,7 @@
 
 use super::{a4, at6, b6, bt6, slab, Ptr, WinoGeom};
 use crate::lanes::{Lanes, Lanes16};
+use crate::simd::prefetch;
 
 /// Whether the image rows of tile row `u` that it shares with its neighbours are already
 /// written when it runs (see `grad_output`).
@@ -110,6 +111,27 @@ unsafe fn output_columns<T: Lanes>(src: *const f32, n: usize) -> [T; 4] {
     T::deinterleave4(a)
 }
 
+/// Prefetches columns `col0 .. col0 + 66` of `rows` rows from row `y0` of a plane at `plane`
+/// (`h` rows of `w`), those inside it.
+#[inline(always)]
+fn prefetch_rows(plane: *const f32, w: usize, y0: isize, rows: usize, col0: isize, h: usize) {
+    let c0 = col0.max(0) as usize;
+    let c1 = ((col0 + 66).max(0) as usize).min(w);
+    for r in 0..rows as isize {
+        let y = y0 + r;
+        if y < 0 || y >= h as isize || c0 >= c1 {
+            continue;
+        }
+        let row = plane.wrapping_add(y as usize * w);
+        let mut c = c0;
+        while c < c1 {
+            prefetch(row.wrapping_add(c));
+            c += 16;
+        }
+        prefetch(row.wrapping_add(c1 - 1));
+    }
+}
+
 /// V[ξ][c][t] for the tiles of units [u0, u1) and input channel c (see the parent's
 /// `input_transform`).
 #[inline(always)]
@@ -131,10 +153,17 @@ unsafe fn input<T: Lanes>(
     for u in u0..u1 {
         let (n, i) = (u / th, u % th);
         let xc = x[(n * g.cin + c) * plane..][..plane].as_ptr();
+        // The next channel's plane, whose rows this thread is likely to read next: each
+        // channel's few rows are too short a stream for the hardware prefetcher, and the
+        // loads of the tile rows waited on memory.
+        let next = (c + 1 < g.cin).then(|| xc.wrapping_add(plane));
         for j0 in (0..tw).step_by(16) {
             let lanes = (tw - j0).min(16);
             // hor[r][s]: row r of the 16 tiles after Bᵀ across.
             let col0 = (4 * j0) as isize - g.pl as isize;
+            if let Some(next) = next {
+                prefetch_rows(next, g.w, (4 * i) as isize - g.pt as isize, 6, col0, g.h);
+            }
             let hor = six!(|r| {
                 let y = (4 * i + r) as isize - g.pt as isize;
                 if y < 0 || y >= g.h as isize {
@@ -181,9 +210,15 @@ unsafe fn output<T: Lanes>(
     let bias = T::splat(bias);
     for u in u0..u1 {
         let (n, i) = (u / th, u % th);
+        // The next channel's output rows, which this thread is likely to write next (a
+        // store to a line not in cache waits for it as a load would).
+        let next = (o + 1 < g.cout).then(|| y.wrapping_add((n * g.cout + o + 1) * plane));
         for j0 in (0..tw).step_by(16) {
             let lanes = (tw - j0).min(16);
             let tb = (u - u0) * tw + j0;
+            if let Some(next) = next {
+                prefetch_rows(next, g.ow, (4 * i) as isize, 4, (4 * j0) as isize, g.oh);
+            }
             // down[s][a]: column s of the 16 tiles after Aᵀ down.
             let down = six!(|s| at6(six!(|r| T::load_first(
                 m.add((r * 6 + s) * slab(g.cout, t) + o * t + tb),
@@ -243,8 +278,31 @@ unsafe fn grad_input<T: Lanes>(
         let (n, i) = (u / th, u % th);
         let dyo = dy[(n * g.cout + o) * plane..][..plane].as_ptr();
         let yo = relu_out.map(|y| y[(n * g.cout + o) * plane..][..plane].as_ptr());
+        // As in `input`: the next channel's rows, ahead of time.
+        let more = o + 1 < g.cout;
         for j0 in (0..tw).step_by(16) {
             let lanes = (tw - j0).min(16);
+            if more {
+                let col0 = (4 * j0) as isize;
+                prefetch_rows(
+                    dyo.wrapping_add(plane),
+                    g.ow,
+                    (4 * i) as isize,
+                    4,
+                    col0,
+                    g.oh,
+                );
+                if let Some(yo) = yo {
+                    prefetch_rows(
+                        yo.wrapping_add(plane),
+                        g.ow,
+                        (4 * i) as isize,
+                        4,
+                        col0,
+                        g.oh,
+                    );
+                }
+            }
             // hor[a][s]: output row a of the 16 tiles after A across.
             let hor = unrolled!(|a| {
                 let oy = 4 * i + a;
@@ -307,9 +365,15 @@ unsafe fn grad_output<T: Lanes>(
         };
         // Columns 4 and 5 of the previous chunk's last tile, per row r.
         let mut carry = [[0f32; 2]; 6];
+        // As in `output`: the next channel's rows of dx, ahead of their writes.
+        let next = (c + 1 < g.cin).then(|| dx.wrapping_add((n * g.cin + c + 1) * plane));
         for j0 in (0..tw).step_by(16) {
             let lanes = (tw - j0).min(16);
             let tb = (u - u0) * tw + j0;
+            if let Some(next) = next {
+                let col0 = (4 * j0) as isize - g.pl as isize;
+                prefetch_rows(next, g.w, (4 * i) as isize - g.pt as isize, 6, col0, g.h);
+            }
             // vert[k][r]: column k of the 16 tiles after B down.
             let vert = six!(|k| b6(six!(|a| T::load_first(
                 dv.add((a * 6 + k) * slab(g.cin, t) + c * t + tb),
