@@ -132,6 +132,15 @@ fn prefetch_rows(plane: *const f32, w: usize, y0: isize, rows: usize, col0: isiz
     }
 }
 
+/// Prefetches the 16 floats at `p` in each of the 36 transform positions (`slab` apart): the
+/// next channel's chunk of a block's M or V, which at deep layers outgrow the L2 cache.
+#[inline(always)]
+fn prefetch_positions(p: *const f32, slab: usize) {
+    for xi in 0..36 {
+        prefetch(p.wrapping_add(xi * slab));
+    }
+}
+
 /// V[ξ][c][t] for the tiles of units [u0, u1) and input channel c (see the parent's
 /// `input_transform`).
 #[inline(always)]
@@ -218,6 +227,7 @@ unsafe fn output<T: Lanes>(
             let tb = (u - u0) * tw + j0;
             if let Some(next) = next {
                 prefetch_rows(next, g.ow, (4 * i) as isize, 4, (4 * j0) as isize, g.oh);
+                prefetch_positions(m.wrapping_add((o + 1) * t + tb), slab(g.cout, t));
             }
             // down[s][a]: column s of the 16 tiles after Aᵀ down.
             let down = six!(|s| at6(six!(|r| T::load_first(
@@ -373,6 +383,7 @@ unsafe fn grad_output<T: Lanes>(
             if let Some(next) = next {
                 let col0 = (4 * j0) as isize - g.pl as isize;
                 prefetch_rows(next, g.w, (4 * i) as isize - g.pt as isize, 6, col0, g.h);
+                prefetch_positions(dv.wrapping_add((c + 1) * t + tb), slab(g.cin, t));
             }
             // vert[k][r]: column k of the 16 tiles after B down.
             let vert = six!(|k| b6(six!(|a| T::load_first(
