@@ -916,7 +916,6 @@ impl Conv2d {
     }
 }
 
-/// `Bf16` where the CPU has it, else `F32`.
 /// Winograd's GEMM precision: float32 below 16 input channels whatever was asked. There the
 /// GEMMs are a small part of the work, so bf16 gains little, while the transforms magnify its
 /// rounding about tenfold (3.5e-2 of the largest output against 3e-3 for im2col in bf16), at
@@ -929,6 +928,7 @@ fn winograd_precision(g: &WinoGeom, p: Precision) -> Precision {
     }
 }
 
+/// `Bf16` where the CPU has it, else `F32`.
 fn effective(p: Precision) -> Precision {
     if p == Precision::Bf16 && !crate::bf16_supported() {
         Precision::F32
