@@ -345,6 +345,79 @@ fn pool_2x2_tail(
     }
 }
 
+/// The 16 windows of the 2×2 pool from output column `ox` of input rows `r0` and `r1`: their
+/// maxima, and for taps 1–3 the lanes where that tap won against those before it (argmax4's
+/// rule: a later tap wins if greater or NaN).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn windows16(
+    r0: *const f32,
+    r1: *const f32,
+    ox: usize,
+) -> (std::arch::x86_64::__m512, [std::arch::x86_64::__mmask16; 3]) {
+    use std::arch::x86_64::*;
+    // Lane i of (lo, hi) = element i of 32 consecutive floats: even and odd elements.
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let (a0, b0) = (
+        _mm512_loadu_ps(r0.add(2 * ox)),
+        _mm512_loadu_ps(r0.add(2 * ox + 16)),
+    );
+    let (a1, b1) = (
+        _mm512_loadu_ps(r1.add(2 * ox)),
+        _mm512_loadu_ps(r1.add(2 * ox + 16)),
+    );
+    let t0 = _mm512_permutex2var_ps(a0, even, b0);
+    let t1 = _mm512_permutex2var_ps(a0, odd, b0);
+    let t2 = _mm512_permutex2var_ps(a1, even, b1);
+    let t3 = _mm512_permutex2var_ps(a1, odd, b1);
+    let m1 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t1, t0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t1, t1);
+    let best = _mm512_mask_blend_ps(m1, t0, t1);
+    let m2 =
+        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t2, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t2, t2);
+    let best = _mm512_mask_blend_ps(m2, best, t2);
+    let m3 =
+        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t3, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t3, t3);
+    let best = _mm512_mask_blend_ps(m3, best, t3);
+    (best, [m1, m2, m3])
+}
+
+/// The winning tap of each window (one mask per tap, one tap per lane) from `windows16`'s.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn winners(m: [std::arch::x86_64::__mmask16; 3]) -> [std::arch::x86_64::__mmask16; 4] {
+    let [m1, m2, m3] = m;
+    [!(m1 | m2 | m3), m1 & !m2 & !m3, m2 & !m3, m3]
+}
+
+/// Writes `gv` to the winning tap (`win`) of each of 16 windows and zero to the other three,
+/// in rows `d0` and `d1` from column 2·`ox`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scatter16(
+    gv: std::arch::x86_64::__m512,
+    win: [std::arch::x86_64::__mmask16; 4],
+    d0: *mut f32,
+    d1: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    // Element 2i of the result is a[i], element 2i + 1 is b[i].
+    let inter_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let inter_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let (o0, o1) = (
+        _mm512_maskz_mov_ps(win[0], gv),
+        _mm512_maskz_mov_ps(win[1], gv),
+    );
+    let (o2, o3) = (
+        _mm512_maskz_mov_ps(win[2], gv),
+        _mm512_maskz_mov_ps(win[3], gv),
+    );
+    _mm512_storeu_ps(d0, _mm512_permutex2var_ps(o0, inter_lo, o1));
+    _mm512_storeu_ps(d0.add(16), _mm512_permutex2var_ps(o0, inter_hi, o1));
+    _mm512_storeu_ps(d1, _mm512_permutex2var_ps(o2, inter_lo, o3));
+    _mm512_storeu_ps(d1.add(16), _mm512_permutex2var_ps(o2, inter_hi, o3));
+}
+
 /// `pool_2x2_plane` with the window maxima taken 16 at a time with AVX-512 intrinsics: the
 /// loop above leaves the stride-2 reads and writes to gathers and scalar stores, which made the
 /// backward pass run at half the memory bandwidth of the element-wise passes around it.
@@ -361,38 +434,12 @@ unsafe fn pool_2x2_plane_avx512(
     ow: usize,
 ) {
     use std::arch::x86_64::*;
-    // Lane i of (lo, hi) = element i of 32 consecutive floats: even and odd elements.
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    // Back again: element 2i of the result is a[i], element 2i + 1 is b[i].
-    let inter_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let inter_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let vec_end = ow / 16 * 16;
     for oy in 0..oh {
         let r0 = x.as_ptr().add(2 * oy * w);
         let r1 = x.as_ptr().add((2 * oy + 1) * w);
         for ox in (0..vec_end).step_by(16) {
-            let taps = |r: *const f32| {
-                let (lo, hi) = (
-                    _mm512_loadu_ps(r.add(2 * ox)),
-                    _mm512_loadu_ps(r.add(2 * ox + 16)),
-                );
-                (
-                    _mm512_permutex2var_ps(lo, even, hi),
-                    _mm512_permutex2var_ps(lo, odd, hi),
-                )
-            };
-            let ((t0, t1), (t2, t3)) = (taps(r0), taps(r1));
-            // argmax4's rule, lane-wise: a later tap wins if greater or NaN.
-            let take = |t: __m512, best: __m512| {
-                _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t, t)
-            };
-            let m1 = take(t1, t0);
-            let best = _mm512_mask_blend_ps(m1, t0, t1);
-            let m2 = take(t2, best);
-            let best = _mm512_mask_blend_ps(m2, best, t2);
-            let m3 = take(t3, best);
-            let best = _mm512_mask_blend_ps(m3, best, t3);
+            let (best, m) = windows16(r0, r1, ox);
             match grad {
                 None => _mm512_storeu_ps(out.as_mut_ptr().add(oy * ow + ox), best),
                 Some((g, through_relu)) => {
@@ -402,18 +449,9 @@ unsafe fn pool_2x2_plane_avx512(
                         let dead = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(best, _mm512_setzero_ps());
                         gv = _mm512_mask_mov_ps(gv, dead, _mm512_setzero_ps());
                     }
-                    let w3 = m3;
-                    let w2 = m2 & !m3;
-                    let w1 = m1 & !m2 & !m3;
-                    let w0 = !(m1 | m2 | m3);
-                    let (o0, o1) = (_mm512_maskz_mov_ps(w0, gv), _mm512_maskz_mov_ps(w1, gv));
-                    let (o2, o3) = (_mm512_maskz_mov_ps(w2, gv), _mm512_maskz_mov_ps(w3, gv));
                     let d0 = out.as_mut_ptr().add(2 * oy * w + 2 * ox);
                     let d1 = out.as_mut_ptr().add((2 * oy + 1) * w + 2 * ox);
-                    _mm512_storeu_ps(d0, _mm512_permutex2var_ps(o0, inter_lo, o1));
-                    _mm512_storeu_ps(d0.add(16), _mm512_permutex2var_ps(o0, inter_hi, o1));
-                    _mm512_storeu_ps(d1, _mm512_permutex2var_ps(o2, inter_lo, o3));
-                    _mm512_storeu_ps(d1.add(16), _mm512_permutex2var_ps(o2, inter_hi, o3));
+                    scatter16(gv, winners(m), d0, d1);
                 }
             }
         }
@@ -580,51 +618,22 @@ unsafe fn pool_codes_avx512(
     ow: usize,
 ) {
     use std::arch::x86_64::*;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let vec_end = ow / 16 * 16;
     for oy in 0..oh {
         let r0 = x.as_ptr().add(2 * oy * w);
         let r1 = x.as_ptr().add((2 * oy + 1) * w);
         for ox in (0..vec_end).step_by(16) {
-            let (a0, b0) = (
-                _mm512_loadu_ps(r0.add(2 * ox)),
-                _mm512_loadu_ps(r0.add(2 * ox + 16)),
-            );
-            let (a1, b1) = (
-                _mm512_loadu_ps(r1.add(2 * ox)),
-                _mm512_loadu_ps(r1.add(2 * ox + 16)),
-            );
-            let t0 = _mm512_permutex2var_ps(a0, even, b0);
-            let t1 = _mm512_permutex2var_ps(a0, odd, b0);
-            let t2 = _mm512_permutex2var_ps(a1, even, b1);
-            let t3 = _mm512_permutex2var_ps(a1, odd, b1);
-            // argmax4's rule, lane-wise: a later tap wins if greater or NaN.
-            let m1 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t1, t0)
-                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t1, t1);
-            let best = _mm512_mask_blend_ps(m1, t0, t1);
-            let m2 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t2, best)
-                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t2, t2);
-            let best = _mm512_mask_blend_ps(m2, best, t2);
-            let m3 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t3, best)
-                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t3, t3);
-            let best = _mm512_mask_blend_ps(m3, best, t3);
+            let (best, [m1, m2, m3]) = windows16(r0, r1, ox);
             _mm512_storeu_ps(y.as_mut_ptr().add(oy * ow + ox), best);
             let index = _mm512_mask_mov_epi32(_mm512_setzero_si512(), m1, _mm512_set1_epi32(1));
             let index = _mm512_mask_mov_epi32(index, m2, _mm512_set1_epi32(2));
             let index = _mm512_mask_mov_epi32(index, m3, _mm512_set1_epi32(3));
             // Not (≤ 0): above 0 or NaN.
             let positive = !_mm512_cmp_ps_mask::<_CMP_LE_OQ>(best, _mm512_setzero_ps());
-            let code = _mm512_mask_or_epi32(
-                index,
-                positive,
-                index,
-                _mm512_set1_epi32(CODE_POSITIVE as i32),
-            );
-            _mm_storeu_si128(
-                codes.as_mut_ptr().add(oy * ow + ox) as *mut __m128i,
-                _mm512_cvtepi32_epi8(code),
-            );
+            let flag = _mm512_set1_epi32(CODE_POSITIVE as i32);
+            let code = _mm512_mask_or_epi32(index, positive, index, flag);
+            let dst = codes.as_mut_ptr().add(oy * ow + ox) as *mut __m128i;
+            _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(code));
         }
     }
     pool_codes_tail(x, y, codes, w, oh, ow, vec_end);
@@ -645,8 +654,6 @@ unsafe fn unpool_codes_avx512(
     ow: usize,
 ) {
     use std::arch::x86_64::*;
-    let inter_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let inter_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let vec_end = ow / 16 * 16;
     for oy in 0..oh {
         for ox in (0..vec_end).step_by(16) {
@@ -659,21 +666,10 @@ unsafe fn unpool_codes_avx512(
                 gv = _mm512_mask_mov_ps(gv, dead, _mm512_setzero_ps());
             }
             let index = _mm512_and_si512(code, _mm512_set1_epi32(3));
-            let at = |k: i32| _mm512_cmpeq_epi32_mask(index, _mm512_set1_epi32(k));
-            let (o0, o1) = (
-                _mm512_maskz_mov_ps(at(0), gv),
-                _mm512_maskz_mov_ps(at(1), gv),
-            );
-            let (o2, o3) = (
-                _mm512_maskz_mov_ps(at(2), gv),
-                _mm512_maskz_mov_ps(at(3), gv),
-            );
+            let tap = |k: i32| _mm512_cmpeq_epi32_mask(index, _mm512_set1_epi32(k));
             let d0 = dx.as_mut_ptr().add(2 * oy * w + 2 * ox);
             let d1 = dx.as_mut_ptr().add((2 * oy + 1) * w + 2 * ox);
-            _mm512_storeu_ps(d0, _mm512_permutex2var_ps(o0, inter_lo, o1));
-            _mm512_storeu_ps(d0.add(16), _mm512_permutex2var_ps(o0, inter_hi, o1));
-            _mm512_storeu_ps(d1, _mm512_permutex2var_ps(o2, inter_lo, o3));
-            _mm512_storeu_ps(d1.add(16), _mm512_permutex2var_ps(o2, inter_hi, o3));
+            scatter16(gv, [tap(0), tap(1), tap(2), tap(3)], d0, d1);
         }
     }
     unpool_codes_tail(codes, g, through_relu, dx, h, w, oh, ow, vec_end);
