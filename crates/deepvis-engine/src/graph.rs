@@ -650,7 +650,7 @@ impl Graph {
         let target = trace.values.len() - 1;
         let mut grads: Vec<Option<Tensor>> = vec![None; target + 1];
         // A ReLU whose only consumer is a 2×2 max pool has its backward pass done by the
-        // pool's (`MaxPool2d::backward_through_relu`), saving a sweep over the larger tensor;
+        // pool's (`MaxPool2d::backward_from_codes`), saving a sweep over the larger tensor;
         // not where the ReLU's output is also seeded (that gradient is unmasked).
         let consumers = &trace.consumers;
         let mut seeded = vec![false; target + 1];
@@ -753,10 +753,9 @@ impl Graph {
                         && !seeded[j]
                         && p.folds_relu(in_shape(0));
                     relu_done[j] = through_relu;
+                    // A pool that folds the ReLU has codes (forward_impl's `coded`).
                     if let Some(codes) = &trace.pool_codes[i] {
                         vec![p.backward_from_codes(in_shape(0), codes, &g, through_relu)?]
-                    } else if through_relu {
-                        vec![p.backward_through_relu(in_value(0)?, &g)?]
                     } else {
                         vec![p.backward(in_value(0)?, &g)?]
                     }
