@@ -1,0 +1,88 @@
+use std::path::PathBuf;
+
+use crate::tensor::DataType;
+
+/// Everything that can go wrong reading or folding an ONNX model.
+///
+/// Every message is one line that names the cause once and what to do once. No variant wraps
+/// another error as a `source`: the cause is already in the text, so error reporters that walk
+/// source chains do not print it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("cannot read {}: {reason}; check that the path exists and is readable", path.display())]
+    Io { path: PathBuf, reason: String },
+
+    #[error(
+        "{} is not an ONNX model or is truncated: {reason}; re-export it \
+         (torch.onnx.export or onnx.save) and copy it again",
+        path.display()
+    )]
+    NotOnnx { path: PathBuf, reason: String },
+
+    #[error(
+        "{} is too large to load: {reason}; this reader refuses it rather than run out of \
+         memory (see deepvis_onnx::Limits)",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, reason: String },
+
+    #[error("{}: {reason}; {fix}", path.display())]
+    Model {
+        path: PathBuf,
+        reason: String,
+        fix: &'static str,
+    },
+
+    #[error("tensor '{tensor}': {reason}; {fix}")]
+    Tensor {
+        tensor: String,
+        reason: String,
+        fix: &'static str,
+    },
+
+    /// External data that is missing, short, or names a file outside the model's folder.
+    #[error("tensor '{tensor}': {reason}; {fix}")]
+    ExternalData {
+        tensor: String,
+        reason: String,
+        fix: String,
+    },
+
+    #[error("node '{node}' ({op}): attribute '{attr}' {reason}; re-export the model with a standard exporter")]
+    Attribute {
+        node: String,
+        op: String,
+        attr: String,
+        reason: String,
+    },
+
+    #[error("node '{node}' ({op}): {reason}; {fix}")]
+    Node {
+        node: String,
+        op: String,
+        reason: String,
+        fix: &'static str,
+    },
+
+    #[error(
+        "cannot evaluate {op} (node '{node}', opset {opset}) on constants: the constant folder \
+         does not implement it; simplify the model first (e.g. onnxsim) or export it with a \
+         fixed input shape"
+    )]
+    Unsupported {
+        op: String,
+        node: String,
+        opset: i64,
+    },
+
+    #[error("{reason}; {fix}")]
+    Value { reason: String, fix: &'static str },
+
+    #[error("expected {expected} tensor, found {found}; use a tensor of the expected type")]
+    WrongType {
+        expected: &'static str,
+        found: DataType,
+    },
+}
+
+pub type Result<T, E = OnnxError> = std::result::Result<T, E>;
