@@ -21,6 +21,7 @@ mod error;
 mod eval;
 mod external;
 mod model;
+pub mod names;
 mod proto;
 mod scan;
 mod tensor;
