@@ -32,10 +32,7 @@ fn vgg16(layer: usize) -> Graph {
             break;
         }
         if c < 0 {
-            g.then(
-                format!("features.{idx}"),
-                Op::MaxPool2d(MaxPool2d::square(2, 2)),
-            );
+            g.then(format!("features.{idx}"), MaxPool2d::square(2, 2));
             idx += 1;
             continue;
         }
@@ -53,8 +50,8 @@ fn vgg16(layer: usize) -> Graph {
             bias: Some((0..c).map(|_| lcg(&mut seed) * 0.1).collect()),
             cache: ConvCache::default(),
         };
-        g.then(format!("features.{idx}"), Op::Conv2d(conv));
-        g.then(format!("features.{}", idx + 1), Op::Relu);
+        g.then(format!("features.{idx}"), conv);
+        g.then(format!("features.{}", idx + 1), Relu);
         idx += 2;
         cin = c;
     }
@@ -188,24 +185,20 @@ fn main() {
         for node in &graph.nodes()[1..=target] {
             let input = values.last().expect("input");
             let t = Instant::now();
-            let y = match &node.op {
-                Op::Conv2d(c) => c.forward(input).expect("conv"),
-                Op::Relu => relu(input),
-                Op::MaxPool2d(p) => p.forward(input).expect("pool"),
-                _ => unreachable!(),
-            };
+            let y = node.op.forward(&[input]).expect("forward");
             fwd.push(t.elapsed().as_secs_f64() * 1e3);
             values.push(y);
         }
         let mut g = Tensor::full(values[target].shape(), 1e-3);
         for (i, node) in graph.nodes()[1..=target].iter().enumerate().rev() {
             let t = Instant::now();
-            g = match &node.op {
-                Op::Conv2d(c) => c.backward(values[i].shape(), &g).expect("conv"),
-                Op::Relu => relu_backward(&values[i + 1], &g),
-                Op::MaxPool2d(p) => p.backward(&values[i], &g).expect("pool"),
-                _ => unreachable!(),
-            };
+            let saved = Saved::new(
+                &node.name,
+                vec![values[i].shape()],
+                vec![Some(&values[i])],
+                Some(&values[i + 1]),
+            );
+            g = node.op.backward(&saved, g).expect("backward").remove(0);
             let bwd = t.elapsed().as_secs_f64() * 1e3;
             println!(
                 "{:<12} {:<22} {:>20} fwd {:7.2} ms  bwd {:7.2} ms",

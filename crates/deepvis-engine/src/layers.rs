@@ -35,7 +35,7 @@ impl ChannelAffine {
         ChannelAffine { scale, shift }
     }
 
-    fn check(&self, s: &[usize]) -> Result<(usize, usize), EngineError> {
+    pub(crate) fn check(&self, s: &[usize]) -> Result<(usize, usize), EngineError> {
         if s.len() < 2 || s[1] != self.scale.len() {
             return Err(EngineError::Shape(format!(
                 "batch norm over {} channels got input {s:?}",

@@ -11,6 +11,9 @@ mod lanes;
 mod layers;
 mod memory;
 mod narrow;
+mod op;
+mod ops;
+mod plan;
 mod pool;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
@@ -21,9 +24,11 @@ mod winograd;
 
 pub use bf16::{bf16_supported, precision, set_precision, Precision};
 pub use conv::{conv_algo, set_conv_algo, Conv2d, ConvAlgo, ConvCache, Padding};
-pub use graph::{Graph, Node, NodeId, Op, Trace};
+pub use graph::{Graph, Node, NodeId, Trace};
 pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Linear};
 pub use memory::retain_freed_memory;
+pub use op::{Activation, CodedBackward, Field, Needs, Op, Operator, Saved};
+pub use ops::{Add, Flatten, Identity, Input, Relu, Relu6};
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 pub use simd::{detected_simd, set_max_simd, simd_level, SimdLevel};
 pub use tensor::{set_concurrent_passes, Tensor};

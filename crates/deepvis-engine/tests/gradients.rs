@@ -807,33 +807,30 @@ fn graph_gradient_through_a_residual_network() {
         pads: (0, 0, 0, 0),
     };
     let mut g = Graph::new();
-    let c1 = g.then("conv", Op::Conv2d(conv_of(&case(3, 4, 3, 1, 1), &mut r)));
+    let c1 = g.then("conv", conv_of(&case(3, 4, 3, 1, 1), &mut r));
     g.then(
         "bn",
-        Op::ChannelAffine(ChannelAffine {
+        ChannelAffine {
             scale: vec![1.5, 0.7, 1.1, 0.9],
             shift: vec![0.1, 0.2, -0.1, 0.0],
-        }),
+        },
     );
-    g.then("act", Op::Relu6);
-    let dw = g.then("dw", Op::Conv2d(conv_of(&case(4, 4, 3, 4, 1), &mut r)));
-    g.push("add", Op::Add, &[dw, c1]);
-    g.then("relu", Op::Relu);
-    g.then("pool", Op::MaxPool2d(MaxPool2d::square(2, 2)));
-    g.then(
-        "gap",
-        Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (2, 2) }),
-    );
-    g.then("flat", Op::Flatten);
-    g.then("drop", Op::Identity);
+    g.then("act", Relu6);
+    let dw = g.then("dw", conv_of(&case(4, 4, 3, 4, 1), &mut r));
+    g.push("add", Add, &[dw, c1]);
+    g.then("relu", Relu);
+    g.then("pool", MaxPool2d::square(2, 2));
+    g.then("gap", AdaptiveAvgPool2d { output: (2, 2) });
+    g.then("flat", Flatten);
+    g.then("drop", Identity);
     let fc = g.then(
         "fc",
-        Op::Linear(Linear {
+        Linear {
             in_features: 16,
             out_features: 3,
             weight: (0..48).map(|_| r.gen_range(-1.0..1.0)).collect(),
             bias: None,
-        }),
+        },
     );
     let x = random(&[2, 3, 8, 8], &mut r);
     for target in [c1, dw, fc] {
@@ -872,10 +869,10 @@ fn backward_multi_sums_the_gradients_of_several_nodes() {
         pads: (1, 1, 1, 1),
     };
     let mut g = Graph::new();
-    let a = g.then("a", Op::Conv2d(conv_of(&case, &mut r)));
-    g.then("relu", Op::Relu);
+    let a = g.then("a", conv_of(&case, &mut r));
+    g.then("relu", Relu);
     let case2 = ConvCase { cin: 4, ..case };
-    let b = g.then("b", Op::Conv2d(conv_of(&case2, &mut r)));
+    let b = g.then("b", conv_of(&case2, &mut r));
     let x = away_from_zero(&[1, 3, 6, 6], &mut r);
     let trace = g.forward_multi(x.clone(), &[b, a]).unwrap();
     assert_eq!(trace.targets(), &[a, b]);
@@ -1059,22 +1056,22 @@ fn fused_pairs_match_the_unfused_graph() {
         pads: (1, 1, 1, 1),
     };
     let mut g = Graph::new();
-    let conv = g.then("conv", Op::Conv2d(conv_of(&case, &mut r)));
-    g.then("relu", Op::Relu);
+    let conv = g.then("conv", conv_of(&case, &mut r));
+    g.then("relu", Relu);
     let case2 = ConvCase {
         cin: 6,
         cout: 5,
         ..case
     };
-    g.then("conv2", Op::Conv2d(conv_of(&case2, &mut r)));
+    g.then("conv2", conv_of(&case2, &mut r));
     let bn = g.then(
         "bn",
-        Op::ChannelAffine(ChannelAffine {
+        ChannelAffine {
             scale: (0..5).map(|_| r.gen_range(0.5..3.0)).collect(),
             shift: (0..5).map(|_| r.gen_range(-1.0..4.0)).collect(),
-        }),
+        },
     );
-    let last = g.then("relu6", Op::Relu6);
+    let last = g.then("relu6", Relu6);
     let x = random(&[2, 3, 9, 8], &mut r);
     let fused = g.forward(x.clone(), last).unwrap();
     assert!(fused.value(conv).is_none() && fused.value(bn).is_none());
@@ -1119,10 +1116,10 @@ fn a_relu_after_a_winograd_conv_is_masked_in_its_backward() {
         pads: (1, 1, 1, 1),
     };
     let mut g = Graph::new();
-    let conv = g.then("conv", Op::Conv2d(conv_of(&case, &mut r)));
-    g.then("relu", Op::Relu);
-    let conv2 = g.then("conv2", Op::Conv2d(conv_of(&case, &mut r)));
-    let last = g.then("relu2", Op::Relu);
+    let conv = g.then("conv", conv_of(&case, &mut r));
+    g.then("relu", Relu);
+    let conv2 = g.then("conv2", conv_of(&case, &mut r));
+    let last = g.then("relu2", Relu);
     let x = random(&[2, 16, 13, 22], &mut r);
     let fused = g.forward(x.clone(), last).unwrap();
     assert!(fused.value(conv).is_none() && fused.value(conv2).is_none());
@@ -1224,20 +1221,20 @@ fn computing_only_the_read_channels_changes_nothing_they_feed() {
         pads: (1, 1, 1, 1),
     };
     let mut g = Graph::new();
-    g.then("conv", Op::Conv2d(conv_of(&case, &mut r)));
-    g.then("relu", Op::Relu);
+    g.then("conv", conv_of(&case, &mut r));
+    g.then("relu", Relu);
     let conv2 = g.then(
         "conv2",
-        Op::Conv2d(conv_of(
+        conv_of(
             &ConvCase {
                 cin: 8,
                 cout: 16,
                 ..case
             },
             &mut r,
-        )),
+        ),
     );
-    let relu2 = g.then("relu2", Op::Relu);
+    let relu2 = g.then("relu2", Relu);
     let x = random(&[2, 3, 12, 12], &mut r);
     // (The algorithm is process-wide and tests run in parallel, so this one keeps `Auto`.)
     for target in [conv2, relu2] {
@@ -1268,7 +1265,7 @@ fn computing_only_the_read_channels_changes_nothing_they_feed() {
         }
     }
     // Not a convolution: the whole output, as forward_multi.
-    let pool = g.then("pool", Op::MaxPool2d(MaxPool2d::square(2, 2)));
+    let pool = g.then("pool", MaxPool2d::square(2, 2));
     let t = g.forward_channels(x, &[pool], &[1]).unwrap();
     assert_eq!(t.computed_channels(pool), None);
 }
@@ -1346,10 +1343,10 @@ fn a_relu_before_a_max_pool_is_folded_into_the_pools_backward() {
     );
     let pool = MaxPool2d::square(2, 2);
     let mut g = Graph::new();
-    g.then("conv", Op::Conv2d(conv.clone()));
-    let relu_node = g.then("relu", Op::Relu);
-    g.then("pool", Op::MaxPool2d(pool.clone()));
-    let last = g.then("conv2", Op::Conv2d(conv2.clone()));
+    g.then("conv", conv.clone());
+    let relu_node = g.then("relu", Relu);
+    g.then("pool", pool.clone());
+    let last = g.then("conv2", conv2.clone());
     let x = random(&[2, 3, 8, 42], &mut r);
     // The same chain op by op, with the ReLU's own backward pass.
     let y = relu(&conv.forward(&x).unwrap());

@@ -6,10 +6,9 @@
 //! residual add; inside a block `_blocks.N._expand_conv`, `._bn0`, `._act0`, `._depthwise_conv`,
 //! `._bn1`, `._act1`, `._project_conv`, `._bn2`.
 
-use crate::builder::{batch_norm, conv, linear, ConvSpec};
-use crate::params::Params;
+use crate::builder::{Builder, Conv};
 use crate::ModelError;
-use deepvis_engine::{AdaptiveAvgPool2d, Graph, Op, Padding};
+use deepvis_engine::{AdaptiveAvgPool2d, Add, Flatten, Identity, NodeId, Relu6};
 
 const EPS: f32 = 1e-3;
 
@@ -24,96 +23,62 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-fn same(cin: usize, cout: usize, k: usize, stride: usize, groups: usize) -> ConvSpec {
-    ConvSpec {
-        cin,
-        cout,
-        k,
-        stride,
-        padding: Padding::Same,
-        groups,
-        bias: false,
+/// An inverted-residual block (MBConv without squeeze-excitation): 1×1 expansion (skipped at
+/// ratio 1), k×k depthwise, 1×1 projection, each with batch norm, ReLU6 after the first two;
+/// the block's output is the residual sum where shapes allow, else the projection.
+fn mb_conv(
+    b: &mut Builder,
+    x: NodeId,
+    (cin, cout, k, stride, expand): (usize, usize, usize, usize, usize),
+) -> Result<NodeId, ModelError> {
+    let mid = cin * expand;
+    let mut y = x;
+    if expand != 1 {
+        y = b.conv("_expand_conv", y, Conv::new(cin, mid, 1).same().no_bias())?;
+        y = b.batch_norm("_bn0", y, mid, EPS)?;
+        y = b.op("_act0", Relu6, &[y]);
     }
+    let dw = Conv::new(mid, mid, k)
+        .stride(stride)
+        .same()
+        .depthwise()
+        .no_bias();
+    y = b.conv("_depthwise_conv", y, dw)?;
+    y = b.batch_norm("_bn1", y, mid, EPS)?;
+    y = b.op("_act1", Relu6, &[y]);
+    y = b.conv("_project_conv", y, Conv::new(mid, cout, 1).same().no_bias())?;
+    y = b.batch_norm("_bn2", y, cout, EPS)?;
+    Ok(if stride == 1 && cin == cout {
+        b.output(Add, &[y, x])
+    } else {
+        b.output(Identity, &[y])
+    })
 }
 
-pub(crate) fn efficientnet_lite0(params: &mut Params, head: bool) -> Result<Graph, ModelError> {
-    let mut g = Graph::new();
-    g.then(
-        "_conv_stem.conv",
-        conv(params, "_conv_stem", same(3, 32, 3, 2, 1))?,
-    );
-    g.then("_bn0", batch_norm(params, "_bn0", 32, EPS)?);
-    let mut x = g.then("_conv_stem", Op::Relu6);
+pub(crate) fn efficientnet_lite0(b: &mut Builder, head: bool) -> Result<(), ModelError> {
+    let stem = Conv::new(3, 32, 3).stride(2).same().no_bias();
+    let mut x = b.conv_as("_conv_stem.conv", "_conv_stem", 0, stem)?;
+    x = b.batch_norm("_bn0", x, 32, EPS)?;
+    x = b.op("_conv_stem", Relu6, &[x]);
 
     let mut block = 0;
     for (repeats, k, stride, expand, cin0, cout) in STAGES {
         for r in 0..repeats {
             let (cin, s) = if r == 0 { (cin0, stride) } else { (cout, 1) };
-            let p = format!("_blocks.{block}");
-            let mid = cin * expand;
-            if expand != 1 {
-                g.then(
-                    format!("{p}._expand_conv"),
-                    conv(
-                        params,
-                        &format!("{p}._expand_conv"),
-                        same(cin, mid, 1, 1, 1),
-                    )?,
-                );
-                g.then(
-                    format!("{p}._bn0"),
-                    batch_norm(params, &format!("{p}._bn0"), mid, EPS)?,
-                );
-                g.then(format!("{p}._act0"), Op::Relu6);
-            }
-            g.then(
-                format!("{p}._depthwise_conv"),
-                conv(
-                    params,
-                    &format!("{p}._depthwise_conv"),
-                    same(mid, mid, k, s, mid),
-                )?,
-            );
-            g.then(
-                format!("{p}._bn1"),
-                batch_norm(params, &format!("{p}._bn1"), mid, EPS)?,
-            );
-            g.then(format!("{p}._act1"), Op::Relu6);
-            g.then(
-                format!("{p}._project_conv"),
-                conv(
-                    params,
-                    &format!("{p}._project_conv"),
-                    same(mid, cout, 1, 1, 1),
-                )?,
-            );
-            let bn2 = g.then(
-                format!("{p}._bn2"),
-                batch_norm(params, &format!("{p}._bn2"), cout, EPS)?,
-            );
-            x = if s == 1 && cin == cout {
-                g.push(p, Op::Add, &[bn2, x])
-            } else {
-                g.push(p, Op::Identity, &[bn2])
-            };
+            x = mb_conv(&mut b.pp("_blocks").pp(block), x, (cin, cout, k, s, expand))?;
             block += 1;
         }
     }
 
-    g.then(
-        "_conv_head.conv",
-        conv(params, "_conv_head", same(320, 1280, 1, 1, 1))?,
-    );
-    g.then("_bn1", batch_norm(params, "_bn1", 1280, EPS)?);
-    g.then("_conv_head", Op::Relu6);
+    let head_conv = Conv::new(320, 1280, 1).same().no_bias();
+    x = b.conv_as("_conv_head.conv", "_conv_head", x, head_conv)?;
+    x = b.batch_norm("_bn1", x, 1280, EPS)?;
+    x = b.op("_conv_head", Relu6, &[x]);
     if head {
-        g.then(
-            "_avg_pooling",
-            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (1, 1) }),
-        );
-        g.then("flatten", Op::Flatten);
-        g.then("_dropout", Op::Identity);
-        g.then("_fc", linear(params, "_fc", 1280, 1000)?);
+        x = b.op("_avg_pooling", AdaptiveAvgPool2d { output: (1, 1) }, &[x]);
+        x = b.op("flatten", Flatten, &[x]);
+        x = b.op("_dropout", Identity, &[x]);
+        b.linear("_fc", x, 1280, 1000)?;
     }
-    Ok(g)
+    Ok(())
 }

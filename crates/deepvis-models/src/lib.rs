@@ -7,7 +7,8 @@ mod efficientnet;
 mod params;
 mod vgg;
 
-use deepvis_engine::{Graph, NodeId, Op};
+use builder::Builder;
+use deepvis_engine::{Conv2d, Graph, NodeId};
 use deepvis_weights::StateDict;
 use params::Params;
 use std::path::Path;
@@ -55,7 +56,12 @@ pub const IMAGENET: Normalization = Normalization {
     std: [0.229, 0.224, 0.225],
 };
 
-/// A model of the zoo: what it is called, where its weights live, how it wants its input.
+/// How an architecture is built: its nodes pushed through the scoped builder, with the
+/// classifier head where the weights have it.
+type Build = fn(&mut Builder, bool) -> Result<(), ModelError>;
+
+/// A model of the zoo, its one entry: what it is called, where its weights live, how it wants
+/// its input, and how it is built. `deepvis models` and `Model::build` both read it.
 #[derive(Clone, Copy, Debug)]
 pub struct ModelInfo {
     pub name: &'static str,
@@ -71,21 +77,28 @@ pub struct ModelInfo {
     pub sequential: Option<&'static str>,
     /// Prefix of the classification head, which a features-only checkpoint may lack.
     pub head_prefix: &'static str,
+    build: Build,
 }
 
-macro_rules! tv {
-    ($name:literal, $file:literal, $desc:literal, $native:literal, $seq:expr, $head:literal) => {
-        ModelInfo {
-            name: $name,
-            description: $desc,
-            url: Some(concat!("https://download.pytorch.org/models/", $file)),
-            bundled: false,
-            normalization: IMAGENET,
-            native_size: $native,
-            sequential: $seq,
-            head_prefix: $head,
-        }
-    };
+/// A torchvision classifier with a `features` Sequential and a `classifier` head, its weights
+/// at `url`.
+const fn torchvision(
+    name: &'static str,
+    url: &'static str,
+    description: &'static str,
+    build: Build,
+) -> ModelInfo {
+    ModelInfo {
+        name,
+        description,
+        url: Some(url),
+        bundled: false,
+        normalization: IMAGENET,
+        native_size: 224,
+        sequential: Some("features"),
+        head_prefix: "classifier.",
+        build,
+    }
 }
 
 pub const ZOO: &[ModelInfo] = &[
@@ -101,78 +114,61 @@ pub const ZOO: &[ModelInfo] = &[
         native_size: 224,
         sequential: None,
         head_prefix: "_fc.",
+        build: efficientnet::efficientnet_lite0,
     },
-    tv!(
+    torchvision(
         "vgg16",
-        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
         "VGG-16, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 16, false, head),
     ),
-    tv!(
+    torchvision(
         "vgg11",
-        "vgg11-8a719046.pth",
+        "https://download.pytorch.org/models/vgg11-8a719046.pth",
         "VGG-11, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 11, false, head),
     ),
-    tv!(
+    torchvision(
         "vgg13",
-        "vgg13-19584684.pth",
+        "https://download.pytorch.org/models/vgg13-19584684.pth",
         "VGG-13, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 13, false, head),
     ),
-    tv!(
+    torchvision(
         "vgg19",
-        "vgg19-dcbb9e9d.pth",
+        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
         "VGG-19, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 19, false, head),
     ),
-    tv!(
+    torchvision(
         "vgg11_bn",
-        "vgg11_bn-6002323d.pth",
+        "https://download.pytorch.org/models/vgg11_bn-6002323d.pth",
         "VGG-11 with batch norm, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 11, true, head),
     ),
-    tv!(
+    torchvision(
         "vgg13_bn",
-        "vgg13_bn-abd245e5.pth",
+        "https://download.pytorch.org/models/vgg13_bn-abd245e5.pth",
         "VGG-13 with batch norm, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 13, true, head),
     ),
-    tv!(
+    torchvision(
         "vgg16_bn",
-        "vgg16_bn-6c64b313.pth",
+        "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
         "VGG-16 with batch norm, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 16, true, head),
     ),
-    tv!(
+    torchvision(
         "vgg19_bn",
-        "vgg19_bn-c79401a0.pth",
+        "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth",
         "VGG-19 with batch norm, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        |b, head| vgg::vgg(b, 19, true, head),
     ),
-    tv!(
+    torchvision(
         "alexnet",
-        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
         "AlexNet, torchvision ImageNet weights",
-        224,
-        Some("features"),
-        "classifier."
+        vgg::alexnet,
     ),
 ];
 
@@ -214,21 +210,9 @@ impl Model {
             WeightsFrom::Random(seed) => Params::random(seed),
         };
         let has_head = params.has_prefix(info.head_prefix);
-        let graph = match name {
-            "efficientnet_lite0" => efficientnet::efficientnet_lite0(&mut params, has_head)?,
-            "alexnet" => vgg::alexnet(&mut params, has_head)?,
-            vgg_name => {
-                let (depth, bn) = match vgg_name.strip_suffix("_bn") {
-                    Some(base) => (base, true),
-                    None => (vgg_name, false),
-                };
-                let depth: u32 = depth
-                    .trim_start_matches("vgg")
-                    .parse()
-                    .map_err(|_| ModelError::UnknownModel(name.to_string()))?;
-                vgg::vgg(&mut params, depth, bn, has_head)?
-            }
-        };
+        let mut builder = Builder::new(&mut params);
+        (info.build)(&mut builder, has_head)?;
+        let graph = builder.finish();
         params.finish()?;
         Ok(Model {
             info,
@@ -271,17 +255,26 @@ impl Model {
             return Ok(id);
         }
         if let (Ok(index), Some(seq)) = (spec.parse::<usize>(), self.info.sequential) {
-            let count = self
+            // Direct children only: `features.3` counts, a node inside it (`features.3.conv`)
+            // does not.
+            let last = self
                 .graph
                 .nodes()
                 .iter()
-                .filter(|n| n.name.starts_with(&format!("{seq}.")))
-                .count();
+                .filter_map(|n| {
+                    n.name
+                        .strip_prefix(seq)?
+                        .strip_prefix('.')?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0);
             return self.graph.find(&format!("{seq}.{index}")).ok_or_else(|| {
                 ModelError::Layer(format!(
                     "layer {index} is out of range: {}.{seq} has layers 0..{}; see `deepvis layers --model {}`",
                     self.info.name,
-                    count.saturating_sub(1),
+                    last,
                     self.info.name
                 ))
             });
@@ -333,7 +326,7 @@ impl Model {
 
     /// Whether the node is a convolution whose raw output (before any activation) is addressed.
     pub fn is_conv(&self, layer: NodeId) -> bool {
-        matches!(self.graph.nodes()[layer].op, Op::Conv2d(_))
+        self.graph.nodes()[layer].op.is::<Conv2d>()
     }
 }
 

@@ -1,10 +1,9 @@
 //! torchvision's VGG (11/13/16/19, with and without batch norm) and AlexNet, with the exact
 //! `features.N` / `classifier.N` numbering of their state dicts.
 
-use crate::builder::{batch_norm, conv, linear, ConvSpec};
-use crate::params::Params;
+use crate::builder::{Builder, Conv};
 use crate::ModelError;
-use deepvis_engine::{AdaptiveAvgPool2d, Graph, MaxPool2d, Op, Padding};
+use deepvis_engine::{AdaptiveAvgPool2d, Flatten, Identity, MaxPool2d, Relu};
 
 /// Layer configurations from torchvision (`M` = 2×2 max-pool), as channel counts with 0 for M.
 pub(crate) fn vgg_config(depth: u32) -> Option<&'static [usize]> {
@@ -27,22 +26,23 @@ pub(crate) fn vgg_config(depth: u32) -> Option<&'static [usize]> {
     }
 }
 
-/// The classifier head used by VGG and AlexNet: `classifier.N` in torchvision's numbering,
-/// after `avgpool` and a flatten. Skipped when the checkpoint holds the feature extractor only.
+/// The classifier head of VGG and AlexNet: `avgpool`, a flatten, then `classifier.N` in
+/// torchvision's numbering. Skipped when the checkpoint holds the feature extractor only.
 fn classifier(
-    g: &mut Graph,
-    params: &mut Params,
+    b: &mut Builder,
+    pool: (usize, usize),
     layers: &[(usize, ClassifierLayer)],
 ) -> Result<(), ModelError> {
-    g.then("flatten", Op::Flatten);
-    for (i, layer) in layers {
-        let name = format!("classifier.{i}");
-        let op = match *layer {
-            ClassifierLayer::Linear(fin, fout) => linear(params, &name, fin, fout)?,
-            ClassifierLayer::Relu => Op::Relu,
-            ClassifierLayer::Dropout => Op::Identity,
+    let x = b.last();
+    let mut x = b.op("avgpool", AdaptiveAvgPool2d { output: pool }, &[x]);
+    x = b.op("flatten", Flatten, &[x]);
+    let mut b = b.pp("classifier");
+    for &(i, layer) in layers {
+        x = match layer {
+            ClassifierLayer::Linear(fin, fout) => b.linear(i, x, fin, fout)?,
+            ClassifierLayer::Relu => b.op(i, Relu, &[x]),
+            ClassifierLayer::Dropout => b.op(i, Identity, &[x]),
         };
-        g.then(name, op);
     }
     Ok(())
 }
@@ -54,56 +54,31 @@ enum ClassifierLayer {
     Dropout,
 }
 
-pub(crate) fn vgg(
-    params: &mut Params,
-    depth: u32,
-    bn: bool,
-    head: bool,
-) -> Result<Graph, ModelError> {
+pub(crate) fn vgg(b: &mut Builder, depth: u32, bn: bool, head: bool) -> Result<(), ModelError> {
     let cfg = vgg_config(depth)
         .ok_or_else(|| ModelError::Architecture(format!("no VGG of depth {depth}")))?;
-    let mut g = Graph::new();
+    let mut f = b.pp("features");
+    let mut x = f.last();
     let mut idx = 0;
     let mut cin = 3;
     for &c in cfg {
         if c == 0 {
-            g.then(
-                format!("features.{idx}"),
-                Op::MaxPool2d(MaxPool2d::square(2, 2)),
-            );
+            x = f.op(idx, MaxPool2d::square(2, 2), &[x]);
             idx += 1;
             continue;
         }
-        let spec = ConvSpec {
-            cin,
-            cout: c,
-            k: 3,
-            stride: 1,
-            padding: Padding::symmetric(1),
-            groups: 1,
-            bias: true,
-        };
-        g.then(
-            format!("features.{idx}"),
-            conv(params, &format!("features.{idx}"), spec)?,
-        );
+        x = f.conv(idx, x, Conv::new(cin, c, 3).pad(1))?;
         idx += 1;
         if bn {
-            g.then(
-                format!("features.{idx}"),
-                batch_norm(params, &format!("features.{idx}"), c, 1e-5)?,
-            );
+            x = f.batch_norm(idx, x, c, 1e-5)?;
             idx += 1;
         }
-        g.then(format!("features.{idx}"), Op::Relu);
+        x = f.op(idx, Relu, &[x]);
         idx += 1;
         cin = c;
     }
+    drop(f);
     if head {
-        g.then(
-            "avgpool",
-            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (7, 7) }),
-        );
         use ClassifierLayer::*;
         let layers = [
             (0, Linear(512 * 7 * 7, 4096)),
@@ -114,13 +89,15 @@ pub(crate) fn vgg(
             (5, Dropout),
             (6, Linear(4096, 1000)),
         ];
-        classifier(&mut g, params, &layers)?;
+        classifier(b, (7, 7), &layers)?;
     }
-    Ok(g)
+    Ok(())
 }
 
-pub(crate) fn alexnet(params: &mut Params, head: bool) -> Result<Graph, ModelError> {
-    let mut g = Graph::new();
+pub(crate) fn alexnet(b: &mut Builder, head: bool) -> Result<(), ModelError> {
+    let mut f = b.pp("features");
+    let mut x = f.last();
+    // (index, in, out, kernel, stride, padding), each conv followed by its ReLU.
     let convs: [(usize, usize, usize, usize, usize, usize); 5] = [
         (0, 3, 64, 11, 4, 2),
         (3, 64, 192, 5, 1, 2),
@@ -129,30 +106,14 @@ pub(crate) fn alexnet(params: &mut Params, head: bool) -> Result<Graph, ModelErr
         (10, 256, 256, 3, 1, 1),
     ];
     for (idx, cin, cout, k, stride, pad) in convs {
-        let name = format!("features.{idx}");
-        let spec = ConvSpec {
-            cin,
-            cout,
-            k,
-            stride,
-            padding: Padding::symmetric(pad),
-            groups: 1,
-            bias: true,
-        };
-        g.then(name.clone(), conv(params, &name, spec)?);
-        g.then(format!("features.{}", idx + 1), Op::Relu);
+        x = f.conv(idx, x, Conv::new(cin, cout, k).stride(stride).pad(pad))?;
+        x = f.op(idx + 1, Relu, &[x]);
         if matches!(idx, 0 | 3 | 10) {
-            g.then(
-                format!("features.{}", idx + 2),
-                Op::MaxPool2d(MaxPool2d::square(3, 2)),
-            );
+            x = f.op(idx + 2, MaxPool2d::square(3, 2), &[x]);
         }
     }
+    drop(f);
     if head {
-        g.then(
-            "avgpool",
-            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output: (6, 6) }),
-        );
         use ClassifierLayer::*;
         let layers = [
             (0, Dropout),
@@ -163,7 +124,7 @@ pub(crate) fn alexnet(params: &mut Params, head: bool) -> Result<Graph, ModelErr
             (5, Relu),
             (6, Linear(4096, 1000)),
         ];
-        classifier(&mut g, params, &layers)?;
+        classifier(b, (6, 6), &layers)?;
     }
-    Ok(g)
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Objectives: the grammar (including where errors point), binding against the bundled model,
 //! and values and gradients against hand computation on small tensors.
 
-use deepvis_engine::{Graph, Op, Tensor};
+use deepvis_engine::{Flatten, Graph, Identity, Tensor};
 use deepvis_models::Model;
 use deepvis_render::objective::{parse, BatchObjective, Layer, NodeGrads, Objective};
 use rand::{Rng, SeedableRng};
@@ -170,8 +170,8 @@ fn direction_files() {
 /// A graph whose node 1 is the input itself, so traced values are the tensors we choose.
 fn identity_graph() -> Graph {
     let mut g = Graph::new();
-    g.then("a", Op::Identity);
-    g.then("flat", Op::Flatten);
+    g.then("a", Identity);
+    g.then("flat", Flatten);
     g
 }
 

@@ -1,0 +1,63 @@
+use crate::layers::{affine_relu6, affine_relu6_backward_in_place};
+use crate::op::{single, Activation, Field, Needs, Operator, Saved};
+use crate::{ChannelAffine, EngineError, Tensor};
+use std::any::Any;
+
+/// Eval-mode BatchNorm2d, folded into a per-channel affine map at load time.
+impl Operator for ChannelAffine {
+    fn describe(&self) -> String {
+        "BatchNorm2d".into()
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, EngineError> {
+        let s = single("batch norm", inputs)?;
+        self.check(s)?;
+        Ok(s.to_vec())
+    }
+
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, EngineError> {
+        ChannelAffine::forward(self, single("batch norm", inputs)?)
+    }
+
+    fn backward_needs(&self) -> Needs {
+        Needs::NOTHING
+    }
+
+    fn backward(&self, _saved: &Saved, mut grad: Tensor) -> Result<Vec<Tensor>, EngineError> {
+        self.backward_in_place(&mut grad)?;
+        Ok(vec![grad])
+    }
+
+    fn receptive_field(&self) -> Field {
+        Field::Pointwise
+    }
+
+    fn flops(&self, _inputs: &[&[usize]], _output: &[usize]) -> u64 {
+        0
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    /// Batch norm → ReLU6 in one pass (MobileNet, EfficientNet-Lite); the ReLU6's input need
+    /// not be kept, its output tells the same.
+    fn fuses(&self, act: Activation) -> bool {
+        act == Activation::Relu6
+    }
+
+    fn forward_fused(&self, x: &Tensor, _act: Activation) -> Result<Tensor, EngineError> {
+        affine_relu6(self, x)
+    }
+
+    fn backward_fused(
+        &self,
+        _input_shape: &[usize],
+        mut grad: Tensor,
+        y: &Tensor,
+        _act: Activation,
+    ) -> Result<Tensor, EngineError> {
+        affine_relu6_backward_in_place(self, y, &mut grad)?;
+        Ok(grad)
+    }
+}

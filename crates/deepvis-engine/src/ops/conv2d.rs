@@ -1,0 +1,75 @@
+use crate::op::{numel, single, Activation, Field, Needs, Operator, Saved};
+use crate::{Conv2d, EngineError, Op, Tensor};
+use std::any::Any;
+
+impl Operator for Conv2d {
+    fn describe(&self) -> String {
+        let kind = if self.groups == 1 {
+            "Conv2d".to_string()
+        } else if self.groups == self.in_channels && self.groups == self.out_channels {
+            "Conv2d depthwise".to_string()
+        } else {
+            format!("Conv2d groups={}", self.groups)
+        };
+        format!(
+            "{kind} {}x{}/{}",
+            self.kernel.0, self.kernel.1, self.stride.0
+        )
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, EngineError> {
+        Conv2d::output_shape(self, single("conv2d", inputs)?)
+    }
+
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, EngineError> {
+        Conv2d::forward(self, single("conv2d", inputs)?)
+    }
+
+    fn backward_needs(&self) -> Needs {
+        Needs::NOTHING
+    }
+
+    fn backward(&self, saved: &Saved, grad: Tensor) -> Result<Vec<Tensor>, EngineError> {
+        Ok(vec![Conv2d::backward(self, saved.input_shape(0), &grad)?])
+    }
+
+    fn receptive_field(&self) -> Field {
+        Field::Window {
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+        }
+    }
+
+    fn flops(&self, _inputs: &[&[usize]], output: &[usize]) -> u64 {
+        2 * numel(output) * (self.in_channels / self.groups * self.kernel.0 * self.kernel.1) as u64
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    /// The ReLU is applied where the bias is added, and the pair's backward pass masks the
+    /// gradient as it transforms it.
+    fn fuses(&self, act: Activation) -> bool {
+        act == Activation::Relu
+    }
+
+    fn forward_fused(&self, x: &Tensor, _act: Activation) -> Result<Tensor, EngineError> {
+        self.forward_relu(x)
+    }
+
+    fn backward_fused(
+        &self,
+        input_shape: &[usize],
+        mut grad: Tensor,
+        y: &Tensor,
+        _act: Activation,
+    ) -> Result<Tensor, EngineError> {
+        self.backward_relu(input_shape, &mut grad, y)
+    }
+
+    fn select_outputs(&self, channels: &[usize]) -> Option<Result<Op, EngineError>> {
+        (self.groups == 1).then(|| Conv2d::select_outputs(self, channels).map(|c| Op::from_arc(c)))
+    }
+}

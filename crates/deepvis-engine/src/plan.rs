@@ -1,0 +1,182 @@
+//! The planning pass: from the graph's data flow (who consumes what) and the ops' stated
+//! capabilities, decide for one forward + backward pass which nodes run, which pairs run as one,
+//! what is kept for the backward pass and when each value can be dropped. The executor
+//! (`graph.rs`) only carries the plan out, so no optimization depends on the order in which an
+//! architecture pushed its nodes.
+
+use crate::graph::{Graph, NodeId};
+use crate::op::Activation;
+use crate::{EngineError, Op};
+
+/// A target computed for some of its output channels only (`Graph::forward_channels`).
+pub(crate) struct Selection {
+    /// The target node; its producer (itself, or the head of a fused pair ending there) is the
+    /// op that was narrowed.
+    pub node: NodeId,
+    pub channels: Vec<usize>,
+    pub op: Op,
+}
+
+pub(crate) struct Plan {
+    /// Sorted, distinct; the last is the deepest.
+    pub targets: Vec<NodeId>,
+    pub input_shape: Vec<usize>,
+    pub needed: Vec<bool>,
+    pub shapes: Vec<Option<Vec<usize>>>,
+    /// `head[k] = Some(h)`: activation node k is computed in the pass of its producer h
+    /// (`Operator::fuses`); h then has no value of its own.
+    pub head: Vec<Option<NodeId>>,
+    pub absorbed: Vec<bool>,
+    /// Nodes whose backward pass works from codes instead of their input (`Operator::coded`).
+    pub coded: Vec<bool>,
+    /// ReLU nodes (alone or ending a fused pair) whose only reader is a coded node that masks
+    /// their gradient itself: their own masking is skipped and their output is not kept.
+    pub masked_by_reader: Vec<bool>,
+    /// Values the backward pass reads (or that were asked for).
+    pub keep: Vec<bool>,
+    /// The node after whose computation a value is no longer read by the forward pass.
+    pub last_use: Vec<NodeId>,
+    pub selection: Option<Selection>,
+}
+
+impl Plan {
+    pub fn target(&self) -> NodeId {
+        *self.targets.last().expect("a plan has at least one target")
+    }
+
+    pub fn selected(&self, node: NodeId) -> Option<&Selection> {
+        self.selection.as_ref().filter(|s| s.node == node)
+    }
+
+    pub fn shape(&self, node: NodeId) -> &[usize] {
+        self.shapes
+            .get(node)
+            .and_then(Option::as_deref)
+            .unwrap_or(&[])
+    }
+
+    pub fn new(
+        graph: &Graph,
+        input_shape: &[usize],
+        targets: &[NodeId],
+        channels: Option<&[usize]>,
+    ) -> Result<Plan, EngineError> {
+        let Some(&target) = targets.iter().max() else {
+            return Err(EngineError::Graph("no target node".into()));
+        };
+        if target >= graph.nodes().len() {
+            return Err(EngineError::Graph(format!("node {target} does not exist")));
+        }
+        let nodes = &graph.nodes()[..=target];
+        let mut sorted = targets.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut is_target = vec![false; target + 1];
+        for &t in &sorted {
+            is_target[t] = true;
+        }
+        let needed = graph.ancestors_of(&sorted);
+        let shapes = graph.shapes_of(input_shape, &needed)?;
+        let mut readers: Vec<Vec<NodeId>> = vec![Vec::new(); target + 1];
+        for (k, node) in nodes.iter().enumerate().filter(|&(k, _)| needed[k]) {
+            for &j in &node.inputs {
+                readers[j].push(k);
+            }
+        }
+        let sole_reader = |j: NodeId| match readers[j][..] {
+            [k] if nodes[k].inputs == [j] => Some(k),
+            _ => None,
+        };
+
+        // Producer + activation pairs: where the producer's output is not asked for and the
+        // activation alone reads it, every value anyone can ask for still exists.
+        let mut head = vec![None; target + 1];
+        let mut absorbed = vec![false; target + 1];
+        for h in 1..=target {
+            if !needed[h] || is_target[h] || nodes[h].inputs.len() != 1 {
+                continue;
+            }
+            let Some(k) = sole_reader(h) else { continue };
+            if let Some(act) = nodes[k].op.activation() {
+                if nodes[h].op.fuses(act) && nodes[h].op.activation().is_none() {
+                    head[k] = Some(h);
+                    absorbed[h] = true;
+                }
+            }
+        }
+
+        let coded: Vec<bool> = (0..=target)
+            .map(|i| {
+                needed[i]
+                    && i > 0
+                    && nodes[i].inputs.len() == 1
+                    && nodes[i].op.coded().is_some_and(|c| {
+                        c.applies(shapes[nodes[i].inputs[0]].as_deref().unwrap_or(&[]))
+                    })
+            })
+            .collect();
+        let masked_by_reader: Vec<bool> = (0..=target)
+            .map(|i| {
+                i > 0
+                    && needed[i]
+                    && !is_target[i]
+                    && nodes[i].op.activation() == Some(Activation::Relu)
+                    && sole_reader(i).is_some_and(|k| coded[k])
+            })
+            .collect();
+
+        let mut keep = is_target.clone();
+        let mut last_use = vec![0; target + 1];
+        for i in 1..=target {
+            if !needed[i] || absorbed[i] {
+                continue;
+            }
+            if let Some(h) = head[i] {
+                // Both fused backward passes work from the pair's output alone.
+                keep[i] |= !masked_by_reader[i];
+                for &j in &nodes[h].inputs {
+                    last_use[j] = i;
+                }
+                continue;
+            }
+            let needs = nodes[i].op.backward_needs();
+            keep[i] |= needs.output && !masked_by_reader[i];
+            for &j in &nodes[i].inputs {
+                keep[j] |= needs.inputs && !coded[i];
+                last_use[j] = i;
+            }
+        }
+
+        let producer = head[target].unwrap_or(target);
+        let selection = match channels {
+            Some(ch) if !ch.is_empty() => {
+                let mut ch = ch.to_vec();
+                ch.sort_unstable();
+                ch.dedup();
+                match nodes[producer].op.select_outputs(&ch) {
+                    Some(op) => Some(Selection {
+                        node: target,
+                        channels: ch,
+                        op: op?,
+                    }),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+
+        Ok(Plan {
+            targets: sorted,
+            input_shape: input_shape.to_vec(),
+            needed,
+            shapes,
+            head,
+            absorbed,
+            coded,
+            masked_by_reader,
+            keep,
+            last_use,
+            selection,
+        })
+    }
+}
