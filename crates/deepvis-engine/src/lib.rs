@@ -28,7 +28,7 @@ pub use graph::{Graph, Node, NodeId, Trace};
 pub use layers::{relu, relu6, relu6_backward, relu_backward, ChannelAffine, Linear};
 pub use memory::retain_freed_memory;
 pub use op::{Activation, CodedBackward, Field, Needs, Op, Operator, Saved};
-pub use ops::{Add, Flatten, Identity, Input, Relu, Relu6};
+pub use ops::*;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 pub use simd::{detected_simd, set_max_simd, simd_level, SimdLevel};
 pub use tensor::{set_concurrent_passes, Tensor};
