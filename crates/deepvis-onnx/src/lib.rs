@@ -22,7 +22,7 @@ mod eval;
 mod external;
 mod model;
 pub mod names;
-mod proto;
+pub mod proto;
 mod scan;
 mod tensor;
 
@@ -108,6 +108,9 @@ fn decode(
         path: path.to_path_buf(),
         reason,
     };
+    if let Some(what) = sniff(&bytes) {
+        return Err(not_onnx(what.into()));
+    }
     let scan = scan::scan_model(&bytes).map_err(not_onnx)?;
     if scan.nodes > limits.max_nodes {
         return Err(OnnxError::TooLarge {
@@ -137,4 +140,22 @@ fn decode(
     }
     let mut external = external::ExternalFiles::new(path, base_dir);
     model::convert_model(model, path, &mut external, limits)
+}
+
+/// Recognizes the weight formats most often passed by mistake, for a clearer message than a
+/// protobuf parse error.
+fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Some("it is a zip archive (a PyTorch .pth checkpoint?)");
+    }
+    if bytes.len() > 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        return Some("it is a Python pickle (a legacy PyTorch checkpoint?)");
+    }
+    let header = bytes
+        .get(..8)
+        .map(|h| u64::from_le_bytes(h.try_into().unwrap_or([0; 8])));
+    if header.is_some_and(|n| n > 0 && n < 100_000_000) && bytes.get(8) == Some(&b'{') {
+        return Some("it is a safetensors file");
+    }
+    None
 }

@@ -1,5 +1,8 @@
 //! Protobuf message types for the subset of `onnx.proto` this crate reads.
 //!
+//! Public so that tools and tests can build models in code (`prost::Message::encode_to_vec`);
+//! the reader's own API is [`crate::OnnxModel`].
+//!
 //! Written by hand with `#[derive(prost::Message)]` from `onnx/onnx.proto` of ONNX 1.23.0
 //! (github.com/onnx/onnx, commit f7546912001bc31e92a238b17068a21b373d882e), so that the
 //! build needs neither `protoc` nor a build script. Field numbers and wire types are those of

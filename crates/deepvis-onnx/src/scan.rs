@@ -113,16 +113,17 @@ pub(crate) fn scan_model(buf: &[u8]) -> Result<Scan, String> {
     }
     let mut scan = Scan::default();
     let mut bytes = struct_size(Msg::Model) as u64;
-    walk(buf, Msg::Model, &mut scan, &mut bytes)?;
+    walk(buf, 0, Msg::Model, &mut scan, &mut bytes)?;
     // A Vec holds up to twice what it was pushed while growing.
     scan.decoded_bytes = bytes.saturating_mul(2);
     Ok(scan)
 }
 
-fn walk(buf: &[u8], msg: Msg, scan: &mut Scan, bytes: &mut u64) -> Result<(), String> {
-    let mut r = Reader { buf, pos: 0 };
+/// `base` is where `buf` starts in the file, so that messages give file offsets.
+fn walk(buf: &[u8], base: usize, msg: Msg, scan: &mut Scan, bytes: &mut u64) -> Result<(), String> {
+    let mut r = Reader { buf, pos: 0, base };
     while !r.done() {
-        let at = r.pos;
+        let at = base + r.pos;
         let key = r.varint()?;
         let number = key >> 3;
         if number == 0 {
@@ -144,6 +145,7 @@ fn walk(buf: &[u8], msg: Msg, scan: &mut Scan, bytes: &mut u64) -> Result<(), St
             }
             2 => {
                 let len = r.varint()?;
+                let body_at = base + r.pos;
                 let body = r.take(len).map_err(|_| {
                     format!(
                         "field {number} at byte {at} declares {len} bytes but the file ends first"
@@ -155,7 +157,7 @@ fn walk(buf: &[u8], msg: Msg, scan: &mut Scan, bytes: &mut u64) -> Result<(), St
                             scan.nodes += 1;
                         }
                         add(bytes, struct_size(inner) as u64);
-                        walk(body, inner, scan, bytes)?;
+                        walk(body, body_at, inner, scan, bytes)?;
                     }
                     Field::Heap => add(bytes, 24 + body.len() as u64),
                     Field::Shared => add(bytes, 32),
@@ -225,6 +227,8 @@ fn skip_group(r: &mut Reader, number: u64) -> Result<(), String> {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// File offset of `buf`, for messages.
+    base: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -236,7 +240,10 @@ impl<'a> Reader<'a> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
-                return Err(format!("a varint at byte {} runs past the end", self.pos));
+                return Err(format!(
+                    "a varint at byte {} runs past the end",
+                    self.base + self.pos
+                ));
             };
             self.pos += 1;
             value |= u64::from(b & 0x7f) << (7 * i);
@@ -255,7 +262,12 @@ impl<'a> Reader<'a> {
             .ok()
             .and_then(|len| self.pos.checked_add(len))
             .filter(|&end| end <= self.buf.len())
-            .ok_or_else(|| format!("{len} bytes at byte {} run past the end", self.pos))?;
+            .ok_or_else(|| {
+                format!(
+                    "{len} bytes at byte {} run past the end",
+                    self.base + self.pos
+                )
+            })?;
         let body = &self.buf[self.pos..end];
         self.pos = end;
         Ok(body)
