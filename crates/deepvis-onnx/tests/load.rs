@@ -598,3 +598,48 @@ fn unsupported_encodings_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn corrupted_models_never_panic() {
+    let mut n = node("Conv", "conv", &["x", "w"], &["y"]);
+    n.attribute = vec![
+        attr_ints("pads", &[1, 1, 1, 1]),
+        attr_tensor("t", typed_i64("", &[2], &[1, 2])),
+    ];
+    n.metadata_props = vec![entry("k", "v")];
+    let m = model(
+        13,
+        graph(
+            vec![n],
+            vec![raw_f32("w", &[2, 3], &W), typed_i64("s", &[3], &[1, -1, 2])],
+        ),
+    );
+    let good = prost::Message::encode_to_vec(&m);
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..3000 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() % bytes.len() as u64) as usize;
+            match next() % 3 {
+                0 => bytes[i] ^= 1 << (next() % 8),
+                1 => bytes[i] = next() as u8,
+                _ => bytes.truncate(i.max(1)),
+            }
+        }
+        match load_bytes(&bytes, Path::new("fuzz.onnx"), None) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                one_line(&e);
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 100 && ok > 10, "ok {ok}, failed {failed}");
+}
