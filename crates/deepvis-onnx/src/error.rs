@@ -85,4 +85,18 @@ pub enum OnnxError {
     },
 }
 
+impl OnnxError {
+    /// The cause without the advice, for wrapping a value-level error into a node-level one
+    /// that gives its own advice (so that a message never carries two fixes).
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            OnnxError::WrongType { expected, found } => {
+                format!("expected {expected} tensor, found {found}")
+            }
+            OnnxError::Value { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 pub type Result<T, E = OnnxError> = std::result::Result<T, E>;

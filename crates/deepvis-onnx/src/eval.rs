@@ -92,8 +92,9 @@ pub fn eval_shape(node: &OnnxNode, opset: i64, dims: &[usize]) -> Result<TensorD
 }
 
 /// Evaluates a standard-domain node whose inputs are all known. `inputs[i]` is the value of
-/// `node.inputs[i]`, `None` for an omitted optional input. An operator the folder does not
-/// implement gives [`OnnxError::Unsupported`].
+/// `node.inputs[i]`, `None` for an omitted optional input. Returns one tensor per output (only
+/// Split has several). An operator the folder does not implement gives
+/// [`OnnxError::Unsupported`].
 pub fn eval_constant(
     node: &OnnxNode,
     opset: i64,
@@ -112,6 +113,9 @@ pub fn eval_constant(
         opset,
         inputs,
     };
+    if node.op_type == "Split" {
+        return e.split();
+    }
     let out = match node.op_type.as_str() {
         "Identity" => e.input(0)?.clone(),
         "Constant" => constant_value(node)?,
@@ -242,7 +246,7 @@ impl<'n, 'i> Eval<'n, 'i> {
     fn ints(&self, i: usize) -> Result<Vec<i64>> {
         self.input(i)?
             .as_i64()
-            .map_err(|e| self.bad(format!("input {i}: {e}")))
+            .map_err(|e| self.bad(format!("input {i}: {}", e.cause())))
     }
 
     /// Integer list from input `i` when given, else from attribute `attr` (the form of
@@ -255,7 +259,7 @@ impl<'n, 'i> Eval<'n, 'i> {
     }
 
     fn num(&self, t: &TensorData) -> Result<Num> {
-        let err = |e: OnnxError| self.bad(e.to_string());
+        let err = |e: OnnxError| self.bad(e.cause());
         if t.data_type().is_float() {
             t.as_f64().map(Num::F).map_err(err)
         } else {
@@ -596,6 +600,48 @@ impl<'n, 'i> Eval<'n, 'i> {
         })
     }
 
+    /// Split: sizes from input 1 (opset 13+) or the `split` attribute, else equal parts, one
+    /// per output (`num_outputs` from opset 18; the last part may be smaller).
+    fn split(&self) -> Result<Vec<TensorData>> {
+        let data = self.input(0)?;
+        let axis = self.axis(self.node.attr_int_or("axis", 0)?, data.rank())?;
+        let n = data.dims[axis];
+        let sizes = match self.ints_input_or_attr(1, "split")? {
+            Some(sizes) => self.dims_from(&sizes, "split")?,
+            None => {
+                let parts = match self.node.attr_int("num_outputs")? {
+                    Some(k) => usize::try_from(k).unwrap_or(0),
+                    None => self.node.outputs.len(),
+                };
+                if parts == 0 {
+                    return Err(self.bad("splits into no outputs".into()));
+                }
+                let chunk = n.div_ceil(parts);
+                (0..parts)
+                    .map(|i| chunk.min(n.saturating_sub(i * chunk)))
+                    .collect()
+            }
+        };
+        if sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b)) != Some(n) {
+            return Err(self.bad(format!("split sizes {sizes:?} do not add up to {n}")));
+        }
+        let st = strides(&data.dims);
+        let mut start = 0;
+        let mut out = Vec::with_capacity(sizes.len());
+        for size in sizes {
+            let mut dims = data.dims.clone();
+            dims[axis] = size;
+            out.push(self.build(&data.values, dims, |pos| {
+                pos.iter()
+                    .enumerate()
+                    .map(|(j, &p)| (if j == axis { p + start } else { p }) * st[j])
+                    .sum()
+            })?);
+            start += size;
+        }
+        Ok(out)
+    }
+
     fn expand(&self) -> Result<TensorData> {
         let data = self.input(0)?;
         let shape = self.dims_from(&self.ints(1)?, "shape")?;
@@ -685,7 +731,7 @@ impl<'n, 'i> Eval<'n, 'i> {
     }
 
     fn values(&self, dims: Vec<usize>, values: Result<Values>) -> Result<TensorData> {
-        let values = values.map_err(|e| self.bad(e.to_string()))?;
+        let values = values.map_err(|e| self.bad(e.cause()))?;
         Ok(TensorData { dims, values })
     }
 

@@ -315,7 +315,7 @@ impl OnnxNode {
         if let Some(t) = self.constant_input(index, constants)? {
             return t.as_i64().map(Some).map_err(|e| {
                 self.node_error(
-                    format!("input {index} ({attr}): {e}"),
+                    format!("input {index} ({attr}): {}", e.cause()),
                     "re-export the model",
                 )
             });
@@ -335,7 +335,7 @@ impl OnnxNode {
         if let Some(t) = self.constant_input(index, constants)? {
             return t.scalar_f32().map(Some).map_err(|e| {
                 self.node_error(
-                    format!("input {index} ({attr}): {e}"),
+                    format!("input {index} ({attr}): {}", e.cause()),
                     "re-export the model",
                 )
             });

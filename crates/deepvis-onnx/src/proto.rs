@@ -14,7 +14,7 @@
 //! package writes.
 //!
 //! Large payloads (`raw_data`, and messages kept opaque such as sub-graphs) are
-//! [`Bytes`](prost::bytes::Bytes): decoding from a `Bytes` buffer slices them out of the file
+//! [`Bytes`]: decoding from a `Bytes` buffer slices them out of the file
 //! buffer instead of copying, so a model's weights are not held twice during decoding.
 //!
 //! The messages nest without recursion (sub-graphs and non-tensor types are opaque bytes),

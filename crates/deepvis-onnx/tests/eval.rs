@@ -312,3 +312,31 @@ fn malformed_inputs_are_errors_not_panics() {
         "{err}"
     );
 }
+
+#[test]
+fn wrapped_value_errors_give_one_fix() {
+    let x = TensorData::vec_i64(vec![1, 2, 3]);
+    let f = TensorData::f32(vec![1], vec![0.0]).unwrap();
+    let err = run(&node("Gather", &["x", "f"], vec![]), 13, &[&x, &f]).unwrap_err();
+    assert_eq!(
+        common::one_line(&err),
+        "node 'Gather_0' (Gather): input 1: expected an integer tensor, found FLOAT; the model is \
+         malformed: re-export it"
+    );
+}
+
+#[test]
+fn split_has_several_outputs() {
+    let x = TensorData::i64(vec![2, 5], (0..10).collect()).unwrap();
+    let mut n = node("Split", &["x", "s"], vec![("axis", AttrValue::Int(1))]);
+    let parts = eval_constant(&n, 13, &[Some(&x), Some(&TensorData::vec_i64(vec![2, 3]))]).unwrap();
+    assert_eq!(i64s(&parts[0]), (vec![2, 2], vec![0, 1, 5, 6]));
+    assert_eq!(i64s(&parts[1]), (vec![2, 3], vec![2, 3, 4, 7, 8, 9]));
+    // Equal parts, one per output, the last one smaller (opset 18 rule).
+    n.outputs = vec!["a".into(), "b".into(), "c".into()];
+    let parts = eval_constant(&n, 18, &[Some(&x)]).unwrap();
+    let widths: Vec<usize> = parts.iter().map(|p| p.dims[1]).collect();
+    assert_eq!(widths, vec![2, 2, 1]);
+    let bad = eval_constant(&n, 13, &[Some(&x), Some(&TensorData::vec_i64(vec![2, 2]))]);
+    assert!(common::one_line(&bad.unwrap_err()).contains("do not add up to 5"));
+}
