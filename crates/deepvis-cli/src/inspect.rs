@@ -57,7 +57,7 @@ pub fn layers(a: LayersArgs) -> Result<()> {
             shape
         );
     }
-    if let Some(seq) = model.info.sequential {
+    if let Some(seq) = model.info.sequential.as_deref() {
         outln!("\nLayers of `{seq}` may also be given by index: --layer 28 means {seq}.28.");
     }
     outln!("field: side of the input region one value of the layer sees (its receptive field).");
@@ -282,7 +282,7 @@ pub fn models() -> Result<()> {
         let source = if m.bundled {
             "bundled".to_string()
         } else {
-            m.url.unwrap_or("--weights only").to_string()
+            m.url.as_deref().unwrap_or("--weights only").to_string()
         };
         outln!(
             "{:<20} {}\n{:<20} weights: {source}",

@@ -103,7 +103,7 @@ impl ModelArgs {
     /// The cached weight file of a zoo model, downloading it unless offline.
     pub fn fetch(&self) -> Result<PathBuf> {
         let info = deepvis_models::info(&self.model)?;
-        let Some(official) = info.url else {
+        let Some(official) = info.url.as_deref() else {
             bail!(
                 "model '{}' has no download; pass --weights FILE",
                 self.model

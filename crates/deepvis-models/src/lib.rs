@@ -4,6 +4,7 @@
 
 mod builder;
 mod efficientnet;
+pub mod onnx;
 mod params;
 mod vgg;
 
@@ -11,6 +12,7 @@ use builder::Builder;
 use deepvis_engine::{Conv2d, Graph, NodeId};
 use deepvis_weights::StateDict;
 use params::Params;
+use std::borrow::Cow;
 use std::path::Path;
 
 pub use deepvis_weights as weights;
@@ -42,6 +44,8 @@ pub enum ModelError {
     Layer(String),
     #[error("model definition error: {0}")]
     Architecture(String),
+    #[error("{0}")]
+    Onnx(String),
 }
 
 /// How a model expects its input: RGB in [0, 1], then (x − mean) / std per channel.
@@ -62,22 +66,22 @@ type Build = fn(&mut Builder, bool) -> Result<(), ModelError>;
 
 /// A model of the zoo, its one entry: what it is called, where its weights live, how it wants
 /// its input, and how it is built. `deepvis models` and `Model::build` both read it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ModelInfo {
-    pub name: &'static str,
-    pub description: &'static str,
+    pub name: Cow<'static, str>,
+    pub description: Cow<'static, str>,
     /// torchvision's published weight file; its name carries a sha256 prefix.
-    pub url: Option<&'static str>,
+    pub url: Option<Cow<'static, str>>,
     /// Weights compiled into the binary, so the model works offline.
     pub bundled: bool,
     pub normalization: Normalization,
     /// Input size the model was trained at.
     pub native_size: usize,
     /// Module whose children may be addressed by bare index, as the original tool did.
-    pub sequential: Option<&'static str>,
+    pub sequential: Option<Cow<'static, str>>,
     /// Prefix of the classification head, which a features-only checkpoint may lack.
-    pub head_prefix: &'static str,
-    build: Build,
+    pub head_prefix: Cow<'static, str>,
+    build: Option<Build>,
 }
 
 /// A torchvision classifier with a `features` Sequential and a `classifier` head, its weights
@@ -89,22 +93,24 @@ const fn torchvision(
     build: Build,
 ) -> ModelInfo {
     ModelInfo {
-        name,
-        description,
-        url: Some(url),
+        name: Cow::Borrowed(name),
+        description: Cow::Borrowed(description),
+        url: Some(Cow::Borrowed(url)),
         bundled: false,
         normalization: IMAGENET,
         native_size: 224,
-        sequential: Some("features"),
-        head_prefix: "classifier.",
-        build,
+        sequential: Some(Cow::Borrowed("features")),
+        head_prefix: Cow::Borrowed("classifier."),
+        build: Some(build),
     }
 }
 
 pub const ZOO: &[ModelInfo] = &[
     ModelInfo {
-        name: "efficientnet_lite0",
-        description: "EfficientNet-Lite0, ImageNet (Apache-2.0), bundled: works offline",
+        name: Cow::Borrowed("efficientnet_lite0"),
+        description: Cow::Borrowed(
+            "EfficientNet-Lite0, ImageNet (Apache-2.0), bundled: works offline",
+        ),
         url: None,
         bundled: true,
         normalization: Normalization {
@@ -113,8 +119,8 @@ pub const ZOO: &[ModelInfo] = &[
         },
         native_size: 224,
         sequential: None,
-        head_prefix: "_fc.",
-        build: efficientnet::efficientnet_lite0,
+        head_prefix: Cow::Borrowed("_fc."),
+        build: Some(efficientnet::efficientnet_lite0),
     },
     torchvision(
         "vgg16",
@@ -173,7 +179,7 @@ pub const ZOO: &[ModelInfo] = &[
 ];
 
 fn known_names() -> String {
-    ZOO.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+    ZOO.iter().map(|m| &*m.name).collect::<Vec<_>>().join(", ")
 }
 
 pub fn info(name: &str) -> Result<&'static ModelInfo, ModelError> {
@@ -189,10 +195,14 @@ pub static BUNDLED_EFFICIENTNET_LITE0: &[u8] =
 
 /// A network ready to run: its graph, input convention, and whether its class head is loaded.
 pub struct Model {
-    pub info: &'static ModelInfo,
+    pub info: ModelInfo,
     pub graph: Graph,
     /// False when the checkpoint held only the feature extractor (the classifier is absent).
     pub has_head: bool,
+    /// Other names of nodes: for ONNX models, the PyTorch module paths their values came from.
+    pub aliases: Vec<(String, NodeId)>,
+    /// Values of an ONNX graph that could not be lowered, with the reason.
+    pub unavailable: Vec<(String, String)>,
 }
 
 /// Where to take weights from.
@@ -209,15 +219,20 @@ impl Model {
             WeightsFrom::Dict(d, origin) => Params::from_dict(d, origin),
             WeightsFrom::Random(seed) => Params::random(seed),
         };
-        let has_head = params.has_prefix(info.head_prefix);
+        let has_head = params.has_prefix(&info.head_prefix);
+        let build = info
+            .build
+            .ok_or_else(|| ModelError::UnknownModel(name.to_string()))?;
         let mut builder = Builder::new(&mut params);
-        (info.build)(&mut builder, has_head)?;
+        build(&mut builder, has_head)?;
         let graph = builder.finish();
         params.finish()?;
         Ok(Model {
-            info,
+            info: info.clone(),
             graph,
             has_head,
+            aliases: Vec::new(),
+            unavailable: Vec::new(),
         })
     }
 
@@ -254,7 +269,7 @@ impl Model {
         if let Some(id) = self.graph.find(spec).filter(|&id| id != 0) {
             return Ok(id);
         }
-        if let (Ok(index), Some(seq)) = (spec.parse::<usize>(), self.info.sequential) {
+        if let (Ok(index), Some(seq)) = (spec.parse::<usize>(), self.info.sequential.as_deref()) {
             // Direct children only: `features.3` counts, a node inside it (`features.3.conv`)
             // does not.
             let last = self
@@ -279,13 +294,37 @@ impl Model {
                 ))
             });
         }
-        if !self.has_head && spec.starts_with(self.info.head_prefix.trim_end_matches('.')) {
+        if let Some((_, id)) = self.aliases.iter().find(|(name, _)| name == spec) {
+            return Ok(*id);
+        }
+        if let Some((_, why)) = self.unavailable.iter().find(|(name, _)| name == spec) {
+            return Err(ModelError::Layer(format!(
+                "layer '{spec}' cannot be computed: {why}"
+            )));
+        }
+        if !self.has_head
+            && !self.info.head_prefix.is_empty()
+            && spec.starts_with(self.info.head_prefix.trim_end_matches('.'))
+        {
             return Err(ModelError::Layer(format!(
                 "layer '{spec}' is in the classifier, which these weights do not include; pass a full checkpoint"
             )));
         }
+        let names = self
+            .graph
+            .nodes()
+            .iter()
+            .skip(1)
+            .map(|n| n.name.as_str())
+            .chain(self.aliases.iter().map(|(a, _)| a.as_str()));
+        let near = nearest_names(spec, names, 3);
+        let hint = if near.is_empty() {
+            String::new()
+        } else {
+            format!(" (did you mean {}?)", near.join(", "))
+        };
         Err(ModelError::Layer(format!(
-            "unknown layer '{spec}' for {}; see `deepvis layers --model {}` for the names",
+            "unknown layer '{spec}' for {}{hint}; see `deepvis layers --model {}` for the names",
             self.info.name, self.info.name
         )))
     }
@@ -372,4 +411,39 @@ pub fn imagenet_class_index(name: &str) -> Result<usize, ModelError> {
             classes[hits[1]]
         ))),
     }
+}
+
+/// Up to `k` of `names` closest to `spec` by edit distance, closest first; only those close
+/// enough to be a plausible typo (or that contain `spec`).
+fn nearest_names<'a>(spec: &str, names: impl Iterator<Item = &'a str>, k: usize) -> Vec<String> {
+    let mut scored: Vec<(usize, &str)> = names
+        .filter_map(|n| {
+            let d = edit_distance(spec, n);
+            let close =
+                d <= spec.chars().count().max(4) / 3 || (spec.len() >= 3 && n.contains(spec));
+            close.then_some((d, n))
+        })
+        .collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored
+        .into_iter()
+        .take(k)
+        .map(|(_, n)| format!("'{n}'"))
+        .collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
