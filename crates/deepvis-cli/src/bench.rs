@@ -36,7 +36,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let loaded = a.model.load()?;
+    let loaded = a.model.load_at(Some((a.size, a.size)))?;
     let model = &loaded.model;
     let layer = model.layer(&a.layer)?;
     let shape = [a.batch, 3, a.size, a.size];

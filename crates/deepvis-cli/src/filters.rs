@@ -264,10 +264,10 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let filters = filter_list(&a)?;
-    let loaded = a.model.load()?;
+    let loaded = a.model.load_at(Some((a.render.size, a.render.size)))?;
     let model = &loaded.model;
     let layer = model.layer(&a.layer)?;
-    let layer_name = model.graph.nodes()[layer].name.clone();
+    let layer_name = model.layer_name(&a.layer, layer);
     let size = a.render.size;
     let channels = model.channels(layer, size)?;
     if let Some(&bad) = filters.iter().find(|&&f| f >= channels) {
@@ -287,7 +287,9 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         // Transforms draw per batch, so the grouping is part of what reproduces an image.
         settings["batch"] = json!(batch);
     }
-    let layer_dir = Path::new(&a.model.model).join(&layer_name);
+    // Layer names of ONNX models contain slashes: one path component each, inside --out.
+    let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
+        .join(deepvis_output::path_component(&layer_name));
     let png_rel = |f: usize| layer_dir.join(format!("filter_{f:04}.png"));
     let is_done = |m: &Manifest, f: usize| {
         m.find(&layer_name, &settings, a.run.seed, f).is_some() && out.join(png_rel(f)).is_file()

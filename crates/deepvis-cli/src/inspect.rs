@@ -13,30 +13,40 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct LayersArgs {
-    /// Model name (see `deepvis models`).
+    /// Model name (see `deepvis models`), or the path of an .onnx file.
     #[arg(long, alias = "model_name", default_value = "efficientnet_lite0")]
     pub model: String,
-    /// Input size used to compute the output shapes.
-    #[arg(long, default_value_t = 224)]
-    pub size: usize,
+    /// Input size used to compute the output shapes (default: the model's native size).
+    #[arg(long)]
+    pub size: Option<usize>,
 }
 
 pub fn layers(a: LayersArgs) -> Result<()> {
-    if a.size == 0 {
+    if a.size == Some(0) {
         bail!("--size must be at least 1 pixel");
     }
-    // The architecture alone gives names and shapes; no weights are needed.
-    let model = Model::build(&a.model, WeightsFrom::Random(0))?;
+    let (model, unavailable) = if crate::source::is_onnx_path(&a.model) {
+        let spec = deepvis_models::onnx::InputSpec {
+            size: a.size.map(|s| (s, s)),
+            normalization: None,
+        };
+        let loaded = deepvis_models::onnx::load(std::path::Path::new(&a.model), &spec)?;
+        (loaded.model, loaded.unavailable)
+    } else {
+        // The architecture alone gives names and shapes; no weights are needed.
+        (Model::build(&a.model, WeightsFrom::Random(0))?, Vec::new())
+    };
+    let size = a.size.unwrap_or(model.info.native_size);
     outln!(
         "{:<34} {:<24} {:>9} {:>8}  output at {}x{}",
         "layer",
         "op",
         "channels",
         "field",
-        a.size,
-        a.size
+        size,
+        size
     );
-    for l in model.layers(a.size)? {
+    for l in model.layers(size)? {
         let channels = l.shape.get(1).copied().unwrap_or(0);
         let shape = l
             .shape
@@ -48,13 +58,26 @@ pub fn layers(a: LayersArgs) -> Result<()> {
         let field = l
             .receptive_field
             .map_or("global".to_string(), |f| format!("{f}px"));
+        let also = if l.aliases.is_empty() {
+            String::new()
+        } else {
+            format!("  = {}", l.aliases.join(", "))
+        };
         outln!(
-            "{:<34} {:<24} {:>9} {:>8}  {}",
+            "{:<34} {:<24} {:>9} {:>8}  {}{also}",
             l.name,
             l.op,
             channels,
             field,
             shape
+        );
+    }
+    if !unavailable.is_empty() {
+        outln!(
+            "\n{} values of the graph cannot be computed (only layers that need them are affected), e.g. {}: {}",
+            unavailable.len(),
+            unavailable[0].0,
+            unavailable[0].1
         );
     }
     if let Some(seq) = model.info.sequential.as_deref() {
@@ -100,7 +123,7 @@ fn resize_and_crop(chw: &[f32], h: usize, w: usize, resize: usize, crop: usize) 
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
-    let loaded = a.model.load()?;
+    let loaded = a.model.load_at(a.size.map(|s| (s, s)))?;
     let model = &loaded.model;
     if !model.has_head {
         bail!(
@@ -169,7 +192,7 @@ pub struct ProbeArgs {
 }
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    let loaded = a.model.load()?;
+    let loaded = a.model.load_at(Some((a.size, a.size)))?;
     let model = &loaded.model;
     let layer = model.layer(&a.layer)?;
     let input = match (&a.image, &a.input_tensor) {

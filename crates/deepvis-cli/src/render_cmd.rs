@@ -33,17 +33,7 @@ pub struct RenderCmdArgs {
 
 /// A directory name for an objective: its text with anything unusual replaced.
 fn slug(text: &str) -> String {
-    let s: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.chars().take(80).collect()
+    deepvis_output::path_component(&text.chars().take(80).collect::<String>())
 }
 
 pub fn render(a: RenderCmdArgs) -> Result<()> {
@@ -51,7 +41,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let settings = a.render.settings(a.run.seed)?;
-    let loaded = a.model.load()?;
+    let loaded = a.model.load_at(Some((a.render.size, a.render.size)))?;
     let model = &loaded.model;
     let objective = Objective::parse(&a.objective, model)
         .map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
@@ -69,7 +59,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         crate::filters::open_manifest(out, &a.model.model, &loaded)?;
     let mut run_settings = a.render.manifest_settings(&settings);
     run_settings["batch"] = a.batch.into();
-    let dir = Path::new(&a.model.model)
+    let dir = Path::new(&deepvis_output::path_component(&model.info.name))
         .join("objectives")
         .join(slug(&described));
     let start = Instant::now();

@@ -3,14 +3,16 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use deepvis_models::{Model, WeightsFrom};
+use deepvis_models::onnx::InputSpec;
+use deepvis_models::{Model, Normalization, WeightsFrom};
 use deepvis_weights::download;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model name (see `deepvis models`). The default is bundled and works offline.
+    /// Model name (see `deepvis models`), or the path of an .onnx file: your own network. The
+    /// default is bundled and works offline.
     #[arg(
         long,
         visible_alias = "model_name",
@@ -39,6 +41,22 @@ pub struct ModelArgs {
     /// AVX512-BF16, bf16 falls back to f32 with a message.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
+    /// ONNX models: the per-channel mean subtracted from the input (one value, or one per
+    /// channel, comma-separated; in the units of --range). Default: ImageNet's, with a note.
+    #[arg(long, value_name = "M[,M...]")]
+    pub mean: Option<String>,
+    /// ONNX models: the per-channel standard deviation the input is divided by (as --mean).
+    #[arg(long, value_name = "S[,S...]")]
+    pub std: Option<String>,
+    /// ONNX models: the pixel range the network was trained on, 0-1 or 0-255.
+    #[arg(long, value_name = "0-1|0-255")]
+    pub range: Option<String>,
+}
+
+/// Whether `--model` names an ONNX file rather than a zoo model.
+pub fn is_onnx_path(model: &str) -> bool {
+    model.to_ascii_lowercase().ends_with(".onnx")
+        || (model.contains(std::path::MAIN_SEPARATOR) && Path::new(model).is_file())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -77,7 +95,21 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<Loaded> {
+        self.load_at(None)
+    }
+
+    /// Loads the model; an ONNX model with a dynamic input size is lowered at `size`.
+    pub fn load_at(&self, size: Option<(usize, usize)>) -> Result<Loaded> {
         self.init_threads()?;
+        if is_onnx_path(&self.model) {
+            return self.load_onnx(size);
+        }
+        if self.mean.is_some() || self.std.is_some() || self.range.is_some() {
+            bail!(
+                "--mean, --std and --range are for ONNX models; zoo model '{}' has its own normalization",
+                self.model
+            );
+        }
         let info = deepvis_models::info(&self.model)?;
         if self.random_weights {
             return Ok(Loaded {
@@ -146,6 +178,74 @@ impl ModelArgs {
             &cache,
             std::io::stderr().is_terminal(),
         )?)
+    }
+}
+
+impl ModelArgs {
+    fn load_onnx(&self, size: Option<(usize, usize)>) -> Result<Loaded> {
+        if self.weights.is_some() || self.random_weights {
+            bail!("an ONNX file holds its own weights; drop --weights / --random-weights");
+        }
+        let path = Path::new(&self.model);
+        let spec = InputSpec {
+            size,
+            normalization: self.normalization()?,
+        };
+        let loaded = deepvis_models::onnx::load(path, &spec)?;
+        if loaded.normalization_assumed {
+            eprintln!(
+                "note: {}: assuming ImageNet normalization (RGB in 0-1, mean 0.485,0.456,0.406, std 0.229,0.224,0.225); pass --mean, --std and --range if the network was trained otherwise",
+                path.display()
+            );
+        }
+        let sha = deepvis_weights::sha256_file(path)
+            .with_context(|| format!("hashing {}", path.display()))?;
+        Ok(Loaded {
+            model: loaded.model,
+            weights_label: path.display().to_string(),
+            weights_sha256: Some(sha),
+        })
+    }
+
+    /// --mean, --std and --range as the normalization applied to images in [0, 1].
+    fn normalization(&self) -> Result<Option<Normalization>> {
+        if self.mean.is_none() && self.std.is_none() && self.range.is_none() {
+            return Ok(None);
+        }
+        let scale = match self.range.as_deref() {
+            None | Some("0-1") => 1.0,
+            Some("0-255") => 255.0,
+            Some(other) => bail!("--range must be 0-1 or 0-255, not '{other}'"),
+        };
+        let list = |flag: &str, v: &Option<String>, default: [f32; 3]| -> Result<[f32; 3]> {
+            let Some(v) = v else { return Ok(default) };
+            let vals: Vec<f32> = v
+                .split(',')
+                .map(|p| p.trim().parse::<f32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    anyhow::anyhow!("{flag} takes numbers separated by commas, not '{v}'")
+                })?;
+            match vals[..] {
+                [x] => Ok([x; 3]),
+                [a, b, c] => Ok([a, b, c]),
+                _ => bail!(
+                    "{flag} takes one value or one per input channel (3), got {}",
+                    vals.len()
+                ),
+            }
+        };
+        let mean = list("--mean", &self.mean, [0.0; 3])?;
+        let std = list("--std", &self.std, [1.0; 3])?;
+        if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            bail!("--std values must be positive");
+        }
+        // Inputs are made in [0, 1]; a network trained on 0-255 sees x·255, so its mean and
+        // std are divided by 255 to act on [0, 1] values.
+        Ok(Some(Normalization {
+            mean: mean.map(|m| m / scale),
+            std: std.map(|s| s / scale),
+        }))
     }
 }
 

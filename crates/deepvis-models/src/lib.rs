@@ -77,6 +77,8 @@ pub struct ModelInfo {
     pub normalization: Normalization,
     /// Input size the model was trained at.
     pub native_size: usize,
+    /// Channels of the input image (3 for RGB).
+    pub channels: usize,
     /// Module whose children may be addressed by bare index, as the original tool did.
     pub sequential: Option<Cow<'static, str>>,
     /// Prefix of the classification head, which a features-only checkpoint may lack.
@@ -99,6 +101,7 @@ const fn torchvision(
         bundled: false,
         normalization: IMAGENET,
         native_size: 224,
+        channels: 3,
         sequential: Some(Cow::Borrowed("features")),
         head_prefix: Cow::Borrowed("classifier."),
         build: Some(build),
@@ -118,6 +121,7 @@ pub const ZOO: &[ModelInfo] = &[
             std: [0.502; 3],
         },
         native_size: 224,
+        channels: 3,
         sequential: None,
         head_prefix: Cow::Borrowed("_fc."),
         build: Some(efficientnet::efficientnet_lite0),
@@ -203,6 +207,8 @@ pub struct Model {
     pub aliases: Vec<(String, NodeId)>,
     /// Values of an ONNX graph that could not be lowered, with the reason.
     pub unavailable: Vec<(String, String)>,
+    /// What `--model` was for a model from a file (its path), for messages.
+    pub source: Option<String>,
 }
 
 /// Where to take weights from.
@@ -233,6 +239,7 @@ impl Model {
             has_head,
             aliases: Vec::new(),
             unavailable: Vec::new(),
+            source: None,
         })
     }
 
@@ -325,8 +332,21 @@ impl Model {
         };
         Err(ModelError::Layer(format!(
             "unknown layer '{spec}' for {}{hint}; see `deepvis layers --model {}` for the names",
-            self.info.name, self.info.name
+            self.info.name,
+            self.source.as_deref().unwrap_or(&self.info.name)
         )))
+    }
+
+    /// The name to show and record for layer `id` as the user asked for it with `spec`: the
+    /// module path they typed where it names that node (`layer3` rather than the ONNX value
+    /// `/layer3/layer3.0/relu_1/Relu_output_0`), else the node's own name.
+    pub fn layer_name(&self, spec: &str, id: NodeId) -> String {
+        let spec = spec.trim();
+        if self.aliases.iter().any(|(a, n)| a == spec && *n == id) {
+            spec.to_string()
+        } else {
+            self.graph.nodes()[id].name.clone()
+        }
     }
 
     /// Every addressable layer with its op, output shape for an input of `size`×`size` and
@@ -334,7 +354,7 @@ impl Model {
     pub fn layers(&self, size: usize) -> Result<Vec<LayerInfo>, ModelError> {
         let shapes = self
             .graph
-            .shapes(&[1, 3, size, size], self.graph.last())
+            .shapes(&[1, self.info.channels, size, size], self.graph.last())
             .map_err(|e| ModelError::Layer(format!("at input size {size}: {e}")))?;
         Ok(self
             .graph
@@ -344,6 +364,12 @@ impl Model {
             .enumerate()
             .skip(1)
             .map(|(id, (n, s))| LayerInfo {
+                aliases: self
+                    .aliases
+                    .iter()
+                    .filter(|(_, a)| *a == id)
+                    .map(|(name, _)| name.clone())
+                    .collect(),
                 name: n.name.clone(),
                 op: n.op.describe(),
                 shape: s.unwrap_or_default(),
@@ -354,12 +380,15 @@ impl Model {
 
     /// The number of channels (or features) of a layer's output.
     pub fn channels(&self, layer: NodeId, size: usize) -> Result<usize, ModelError> {
-        let shapes = self.graph.shapes(&[1, 3, size, size], layer).map_err(|e| {
-            ModelError::Layer(format!(
-                "input size {size} is too small for layer {}: {e}",
-                self.graph.nodes()[layer].name
-            ))
-        })?;
+        let shapes = self
+            .graph
+            .shapes(&[1, self.info.channels, size, size], layer)
+            .map_err(|e| {
+                ModelError::Layer(format!(
+                    "input size {size} is too small for layer {}: {e}",
+                    self.graph.nodes()[layer].name
+                ))
+            })?;
         Ok(shapes[layer].as_ref().map_or(0, |s| s[1]))
     }
 
@@ -372,6 +401,8 @@ impl Model {
 #[derive(Clone, Debug)]
 pub struct LayerInfo {
     pub name: String,
+    /// Other names of the same value (an ONNX value's PyTorch module paths).
+    pub aliases: Vec<String>,
     pub op: String,
     pub shape: Vec<usize>,
     /// Side of the input region one value sees, in pixels; None for global layers.

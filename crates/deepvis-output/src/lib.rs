@@ -22,3 +22,46 @@ pub use grid::{grid_layout, grid_sheet, GridLayout, DEFAULT_MAX_TILE, SMALL_SHEE
 pub use image_io::{load_rgb, RgbImage};
 pub use manifest::{FilterRecord, LayerRun, Manifest, MANIFEST_FILE};
 pub use resize::{resize_area_planar, resize_bilinear_planar};
+
+/// One safe path component from a model, layer or objective name: characters other than
+/// ASCII letters, digits, `.`, `_` and `-` become `_`, and `.`/`..`/empty become `_`, so a name
+/// such as an ONNX value `/layer3/layer3.0/relu_1/Relu_output_0` can never leave the output
+/// folder. Names that are already plain (`features.28`, `_blocks.8`) are unchanged.
+pub fn path_component(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    if s.is_empty() || s.chars().all(|c| c == '.') {
+        "_".repeat(s.len().max(1))
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod path_component_tests {
+    use super::path_component;
+
+    #[test]
+    fn names_stay_inside_the_folder() {
+        assert_eq!(path_component("features.28"), "features.28");
+        assert_eq!(path_component("_blocks.8"), "_blocks.8");
+        assert_eq!(
+            path_component("/layer3/layer3.0/relu_1/Relu_output_0"),
+            "_layer3_layer3.0_relu_1_Relu_output_0"
+        );
+        assert_eq!(path_component(".."), "__");
+        assert_eq!(path_component("."), "_");
+        assert_eq!(path_component(""), "_");
+        assert_eq!(path_component("a/../b"), "a_.._b");
+        assert_eq!(path_component("C:\\x"), "C__x");
+    }
+}

@@ -143,13 +143,9 @@ fn input_dims(
             input.name
         ))
     })?;
+    // A size fixed in the graph is the one its shapes are folded for; the engine's ops still
+    // run at other sizes where the network allows (convolutional layers do).
     let (h, w) = match (fixed(&dims[2]), fixed(&dims[3]), spec.size) {
-        (Some(h), Some(w), Some((sh, sw))) if (h, w) != (sh, sw) => {
-            return Err(err(format!(
-                "input '{}' is fixed at {h}x{w} in the graph; --size {sh}x{sw} cannot change it (omit --size or re-export with a dynamic size)",
-                input.name
-            )))
-        }
         (Some(h), Some(w), _) => (h, w),
         (_, _, Some(size)) => size,
         _ => {
@@ -250,6 +246,7 @@ fn lower_model(model: &OnnxModel, path: &Path, spec: &InputSpec) -> Result<OnnxL
         bundled: false,
         normalization,
         native_size: h.max(w),
+        channels: c,
         sequential: None,
         head_prefix: Cow::Borrowed(""),
         build: None,
@@ -261,6 +258,7 @@ fn lower_model(model: &OnnxModel, path: &Path, spec: &InputSpec) -> Result<OnnxL
             has_head: logits.is_some(),
             aliases,
             unavailable: unavailable.clone(),
+            source: Some(path.display().to_string()),
         },
         input: [c, h, w],
         unavailable,
