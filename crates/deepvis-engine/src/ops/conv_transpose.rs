@@ -40,8 +40,9 @@ struct AxisPlan {
 impl ConvTranspose2d {
     /// The convolution has to map an input of the transposed conv's output extent (less
     /// `extra`) back to exactly H: with t = op − pb, bottom padding pb − op when t < 0;
-    /// otherwise no padding, and the last t − t mod s rows, which no input reaches, are left
-    /// out (only when op ≥ s, which dilation allows).
+    /// otherwise no padding, and the last rows, which no input reaches, left out. Any count
+    /// in (t − s, t] works; t − t mod s is the least, so that it is 0 (no copy) unless
+    /// op ≥ s, which only dilation allows.
     fn axis(stride: usize, after: usize, output_padding: usize) -> AxisPlan {
         if output_padding < after {
             AxisPlan {
@@ -109,8 +110,8 @@ impl ConvTranspose2d {
             && self.dilation.0 > 0
             && self.dilation.1 > 0
             && g > 0
-            && self.in_channels % g == 0
-            && self.out_channels % g == 0
+            && self.in_channels.is_multiple_of(g)
+            && self.out_channels.is_multiple_of(g)
             && self.weight.len() == self.in_channels * (self.out_channels / g) * kh * kw;
         if !valid {
             return Err(EngineError::Shape(format!(

@@ -61,7 +61,7 @@ impl Operator for Reshape {
         let total: usize = s.iter().product();
         let known: usize = out.iter().product();
         if let Some(i) = infer {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(fail("no inferred size fits the element count"));
             }
             out[i] = total / known;

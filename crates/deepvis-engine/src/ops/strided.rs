@@ -86,6 +86,17 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// Through a method, so that closures capture the whole `Shared` (which is `Sync`), not
+    /// its raw-pointer field.
+    ///
+    /// # Safety
+    /// `offset` must be within the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
 /// `dst[base + Σ index(i)·strides] = src[i]` for every position of `shape` (row-major in
 /// `src`). The caller guarantees the map is injective (distinct positions, distinct offsets)
 /// and every offset is in `dst`: that is what makes the parallel writes disjoint.
@@ -101,7 +112,6 @@ pub(crate) fn scatter(
     let n = dst.len();
     let out = Shared(dst.as_mut_ptr());
     src.par_chunks(CHUNK).enumerate().for_each(|(k, s)| {
-        let out = out;
         let a = k * CHUNK;
         runs(shape, base, strides, a, a + s.len(), |flat, off, len| {
             let s = &s[flat - a..flat - a + len];
@@ -109,14 +119,14 @@ pub(crate) fn scatter(
                 let o = off as usize;
                 assert!(off >= 0 && o + len <= n, "scatter offset out of bounds");
                 // SAFETY: in bounds (checked), and no other task writes these positions.
-                unsafe { std::slice::from_raw_parts_mut(out.0.add(o), len) }.copy_from_slice(s);
+                unsafe { std::slice::from_raw_parts_mut(out.at(o), len) }.copy_from_slice(s);
                 return;
             }
             for (j, &v) in s.iter().enumerate() {
                 let o = off + j as isize * inner;
                 assert!(o >= 0 && (o as usize) < n, "scatter offset out of bounds");
                 // SAFETY: `o` is in bounds (checked) and no other position maps to it.
-                unsafe { *out.0.add(o as usize) = v };
+                unsafe { *out.at(o as usize) = v };
             }
         });
     });
