@@ -196,14 +196,6 @@ fn lower_model(model: &OnnxModel, path: &Path, spec: &InputSpec) -> Result<OnnxL
         .collect();
     let outputs: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
     let mut aliases = Vec::new();
-    for (key, value) in module_output_map(&scoped, &outputs) {
-        if let Some(Value::Node(id)) = lw.values.get(&value) {
-            if *id != 0 && lw.graph.nodes()[*id].name != key {
-                aliases.push((key, *id));
-            }
-        }
-    }
-
     let mut unavailable: Vec<(String, String)> = lw
         .values
         .iter()
@@ -212,6 +204,15 @@ fn lower_model(model: &OnnxModel, path: &Path, spec: &InputSpec) -> Result<OnnxL
             _ => None,
         })
         .collect();
+    for (key, value) in module_output_map(&scoped, &outputs) {
+        match lw.values.get(&value) {
+            Some(Value::Node(id)) if *id != 0 && lw.graph.nodes()[*id].name != key => {
+                aliases.push((key, *id));
+            }
+            Some(Value::Unavailable(why)) => unavailable.push((key, why.clone())),
+            _ => {}
+        }
+    }
     unavailable.sort();
 
     // The class head: the graph's output, where it is [1, K] and the last node.
@@ -245,7 +246,7 @@ fn lower_model(model: &OnnxModel, path: &Path, spec: &InputSpec) -> Result<OnnxL
         url: None,
         bundled: false,
         normalization,
-        native_size: h.max(w),
+        native_size: (h, w),
         channels: c,
         sequential: None,
         head_prefix: Cow::Borrowed(""),
