@@ -6,9 +6,9 @@
 use super::{Lowering, Value};
 use deepvis_engine::{
     AdaptiveAvgPool2d, Add, AvgPool2d, Binary, BinaryConst, BinaryKind, ChannelAffine, Concat,
-    Conv2d, ConvTranspose2d, CoordMode, Flatten, Identity, Linear, MatMulConst, MaxPool2d,
-    NearestMode, NodeId, PRelu, Pad, PadMode, Padding, ReduceMean, Relu, Relu6, Reshape,
-    ReshapeDim, Resize, ResizeMode, ResizeTo, Slice, SliceAxis, Tensor, Transpose, Unary,
+    Conv2d, ConvTranspose2d, CoordMode, Flatten, Identity, LayerNorm, Linear, MatMulConst,
+    MaxPool2d, NearestMode, NodeId, PRelu, Pad, PadMode, Padding, ReduceMean, Relu, Relu6, Reshape,
+    ReshapeDim, Resize, ResizeMode, ResizeTo, Slice, SliceAxis, Softmax, Tensor, Transpose, Unary,
     UnaryKind,
 };
 use deepvis_onnx::{eval_constant, eval_shape, OnnxNode, TensorData};
@@ -94,6 +94,8 @@ const TABLE: &[(&str, LowerFn)] = &[
     ("Identity", |lw, n, x| single(lw, n, x, Identity)),
     ("Dropout", |lw, n, x| single(lw, n, x, Identity)),
     ("Cast", cast),
+    ("Softmax", softmax),
+    ("LayerNormalization", layer_norm),
 ];
 
 /// Lowers one node: folded when all its inputs are constants, pushed as engine nodes
@@ -996,4 +998,42 @@ fn cast(lw: &mut Lowering, node: &OnnxNode, x: &[Option<NodeId>]) -> Lowered {
             deepvis_onnx::data_type_name(to as i32)
         )),
     }
+}
+
+fn softmax(lw: &mut Lowering, node: &OnnxNode, x: &[Option<NodeId>]) -> Lowered {
+    let xi = data(node, x, 0)?;
+    let rank = lw.shape(xi).len();
+    // Before opset 13 Softmax flattened everything from `axis` on into one row (default 1);
+    // that is the same as the newer per-axis softmax only where `axis` is the last axis.
+    let default = if lw.opset < 13 { 1 } else { -1 };
+    let a = axis(node.attr_int_or("axis", default).map_err(err)?, rank)?;
+    if lw.opset < 13 && a != rank - 1 {
+        return Err(format!(
+            "softmax over the flattened axes {a}.. of a rank-{rank} value (opset < 13) is not supported"
+        ));
+    }
+    single(lw, node, x, Softmax { axis: a })
+}
+
+fn layer_norm(lw: &mut Lowering, node: &OnnxNode, x: &[Option<NodeId>]) -> Lowered {
+    let xi = data(node, x, 0)?;
+    let rank = lw.shape(xi).len();
+    if node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err("the Mean and InvStdDev outputs are not supported".into());
+    }
+    let a = axis(node.attr_int_or("axis", -1).map_err(err)?, rank)?;
+    let eps = node.attr_float_or("epsilon", 1e-5).map_err(err)?;
+    let scale = Some(f32s(konst_req(lw, node, 1, "scale")?)?);
+    let bias = konst(lw, node, 2).map(f32s).transpose()?;
+    single(
+        lw,
+        node,
+        x,
+        LayerNorm {
+            axis: a,
+            eps,
+            scale,
+            bias,
+        },
+    )
 }
