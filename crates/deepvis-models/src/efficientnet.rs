@@ -6,9 +6,10 @@
 //! residual add; inside a block `_blocks.N._expand_conv`, `._bn0`, `._act0`, `._depthwise_conv`,
 //! `._bn1`, `._act1`, `._project_conv`, `._bn2`.
 
+use crate::blocks::mb_conv_lite;
 use crate::builder::{Builder, Conv};
 use crate::ModelError;
-use deepvis_engine::{AdaptiveAvgPool2d, Add, Flatten, Identity, NodeId, Relu6};
+use deepvis_engine::{AdaptiveAvgPool2d, Flatten, Identity, Relu6};
 
 const EPS: f32 = 1e-3;
 
@@ -23,38 +24,6 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-/// An inverted-residual block (MBConv without squeeze-excitation): 1×1 expansion (skipped at
-/// ratio 1), k×k depthwise, 1×1 projection, each with batch norm, ReLU6 after the first two;
-/// the block's output is the residual sum where shapes allow, else the projection.
-fn mb_conv(
-    b: &mut Builder,
-    x: NodeId,
-    (cin, cout, k, stride, expand): (usize, usize, usize, usize, usize),
-) -> Result<NodeId, ModelError> {
-    let mid = cin * expand;
-    let mut y = x;
-    if expand != 1 {
-        y = b.conv("_expand_conv", y, Conv::new(cin, mid, 1).same().no_bias())?;
-        y = b.batch_norm("_bn0", y, mid, EPS)?;
-        y = b.op("_act0", Relu6, &[y]);
-    }
-    let dw = Conv::new(mid, mid, k)
-        .stride(stride)
-        .same()
-        .depthwise()
-        .no_bias();
-    y = b.conv("_depthwise_conv", y, dw)?;
-    y = b.batch_norm("_bn1", y, mid, EPS)?;
-    y = b.op("_act1", Relu6, &[y]);
-    y = b.conv("_project_conv", y, Conv::new(mid, cout, 1).same().no_bias())?;
-    y = b.batch_norm("_bn2", y, cout, EPS)?;
-    Ok(if stride == 1 && cin == cout {
-        b.output(Add, &[y, x])
-    } else {
-        b.output(Identity, &[y])
-    })
-}
-
 pub(crate) fn efficientnet_lite0(b: &mut Builder, head: bool) -> Result<(), ModelError> {
     let stem = Conv::new(3, 32, 3).stride(2).same().no_bias();
     let mut x = b.conv_as("_conv_stem.conv", "_conv_stem", 0, stem)?;
@@ -65,7 +34,12 @@ pub(crate) fn efficientnet_lite0(b: &mut Builder, head: bool) -> Result<(), Mode
     for (repeats, k, stride, expand, cin0, cout) in STAGES {
         for r in 0..repeats {
             let (cin, s) = if r == 0 { (cin0, stride) } else { (cout, 1) };
-            x = mb_conv(&mut b.pp("_blocks").pp(block), x, (cin, cout, k, s, expand))?;
+            x = mb_conv_lite(
+                &mut b.pp("_blocks").pp(block),
+                x,
+                (cin, cout, k, s, expand),
+                EPS,
+            )?;
             block += 1;
         }
     }

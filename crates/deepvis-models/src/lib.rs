@@ -2,10 +2,12 @@
 //! their PyTorch originals, so `features.28` here is `features.28` in torchvision, and the
 //! loading of their weights from `.pth` or safetensors files, strictly checked key by key.
 
+mod blocks;
 mod builder;
 mod efficientnet;
 pub mod onnx;
 mod params;
+mod squeezenet;
 mod vgg;
 
 use builder::Builder;
@@ -48,17 +50,63 @@ pub enum ModelError {
     Onnx(String),
 }
 
-/// How a model expects its input: RGB in [0, 1], then (x − mean) / std per channel.
+/// How a model expects its input: each channel in [0, 1], then (x − mean) / std per channel.
+/// `mean` and `std` hold one value per input channel, or one value for every channel.
+///
+/// The slices are `'static` so that the type stays `Copy` (model loaders move it out of shared
+/// specs); values given at run time are leaked once by [`Normalization::per_channel`], a few
+/// floats per loaded model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalization {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    pub mean: &'static [f32],
+    pub std: &'static [f32],
 }
 
 pub const IMAGENET: Normalization = Normalization {
-    mean: [0.485, 0.456, 0.406],
-    std: [0.229, 0.224, 0.225],
+    mean: &[0.485, 0.456, 0.406],
+    std: &[0.229, 0.224, 0.225],
 };
+
+/// ImageNet's statistics for a single grey channel (the mean of the RGB channels' values): what
+/// an assumed ImageNet normalization means for an input that is not RGB.
+pub const IMAGENET_GREY: Normalization = Normalization {
+    mean: &[0.449],
+    std: &[0.226],
+};
+
+impl Normalization {
+    /// A normalization from values known only at run time (one per channel, or one for all).
+    pub fn per_channel(mean: Vec<f32>, std: Vec<f32>) -> Normalization {
+        Normalization {
+            mean: Box::leak(mean.into_boxed_slice()),
+            std: Box::leak(std.into_boxed_slice()),
+        }
+    }
+
+    /// This normalization for an input of `channels` channels: as it is where it has one value
+    /// or one per channel. ImageNet's RGB statistics (the default assumed for ONNX models)
+    /// become their grey average for inputs that are not RGB.
+    pub fn for_channels(&self, channels: usize) -> Result<Normalization, String> {
+        if channels != 3 && *self == IMAGENET {
+            return Ok(IMAGENET_GREY);
+        }
+        for (what, v) in [("mean", self.mean), ("std", self.std)] {
+            if v.len() != 1 && v.len() != channels {
+                return Err(format!(
+                    "the normalization has {} {what} values but the model's input has {channels} channel{}; give one value or {channels} (--mean/--std)",
+                    v.len(),
+                    if channels == 1 { "" } else { "s" }
+                ));
+            }
+        }
+        Ok(*self)
+    }
+
+    /// Mean and std of channel `c` (a single value stands for every channel).
+    pub fn channel(&self, c: usize) -> (f32, f32) {
+        (self.mean[c % self.mean.len()], self.std[c % self.std.len()])
+    }
+}
 
 /// How an architecture is built: its nodes pushed through the scoped builder, with the
 /// classifier head where the weights have it.
@@ -75,8 +123,8 @@ pub struct ModelInfo {
     /// Weights compiled into the binary, so the model works offline.
     pub bundled: bool,
     pub normalization: Normalization,
-    /// Input size the model was trained at.
-    pub native_size: usize,
+    /// Input size the model was trained at: (height, width).
+    pub native_size: (usize, usize),
     /// Channels of the input image (3 for RGB).
     pub channels: usize,
     /// Module whose children may be addressed by bare index, as the original tool did.
@@ -100,7 +148,7 @@ const fn torchvision(
         url: Some(Cow::Borrowed(url)),
         bundled: false,
         normalization: IMAGENET,
-        native_size: 224,
+        native_size: (224, 224),
         channels: 3,
         sequential: Some(Cow::Borrowed("features")),
         head_prefix: Cow::Borrowed("classifier."),
@@ -117,10 +165,10 @@ pub const ZOO: &[ModelInfo] = &[
         url: None,
         bundled: true,
         normalization: Normalization {
-            mean: [0.498; 3],
-            std: [0.502; 3],
+            mean: &[0.498; 3],
+            std: &[0.502; 3],
         },
-        native_size: 224,
+        native_size: (224, 224),
         channels: 3,
         sequential: None,
         head_prefix: Cow::Borrowed("_fc."),
@@ -173,6 +221,18 @@ pub const ZOO: &[ModelInfo] = &[
         "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth",
         "VGG-19 with batch norm, torchvision ImageNet weights",
         |b, head| vgg::vgg(b, 19, true, head),
+    ),
+    torchvision(
+        "squeezenet1_0",
+        "https://download.pytorch.org/models/squeezenet1_0-b66bff10.pth",
+        "SqueezeNet 1.0, torchvision ImageNet weights",
+        squeezenet::squeezenet1_0,
+    ),
+    torchvision(
+        "squeezenet1_1",
+        "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+        "SqueezeNet 1.1, torchvision ImageNet weights",
+        squeezenet::squeezenet1_1,
     ),
     torchvision(
         "alexnet",
@@ -352,10 +412,15 @@ impl Model {
     /// Every addressable layer with its op, output shape for an input of `size`×`size` and
     /// receptive field.
     pub fn layers(&self, size: usize) -> Result<Vec<LayerInfo>, ModelError> {
+        self.layers_at((size, size))
+    }
+
+    /// [`Model::layers`] for an input of `h`×`w`.
+    pub fn layers_at(&self, (h, w): (usize, usize)) -> Result<Vec<LayerInfo>, ModelError> {
         let shapes = self
             .graph
-            .shapes(&[1, self.info.channels, size, size], self.graph.last())
-            .map_err(|e| ModelError::Layer(format!("at input size {size}: {e}")))?;
+            .shapes(&[1, self.info.channels, h, w], self.graph.last())
+            .map_err(|e| ModelError::Layer(format!("at input size {}: {e}", size_text(h, w))))?;
         Ok(self
             .graph
             .nodes()
@@ -380,12 +445,18 @@ impl Model {
 
     /// The number of channels (or features) of a layer's output.
     pub fn channels(&self, layer: NodeId, size: usize) -> Result<usize, ModelError> {
+        self.channels_at(layer, (size, size))
+    }
+
+    /// [`Model::channels`] for an input of `h`×`w`.
+    pub fn channels_at(&self, layer: NodeId, (h, w): (usize, usize)) -> Result<usize, ModelError> {
         let shapes = self
             .graph
-            .shapes(&[1, self.info.channels, size, size], layer)
+            .shapes(&[1, self.info.channels, h, w], layer)
             .map_err(|e| {
                 ModelError::Layer(format!(
-                    "input size {size} is too small for layer {}: {e}",
+                    "input size {} is too small for layer {}: {e}",
+                    size_text(h, w),
                     self.graph.nodes()[layer].name
                 ))
             })?;
@@ -395,6 +466,15 @@ impl Model {
     /// Whether the node is a convolution whose raw output (before any activation) is addressed.
     pub fn is_conv(&self, layer: NodeId) -> bool {
         self.graph.nodes()[layer].op.is::<Conv2d>()
+    }
+}
+
+/// `224` for a square size, `48x192` (H×W) otherwise, as `--size` takes it.
+pub fn size_text(h: usize, w: usize) -> String {
+    if h == w {
+        h.to_string()
+    } else {
+        format!("{h}x{w}")
     }
 }
 
