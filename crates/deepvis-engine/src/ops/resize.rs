@@ -183,18 +183,38 @@ impl Operator for Resize {
         let (h, w) = (s[2], s[3]);
         let (ty, tx) = self.tables(h, w, oh, ow);
         let mut y = Tensor::for_overwrite(&[s[0], s[1], oh, ow]);
+        let nearest = self.mode == ResizeMode::Nearest;
+        // Separably: the two input rows blended into one row first, then sampled along it.
         y.data_mut()
             .par_chunks_mut(oh * ow)
             .zip(x.data().par_chunks(plane))
-            .for_each(|(yp, xp)| {
-                for (yr, a) in yp.chunks_mut(ow).zip(&ty) {
-                    let (r0, r1) = (&xp[a.i0 * w..][..w], &xp[a.i1 * w..][..w]);
-                    for (v, b) in yr.iter_mut().zip(&tx) {
-                        *v = a.w0 * (b.w0 * r0[b.i0] + b.w1 * r0[b.i1])
-                            + a.w1 * (b.w0 * r1[b.i0] + b.w1 * r1[b.i1]);
+            .for_each_init(
+                || vec![0f32; w],
+                |row, (yp, xp)| {
+                    for (oy, a) in ty.iter().enumerate() {
+                        let (done, rest) = yp.split_at_mut(oy * ow);
+                        let yr = &mut rest[..ow];
+                        if nearest {
+                            if oy > 0 && ty[oy - 1].i0 == a.i0 {
+                                yr.copy_from_slice(&done[(oy - 1) * ow..]);
+                                continue;
+                            }
+                            let r = &xp[a.i0 * w..][..w];
+                            for (v, b) in yr.iter_mut().zip(&tx) {
+                                *v = r[b.i0];
+                            }
+                            continue;
+                        }
+                        let (r0, r1) = (&xp[a.i0 * w..][..w], &xp[a.i1 * w..][..w]);
+                        for ((t, &p), &q) in row.iter_mut().zip(r0).zip(r1) {
+                            *t = a.w0 * p + a.w1 * q;
+                        }
+                        for (v, b) in yr.iter_mut().zip(&tx) {
+                            *v = b.w0 * row[b.i0] + b.w1 * row[b.i1];
+                        }
                     }
-                }
-            });
+                },
+            );
         Ok(y)
     }
 
@@ -215,22 +235,50 @@ impl Operator for Resize {
         let (h, w) = (s[2], s[3]);
         let (ty, tx) = self.tables(h, w, oh, ow);
         let mut dx = Tensor::zeros(s);
-        // The adjoint of the forward's weighted reads: each output gradient adds into the
-        // input values it read, with the same weights. One plane per task: planes never share.
+        // Per input column, the output columns that read it and with what weight (as offsets
+        // `back` into `readers`): the horizontal adjoint as a gather, without the
+        // read-modify-write chains of a scatter.
+        let mut readers: Vec<Vec<(usize, f32)>> = vec![Vec::new(); w];
+        for (ox, b) in tx.iter().enumerate() {
+            readers[b.i0].push((ox, b.w0));
+            if b.w1 != 0.0 {
+                readers[b.i1].push((ox, b.w1));
+            }
+        }
+        let back: Vec<usize> = std::iter::once(0)
+            .chain(readers.iter().scan(0, |n, r| {
+                *n += r.len();
+                Some(*n)
+            }))
+            .collect();
+        let readers: Vec<(usize, f32)> = readers.into_iter().flatten().collect();
+        // The adjoint of the separable forward pass: each output row's gradient is gathered
+        // into one input-length row, which then adds into the (one or two) input rows it was
+        // blended from. One plane per task: planes never share.
         dx.data_mut()
             .par_chunks_mut(plane)
             .zip(grad.data().par_chunks(oh * ow))
-            .for_each(|(dp, gp)| {
-                for (gr, a) in gp.chunks(ow).zip(&ty) {
-                    for (&g, b) in gr.iter().zip(&tx) {
-                        let (g0, g1) = (a.w0 * g, a.w1 * g);
-                        dp[a.i0 * w + b.i0] += g0 * b.w0;
-                        dp[a.i0 * w + b.i1] += g0 * b.w1;
-                        dp[a.i1 * w + b.i0] += g1 * b.w0;
-                        dp[a.i1 * w + b.i1] += g1 * b.w1;
+            .for_each_init(
+                || vec![0f32; w],
+                |row, (dp, gp)| {
+                    for (gr, a) in gp.chunks(ow).zip(&ty) {
+                        for (t, taps) in row.iter_mut().zip(back.windows(2)) {
+                            *t = readers[taps[0]..taps[1]]
+                                .iter()
+                                .map(|&(ox, wt)| wt * gr[ox])
+                                .sum();
+                        }
+                        for (i, wt) in [(a.i0, a.w0), (a.i1, a.w1)] {
+                            if wt != 0.0 {
+                                dp[i * w..][..w]
+                                    .iter_mut()
+                                    .zip(row.iter())
+                                    .for_each(|(d, &t)| *d += wt * t);
+                            }
+                        }
                     }
-                }
-            });
+                },
+            );
         Ok(vec![dx])
     }
 
