@@ -452,8 +452,9 @@ fn passes_through(kind: BinaryKind, target: usize) -> bool {
 }
 
 /// The gradients of the operands listed in `targets` (0: a, 1: b), in that order. `a`/`b`
-/// are None where not kept. At most one gradient, one of the output's shape, takes over
-/// `grad`'s storage; it is computed last.
+/// are None where not kept. At most one gradient, one of the output's size, takes over
+/// `grad`'s storage; it is computed last. An operand of the output's size is broadcast along
+/// no axis ([C, H, W] against [1, C, H, W]): its gradient is the output's, reshaped.
 #[allow(clippy::too_many_arguments)]
 fn backward_kind(
     kind: BinaryKind,
@@ -463,9 +464,9 @@ fn backward_kind(
     a: Option<&[f32]>,
     b: Option<&[f32]>,
     mut grad: Tensor,
-) -> Vec<Tensor> {
-    let full = |t: usize| shapes[t] == bc.out.as_slice();
-    // The one gradient that may overwrite `grad`: the last full-shaped target.
+) -> Result<Vec<Tensor>, EngineError> {
+    let full = |t: usize| shapes[t].iter().product::<usize>() == bc.numel();
+    // The one gradient that may overwrite `grad`: the last full-sized target.
     let in_place = targets.iter().rposition(|&t| full(t));
     let mut out: Vec<Option<Tensor>> = (0..targets.len()).map(|_| None).collect();
     for (i, &t) in targets.iter().enumerate() {
@@ -479,6 +480,7 @@ fn backward_kind(
             } else {
                 bc.grad_fresh(g, a, b, f)
             }
+            .reshape(shapes[t].to_vec())?
         } else {
             bc.grad_reduced(t, shapes[t], g, a, b, f)
         }));
@@ -488,9 +490,9 @@ fn backward_kind(
         if !passes_through(kind, t) {
             with_grad_fn!(kind, t, |f| bc.grad_in_place(grad.data_mut(), a, b, f));
         }
-        out[i] = Some(grad);
+        out[i] = Some(grad.reshape(shapes[t].to_vec())?);
     }
-    out.into_iter().flatten().collect()
+    Ok(out.into_iter().flatten().collect())
 }
 
 fn scalar_value(c: &Tensor) -> Option<f32> {
@@ -548,7 +550,7 @@ impl Operator for Binary {
         } else {
             (None, None)
         };
-        Ok(backward_kind(self.0, &bc, [sa, sb], &[0, 1], a, b, grad))
+        backward_kind(self.0, &bc, [sa, sb], &[0, 1], a, b, grad)
     }
 
     fn receptive_field(&self) -> Field {
@@ -693,7 +695,7 @@ impl Operator for BinaryConst {
                 _ => {}
             }
         }
-        let mut g = backward_kind(self.kind, &bc, [sa, sb], &[t], a, b, grad);
+        let mut g = backward_kind(self.kind, &bc, [sa, sb], &[t], a, b, grad)?;
         Ok(vec![g.remove(0)])
     }
 
