@@ -62,6 +62,12 @@ impl Trace {
         &self.plan.input_shape
     }
 
+    /// The producer computed in the same pass as activation `node` (`Operator::fuses`), if the
+    /// plan fused them.
+    pub fn fused_producer(&self, node: NodeId) -> Option<NodeId> {
+        self.plan.head.get(node).copied().flatten()
+    }
+
     /// The output channels computed for `node`, if only some were (`Graph::forward_channels`).
     pub fn computed_channels(&self, node: NodeId) -> Option<&[usize]> {
         self.plan.selected(node).map(|s| &s.channels[..])

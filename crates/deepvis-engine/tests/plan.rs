@@ -1,0 +1,164 @@
+//! The planner decides fusions and what is kept from the data flow, not from the order in
+//! which an architecture pushed its nodes; and an op written outside the engine, through the
+//! `Operator` trait alone, runs and differentiates in a graph.
+
+mod common;
+
+use common::{random, rng};
+use deepvis_engine::*;
+use rand::Rng;
+use std::any::Any;
+
+fn conv(cin: usize, cout: usize, r: &mut rand_chacha::ChaCha8Rng) -> Conv2d {
+    let conv = Conv2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: (3, 3),
+        stride: (1, 1),
+        dilation: (1, 1),
+        groups: 1,
+        padding: Padding::symmetric(1),
+        weight: (0..cout * cin * 9)
+            .map(|_| r.gen_range(-0.5..0.5))
+            .collect(),
+        bias: Some((0..cout).map(|_| r.gen_range(-0.5..0.5)).collect()),
+        cache: Default::default(),
+    };
+    conv.validate().unwrap();
+    conv
+}
+
+/// Two branches conv → ReLU summed, then a 2×2 pool; `interleaved` pushes each branch's conv
+/// right before its ReLU, otherwise both convolutions come first.
+fn branches(interleaved: bool) -> (Graph, [NodeId; 2], [NodeId; 2], NodeId) {
+    let mut r = rng(7);
+    let (ca, cb) = (conv(3, 16, &mut r), conv(3, 16, &mut r));
+    let mut g = Graph::new();
+    let (a, b, ra, rb);
+    if interleaved {
+        a = g.push("a", ca, &[0]);
+        ra = g.push("a.relu", Relu, &[a]);
+        b = g.push("b", cb, &[0]);
+        rb = g.push("b.relu", Relu, &[b]);
+    } else {
+        a = g.push("a", ca, &[0]);
+        b = g.push("b", cb, &[0]);
+        ra = g.push("a.relu", Relu, &[a]);
+        rb = g.push("b.relu", Relu, &[b]);
+    }
+    let sum = g.push("sum", Add, &[ra, rb]);
+    let out = g.push("pool", MaxPool2d::square(2, 2), &[sum]);
+    (g, [a, b], [ra, rb], out)
+}
+
+#[test]
+fn fusion_does_not_depend_on_the_order_nodes_were_pushed() {
+    let x = random(&[2, 3, 12, 10], &mut rng(1));
+    let seed = random(&[2, 16, 6, 5], &mut rng(2));
+    let mut results = Vec::new();
+    for interleaved in [true, false] {
+        let (g, convs, relus, out) = branches(interleaved);
+        let fused = g.forward(x.clone(), out).unwrap();
+        // Each ReLU ran in its convolution's pass, whichever order they were pushed in.
+        for (c, r) in convs.iter().zip(&relus) {
+            assert_eq!(
+                fused.fused_producer(*r),
+                Some(*c),
+                "interleaved {interleaved}"
+            );
+            assert!(fused.value(*c).is_none());
+        }
+        let dx = g.backward(&fused, seed.clone()).unwrap();
+        // Asking for the convolutions' outputs turns the fusion off: same numbers.
+        let plain = g
+            .forward_multi(x.clone(), &[convs[0], convs[1], out])
+            .unwrap();
+        assert!(convs.iter().all(|&c| plain.value(c).is_some()));
+        assert!(relus.iter().all(|&r| plain.fused_producer(r).is_none()));
+        assert_eq!(plain.output().data(), fused.output().data());
+        assert_eq!(g.backward(&plain, seed.clone()).unwrap().data(), dx.data());
+        results.push((fused.output().clone(), dx));
+    }
+    assert_eq!(results[0].0.data(), results[1].0.data());
+    assert_eq!(results[0].1.data(), results[1].1.data());
+}
+
+/// y = x², written here as any new op would be: one `Operator` impl.
+#[derive(Debug)]
+struct Square;
+
+impl Operator for Square {
+    fn describe(&self) -> String {
+        "Square".into()
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, EngineError> {
+        Ok(inputs[0].to_vec())
+    }
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, EngineError> {
+        let x = inputs[0];
+        Tensor::new(x.shape().to_vec(), x.data().iter().map(|v| v * v).collect())
+    }
+    fn backward_needs(&self) -> Needs {
+        Needs::INPUTS
+    }
+    fn backward(&self, saved: &Saved, grad: Tensor) -> Result<Vec<Tensor>, EngineError> {
+        let x = saved.input(0)?;
+        let data = grad
+            .data()
+            .iter()
+            .zip(x.data())
+            .map(|(g, x)| 2.0 * x * g)
+            .collect();
+        Ok(vec![Tensor::new(grad.shape().to_vec(), data)?])
+    }
+    fn receptive_field(&self) -> Field {
+        Field::Pointwise
+    }
+    fn flops(&self, _inputs: &[&[usize]], _output: &[usize]) -> u64 {
+        0
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[test]
+fn an_op_from_outside_the_engine_runs_in_a_graph() {
+    let mut r = rng(3);
+    let mut g = Graph::new();
+    let c = g.then("conv", conv(3, 4, &mut r));
+    let s = g.then("square", Square);
+    let out = g.then("relu", Relu);
+    assert_eq!(g.receptive_field(out), Some(3));
+    assert_eq!(g.nodes()[s].op.describe(), "Square");
+    let x = random(&[1, 3, 6, 6], &mut r);
+    let trace = g.forward(x.clone(), out).unwrap();
+    let seed = random(trace.output().shape(), &mut r);
+    let dx = g.backward(&trace, seed.clone()).unwrap();
+    // Against the chain rule spelled out: relu(square(conv(x))).
+    let y = g.forward(x.clone(), c).unwrap().output().clone();
+    let cv = g.nodes()[c].op.downcast_ref::<Conv2d>().unwrap();
+    let gy: Vec<f32> = y
+        .data()
+        .iter()
+        .zip(seed.data())
+        .map(|(y, s)| if y * y > 0.0 { 2.0 * y * s } else { 0.0 })
+        .collect();
+    let want = cv
+        .backward(x.shape(), &Tensor::new(y.shape().to_vec(), gy).unwrap())
+        .unwrap();
+    assert_eq!(dx.data(), want.data());
+}
+
+#[test]
+fn a_seed_on_a_node_the_pass_did_not_reach_is_an_error() {
+    let (g, convs, _, _) = branches(true);
+    let trace = g
+        .forward(random(&[1, 3, 8, 8], &mut rng(4)), convs[0])
+        .unwrap();
+    let far = g.last();
+    let err = g
+        .backward_multi(&trace, vec![(far, Tensor::zeros(&[1, 16, 4, 4]))])
+        .unwrap_err();
+    assert!(err.to_string().contains("did not reach"), "{err}");
+}
