@@ -929,8 +929,12 @@ fn softmax_is_stable_for_large_inputs() {
 #[test]
 fn large_softmax_over_channels_and_rows() {
     let mut r = rng(12);
-    let x = scaled(random(&[2, 19, 33, 35], &mut r), 5.0, 0.0);
-    for axis in [1, 3] {
+    // Two column ranges per slab, and one slab split into four (a batch of 1).
+    for (x, axis) in [
+        (scaled(random(&[2, 19, 33, 35], &mut r), 5.0, 0.0), 1),
+        (scaled(random(&[2, 19, 33, 35], &mut r), 5.0, 0.0), 3),
+        (scaled(random(&[1, 5, 100, 100], &mut r), 5.0, 0.0), 1),
+    ] {
         let op = Op::new(Softmax { axis });
         let y = forward(&op, &[&x]);
         let want = softmax_ref(&x, axis);
@@ -941,6 +945,21 @@ fn large_softmax_over_channels_and_rows() {
             );
         }
         check_gradient(&op, std::slice::from_ref(&x), 1e-3, 2e-3, 50);
+        // Every element of the backward pass against y ⊙ (g − Σ g⊙y) in f64.
+        let g = random(x.shape(), &mut r);
+        let got = analytic(&op, std::slice::from_ref(&x), &g);
+        let s = x.shape();
+        let (n, inner) = (s[axis], s[axis + 1..].iter().product::<usize>());
+        for (i, &v) in got[0].data().iter().enumerate() {
+            let (o, c) = (i / (n * inner), i % inner);
+            let at = |k: usize| o * n * inner + k * inner + c;
+            let d: f64 = (0..n).map(|k| g.data()[at(k)] as f64 * want[at(k)]).sum();
+            let w = want[i] * (g.data()[i] as f64 - d);
+            assert!(
+                (v as f64 - w).abs() < 1e-6,
+                "axis {axis}: gradient at {i}: {v} vs {w}"
+            );
+        }
     }
 }
 

@@ -60,10 +60,10 @@ impl Operator for Softmax {
                     }
                 });
         } else {
-            y.data_mut()
-                .par_chunks_mut(n * inner)
-                .zip(x.data().par_chunks(n * inner))
-                .for_each(|(y, x)| softmax_columns(y, x, n, inner));
+            let x = x.data();
+            par_columns(y.data_mut(), n, inner, |base, ys| {
+                softmax_columns(ys, x, base, inner)
+            });
         }
         Ok(y)
     }
@@ -98,25 +98,24 @@ impl Operator for Softmax {
                     }
                 });
         } else {
-            grad.data_mut()
-                .par_chunks_mut(n * inner)
-                .zip(y.data().par_chunks(n * inner))
-                .for_each(|(g, y)| {
-                    let mut d = [0f32; BLOCK];
-                    for c0 in (0..inner).step_by(BLOCK) {
-                        let w = BLOCK.min(inner - c0);
-                        let d = &mut d[..w];
-                        d.fill(0.0);
-                        for k in 0..n {
-                            let at = k * inner + c0;
-                            zip2(d, &g[at..at + w], &y[at..at + w], |d, g, y| d + g * y);
-                        }
-                        for k in 0..n {
-                            let at = k * inner + c0;
-                            zip2(&mut g[at..at + w], &y[at..at + w], d, |g, y, d| y * (g - d));
-                        }
+            let y = y.data();
+            par_columns(grad.data_mut(), n, inner, |base, gs| {
+                let width = gs.first().map_or(0, |s| s.len());
+                let mut d = [0f32; BLOCK];
+                for c0 in (0..width).step_by(BLOCK) {
+                    let w = BLOCK.min(width - c0);
+                    let d = &mut d[..w];
+                    d.fill(0.0);
+                    for (k, g) in gs.iter().enumerate() {
+                        let y = &y[base + k * inner + c0..][..w];
+                        zip2(d, &g[c0..c0 + w], y, |d, g, y| d + g * y);
                     }
-                });
+                    for (k, g) in gs.iter_mut().enumerate() {
+                        let y = &y[base + k * inner + c0..][..w];
+                        zip2(&mut g[c0..c0 + w], y, d, |g, y, d| y * (g - d));
+                    }
+                }
+            });
         }
         Ok(vec![grad])
     }
@@ -162,27 +161,72 @@ fn row_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// Softmax down the columns of an [n, inner] block, BLOCK columns at a time.
-fn softmax_columns(y: &mut [f32], x: &[f32], n: usize, inner: usize) {
+/// Calls `f(offset, rows)` over column ranges of each [n, inner] slab of `data`, in parallel:
+/// `rows` holds the n row segments of one range, `offset` is where its first lies in `data`.
+/// Ranges rather than whole slabs make tasks of one large slab (a batch of 1) as well as of
+/// many small ones.
+fn par_columns(
+    data: &mut [f32],
+    n: usize,
+    inner: usize,
+    f: impl Fn(usize, &mut [&mut [f32]]) + Sync,
+) {
+    let slab = n * inner;
+    // Columns per task: about CHUNK values, whole blocks.
+    let width = (CHUNK / n.max(1)).max(BLOCK) / BLOCK * BLOCK;
+    if inner <= width {
+        // Whole slabs, several per task.
+        let per = CHUNK.div_ceil(slab.max(1)).max(1);
+        data.par_chunks_mut(per * slab)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let mut rows = Vec::with_capacity(n);
+                for (i, s) in chunk.chunks_mut(slab).enumerate() {
+                    rows.clear();
+                    rows.extend(s.chunks_mut(inner));
+                    f((t * per + i) * slab, &mut rows);
+                }
+            });
+        return;
+    }
+    let ranges = inner.div_ceil(width);
+    let mut tasks: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+    for (o, s) in data.chunks_mut(slab).enumerate() {
+        let first = tasks.len();
+        tasks.extend((0..ranges).map(|r| (o * slab + r * width, Vec::with_capacity(n))));
+        for row in s.chunks_mut(inner) {
+            for (r, seg) in row.chunks_mut(width).enumerate() {
+                tasks[first + r].1.push(seg);
+            }
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(offset, mut rows)| f(offset, &mut rows));
+}
+
+/// Softmax down the columns of row segments `ys` (of one slab), BLOCK columns at a time; the
+/// input's segment k starts at `x[base + k·inner]`.
+fn softmax_columns(ys: &mut [&mut [f32]], x: &[f32], base: usize, inner: usize) {
+    let width = ys.first().map_or(0, |s| s.len());
     let (mut m, mut s) = ([0f32; BLOCK], [0f32; BLOCK]);
-    for c0 in (0..inner).step_by(BLOCK) {
-        let w = BLOCK.min(inner - c0);
+    for c0 in (0..width).step_by(BLOCK) {
+        let w = BLOCK.min(width - c0);
         let (m, s) = (&mut m[..w], &mut s[..w]);
-        m.copy_from_slice(&x[c0..c0 + w]);
-        for k in 1..n {
-            let at = k * inner + c0;
-            zip1(m, &x[at..at + w], f32::max);
+        let xs = |k: usize| &x[base + k * inner + c0..][..w];
+        m.copy_from_slice(xs(0));
+        for k in 1..ys.len() {
+            zip1(m, xs(k), f32::max);
         }
         s.fill(0.0);
-        for k in 0..n {
-            let at = k * inner + c0;
-            map2(&mut y[at..at + w], &x[at..at + w], m, |x, m| exp(x - m));
-            zip1(s, &y[at..at + w], |s, y| s + y);
+        for (k, y) in ys.iter_mut().enumerate() {
+            let y = &mut y[c0..c0 + w];
+            map2(y, xs(k), m, |x, m| exp(x - m));
+            zip1(s, y, |s, y| s + y);
         }
         zip0(s, |s| 1.0 / s);
-        for k in 0..n {
-            let at = k * inner + c0;
-            zip1(&mut y[at..at + w], s, |y, r| y * r);
+        for y in ys.iter_mut() {
+            zip1(&mut y[c0..c0 + w], s, |y, r| y * r);
         }
     }
 }
