@@ -3,9 +3,12 @@
 //! several layers, addressed by PyTorch module path and by ONNX value name, and input
 //! gradients of channel means.
 
+mod common;
+
+use common::{channel_mean_grad, rel_err, tensor};
 use deepvis_engine::Tensor;
 use deepvis_models::onnx::{load, InputSpec};
-use deepvis_models::weights::{self, StateDict};
+use deepvis_models::weights;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -13,24 +16,6 @@ fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata/onnx")
         .join(name)
-}
-
-fn tensor(dict: &StateDict, key: &str) -> Tensor {
-    let t = dict
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture lacks {key}"));
-    Tensor::new(t.shape.clone(), t.data.clone()).unwrap()
-}
-
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.shape(), want.shape());
-    let scale = want.data().iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let diff = got
-        .data()
-        .iter()
-        .zip(want.data())
-        .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
-    diff / scale.max(1e-12)
 }
 
 fn json(name: &str) -> Value {
@@ -82,13 +67,7 @@ fn check_torch_export(model: &str, exporter: &str) {
         let key = case["key"].as_str().unwrap();
         let c = case["channel"].as_u64().unwrap() as usize;
         let id = m.layer(key).unwrap();
-        let trace = m.graph.forward(input.clone(), id).unwrap();
-        let y = trace.output();
-        let shape = y.shape().to_vec();
-        let plane: usize = shape[2..].iter().product();
-        let mut seed = Tensor::zeros(&shape);
-        seed.data_mut()[c * plane..(c + 1) * plane].fill(1.0 / plane as f32);
-        let got = m.graph.backward(&trace, seed).unwrap();
+        let got = channel_mean_grad(m, &input, id, c);
         let want = tensor(&refs, &format!("grad.{key}.c{c}"));
         let err = rel_err(&got, &want);
         eprintln!("{file} grad {key} c{c}: rel err {err:.2e}");

@@ -2,8 +2,10 @@
 //! seeded random `features` weights, what forward hooks return at several module paths, and
 //! input gradients of channel means.
 
-use deepvis_engine::Tensor;
-use deepvis_models::weights::{self, StateDict};
+mod common;
+
+use common::{channel_mean_grad, rel_err, tensor};
+use deepvis_models::weights;
 use deepvis_models::{Model, WeightsFrom};
 use std::path::PathBuf;
 
@@ -11,24 +13,6 @@ fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata/zoo")
         .join(name)
-}
-
-fn tensor(dict: &StateDict, key: &str) -> Tensor {
-    let t = dict
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture lacks {key}"));
-    Tensor::new(t.shape.clone(), t.data.clone()).unwrap()
-}
-
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.shape(), want.shape());
-    let scale = want.data().iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let diff = got
-        .data()
-        .iter()
-        .zip(want.data())
-        .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
-    diff / scale.max(1e-12)
 }
 
 fn check(name: &str) {
@@ -53,12 +37,7 @@ fn check(name: &str) {
         let key = case["key"].as_str().unwrap();
         let c = case["channel"].as_u64().unwrap() as usize;
         let id = model.layer(key).unwrap();
-        let trace = model.graph.forward(x.clone(), id).unwrap();
-        let shape = trace.output().shape().to_vec();
-        let plane: usize = shape[2..].iter().product();
-        let mut seed = Tensor::zeros(&shape);
-        seed.data_mut()[c * plane..(c + 1) * plane].fill(1.0 / plane as f32);
-        let got = model.graph.backward(&trace, seed).unwrap();
+        let got = channel_mean_grad(&model, &x, id, c);
         let err = rel_err(&got, &tensor(&refs, &format!("grad.{key}.c{c}")));
         eprintln!("{name} grad {key} c{c}: rel err {err:.2e}");
         assert!(err < 1e-3, "{name} grad {key}:{c}: {err:.2e}");

@@ -292,6 +292,32 @@ fn axis(a: i64, rank: usize) -> Result<usize, String> {
     Ok(i as usize)
 }
 
+/// A 2-D window attribute (`strides`, `dilations`, …), `default` where absent.
+fn attr_pair(
+    node: &OnnxNode,
+    name: &str,
+    default: (usize, usize),
+) -> Result<(usize, usize), String> {
+    match node.attr_ints(name).map_err(err)? {
+        Some(v) => pair(v, name),
+        None => Ok(default),
+    }
+}
+
+fn attr_pair_req(node: &OnnxNode, name: &str) -> Result<(usize, usize), String> {
+    pair(node.attr_ints_req(name).map_err(err)?, name)
+}
+
+/// `pads` as (top, left, bottom, right), zeros where absent.
+fn pads4(node: &OnnxNode) -> Result<(usize, usize, usize, usize), String> {
+    match node.attr_ints_or("pads", &[0, 0, 0, 0]).map_err(err)?[..] {
+        [t, l, b, r] if t >= 0 && l >= 0 && b >= 0 && r >= 0 => {
+            Ok((t as usize, l as usize, b as usize, r as usize))
+        }
+        ref p => Err(format!("pads {p:?}: expected 4 non-negative values")),
+    }
+}
+
 fn pair(v: &[i64], what: &str) -> Result<(usize, usize), String> {
     match v {
         [a, b] if *a >= 0 && *b >= 0 => Ok((*a as usize, *b as usize)),
@@ -311,12 +337,7 @@ fn window_pads(
 ) -> Result<(usize, usize, usize, usize), String> {
     let auto = node.attr_string_or("auto_pad", "NOTSET").map_err(err)?;
     match auto.as_str() {
-        "NOTSET" => match node.attr_ints_or("pads", &[0, 0, 0, 0]).map_err(err)?[..] {
-            [t, l, b, r] if t >= 0 && l >= 0 && b >= 0 && r >= 0 => {
-                Ok((t as usize, l as usize, b as usize, r as usize))
-            }
-            ref p => Err(format!("pads {p:?}: expected 4 non-negative values")),
-        },
+        "NOTSET" => pads4(node),
         "VALID" => Ok((0, 0, 0, 0)),
         "SAME_UPPER" | "SAME_LOWER" => {
             let total = |i: usize, k: usize, s: usize, d: usize| {
@@ -352,14 +373,8 @@ fn conv(lw: &mut Lowering, node: &OnnxNode, x: &[Option<NodeId>]) -> Lowered {
         ));
     };
     let groups = node.attr_int_or("group", 1).map_err(err)?.max(1) as usize;
-    let stride = pair(
-        &node.attr_ints_or("strides", &[1, 1]).map_err(err)?,
-        "strides",
-    )?;
-    let dilation = pair(
-        &node.attr_ints_or("dilations", &[1, 1]).map_err(err)?,
-        "dilations",
-    )?;
+    let stride = attr_pair(node, "strides", (1, 1))?;
+    let dilation = attr_pair(node, "dilations", (1, 1))?;
     let (t, l, b, r) = window_pads(node, spatial(lw, xi)?, (kh, kw), stride, dilation)?;
     let bias = konst(lw, node, 2).map(f32s).transpose()?;
     let conv = Conv2d {
@@ -396,30 +411,16 @@ fn conv_transpose(lw: &mut Lowering, node: &OnnxNode, x: &[Option<NodeId>]) -> L
         return Err("the output_shape attribute is not supported; export with pads instead".into());
     }
     let groups = node.attr_int_or("group", 1).map_err(err)?.max(1) as usize;
-    let stride = pair(
-        &node.attr_ints_or("strides", &[1, 1]).map_err(err)?,
-        "strides",
-    )?;
-    let dilation = pair(
-        &node.attr_ints_or("dilations", &[1, 1]).map_err(err)?,
-        "dilations",
-    )?;
-    let output_padding = pair(
-        &node.attr_ints_or("output_padding", &[0, 0]).map_err(err)?,
-        "output_padding",
-    )?;
+    let stride = attr_pair(node, "strides", (1, 1))?;
+    let dilation = attr_pair(node, "dilations", (1, 1))?;
+    let output_padding = attr_pair(node, "output_padding", (0, 0))?;
     let auto = node.attr_string_or("auto_pad", "NOTSET").map_err(err)?;
     if auto != "NOTSET" && auto != "VALID" {
         return Err(format!(
             "auto_pad '{auto}' is not supported for ConvTranspose"
         ));
     }
-    let pads = match node.attr_ints_or("pads", &[0, 0, 0, 0]).map_err(err)?[..] {
-        [t, l, b, r] if t >= 0 && l >= 0 && b >= 0 && r >= 0 => {
-            (t as usize, l as usize, b as usize, r as usize)
-        }
-        ref p => return Err(format!("pads {p:?}: expected 4 non-negative values")),
-    };
+    let pads = pads4(node)?;
     let op = ConvTranspose2d {
         in_channels: cin,
         out_channels: cout_g * groups,
@@ -696,18 +697,9 @@ fn transpose(lw: &mut Lowering, node: &OnnxNode, x: &[Option<NodeId>]) -> Lowere
 fn pool_window(
     node: &OnnxNode,
 ) -> Result<((usize, usize), (usize, usize), (usize, usize)), String> {
-    let kernel = pair(
-        &node.attr_ints_req("kernel_shape").map_err(err)?,
-        "kernel_shape",
-    )?;
-    let stride = pair(
-        &node.attr_ints_or("strides", &[1, 1]).map_err(err)?,
-        "strides",
-    )?;
-    let dilation = pair(
-        &node.attr_ints_or("dilations", &[1, 1]).map_err(err)?,
-        "dilations",
-    )?;
+    let kernel = attr_pair_req(node, "kernel_shape")?;
+    let stride = attr_pair(node, "strides", (1, 1))?;
+    let dilation = attr_pair(node, "dilations", (1, 1))?;
     Ok((kernel, stride, dilation))
 }
 
