@@ -13,7 +13,11 @@ pub fn rng(seed: u64) -> ChaCha8Rng {
 /// Uniform in [-1, 1).
 pub fn random(shape: &[usize], r: &mut ChaCha8Rng) -> Tensor {
     let n = shape.iter().product();
-    Tensor::new(shape.to_vec(), (0..n).map(|_| r.gen_range(-1.0..1.0)).collect()).unwrap()
+    Tensor::new(
+        shape.to_vec(),
+        (0..n).map(|_| r.gen_range(-1.0..1.0)).collect(),
+    )
+    .unwrap()
 }
 
 /// Uniform in ±[0.1, 1): away from the kinks of piecewise ops, where differences are unreliable.
@@ -54,10 +58,7 @@ pub fn analytic(op: &Op, inputs: &[Tensor], seed: &Tensor) -> Vec<Tensor> {
     let saved = Saved::new(
         "op under test",
         shapes,
-        inputs
-            .iter()
-            .map(|t| needs.inputs.then_some(t))
-            .collect(),
+        inputs.iter().map(|t| needs.inputs.then_some(t)).collect(),
         needs.output.then_some(&y),
     );
     op.backward(&saved, seed.clone()).expect("backward")
@@ -73,7 +74,11 @@ pub fn check_gradient(op: &Op, inputs: &[Tensor], eps: f32, tol: f64, samples: u
     let grads = analytic(op, inputs, &seed);
     assert_eq!(grads.len(), inputs.len(), "{op:?}: one gradient per input");
     for (k, (x, g)) in inputs.iter().zip(&grads).enumerate() {
-        assert_eq!(g.shape(), x.shape(), "{op:?}: gradient {k} has its input's shape");
+        assert_eq!(
+            g.shape(),
+            x.shape(),
+            "{op:?}: gradient {k} has its input's shape"
+        );
         let scale = g.data().iter().fold(1e-3f64, |m, v| m.max(v.abs() as f64));
         let n = x.numel();
         let picks: Vec<usize> = if n <= samples {
