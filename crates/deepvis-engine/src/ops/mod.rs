@@ -2,8 +2,10 @@
 //! input gradient, what the backward pass needs, receptive field, FLOPs, capabilities). The
 //! numeric kernels they call live in the engine's kernel modules (`conv`, `pool`, `layers`, …).
 //!
-//! Adding an op: a file here implementing [`crate::Operator`], its line below, and a
-//! finite-difference test in `tests/gradients.rs`.
+//! Adding an op: a file here implementing [`crate::Operator`], its two lines below, and a
+//! finite-difference test through `tests/common::check_gradient` (`tests/ops_elementwise.rs`,
+//! `tests/ops_shape.rs`; the convolution and pooling kernels have theirs in
+//! `tests/gradients.rs`). `strided.rs` holds copy kernels the shape ops share.
 
 mod adaptive_avg_pool;
 mod add;
