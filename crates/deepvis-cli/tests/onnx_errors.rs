@@ -220,3 +220,47 @@ fn sizes_layers_and_channels() {
         "holds its own weights",
     );
 }
+
+/// Each cause is said once: wrappers that print their source's text are not followed by the
+/// source again (a directory or a corrupt file as weights used to repeat the whole message).
+#[test]
+fn each_cause_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_string_lossy().into_owned();
+    let out = dir.path().join("out");
+    let o = deepvis(&[
+        "filters",
+        "--model",
+        "vgg16",
+        "--layer",
+        "28",
+        "--weights",
+        &d,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    assert_eq!(err.matches("could not read").count(), 1, "{err}");
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(
+        &bad,
+        [8u8, 0, 0, 0, 0, 0, 0, 0, b'{', b'x', 0, 0, 0, 0, 0, 0],
+    )
+    .unwrap();
+    let o = deepvis(&[
+        "filters",
+        "--model",
+        "vgg16",
+        "--layer",
+        "28",
+        "--weights",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    assert_eq!(err.matches("corrupt or truncated").count(), 1, "{err}");
+    assert_eq!(err.matches("re-download").count(), 1, "{err}");
+}
