@@ -18,8 +18,9 @@ pub struct BenchArgs {
     /// Channel whose mean activation is differentiated.
     #[arg(long, default_value_t = 15)]
     pub channel: usize,
-    #[arg(long, default_value_t = 224)]
-    pub size: usize,
+    /// Image size, N or HxW (default: the model's native size).
+    #[arg(long, value_name = "N|HxW", value_parser = crate::settings::parse_size)]
+    pub size: Option<(usize, usize)>,
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Timed steps (the median is reported).
@@ -36,16 +37,17 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let loaded = a.model.load_at(Some((a.size, a.size)))?;
+    let loaded = a.model.load_at(a.size)?;
     let model = &loaded.model;
     let layer = model.layer(&a.layer)?;
-    let shape = [a.batch, 3, a.size, a.size];
+    let (h, w) = a.size.unwrap_or(model.info.native_size);
+    let shape = [a.batch, model.info.channels, h, w];
     let x = Tensor::full(&shape, 0.1);
     let flops = 2 * model.graph.forward_flops(&shape, layer)?;
     let channels: Vec<usize> = vec![a.channel; a.batch];
     let norm = deepvis_models::Normalization {
-        mean: [0.0; 3],
-        std: [1.0; 3],
+        mean: &[0.0],
+        std: &[1.0],
     };
     let mut times = Vec::with_capacity(a.iters);
     for i in 0..a.warmup + a.iters.max(1) {
@@ -63,7 +65,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "what": "deepvis fwd+input-grad step",
         "model": a.model.model,
         "layer": model.graph.nodes()[layer].name,
-        "size": a.size,
+        "size": if h == w { serde_json::json!(h) } else { serde_json::json!(format!("{h}x{w}")) },
         "batch": a.batch,
         "threads": rayon::current_num_threads(),
         "ms_per_step": (ms * 100.0).round() / 100.0,

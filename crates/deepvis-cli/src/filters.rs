@@ -6,11 +6,12 @@ use crate::settings::RenderArgs;
 use crate::source::{Loaded, ModelArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use deepvis_models::Model;
+use deepvis_models::{size_text, Model};
 use deepvis_output::{
-    grid_sheet, load_rgb, write_gallery, FilterRecord, Manifest, RgbImage, MANIFEST_FILE,
+    grid_sheet, load_rgb, save_planar_image, write_gallery, FilterRecord, InputRecord, Manifest,
+    RgbImage, MANIFEST_FILE,
 };
-use deepvis_render::render::{render, seed_init, Init, RenderOutput};
+use deepvis_render::render::{render, seed_init_shaped, Init, RenderOutput};
 use deepvis_render::{BatchObjective, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -163,11 +164,12 @@ const BATCH_BYTES: u64 = 256 << 20;
 pub fn plan_batch(
     model: &Model,
     layer: usize,
-    size: usize,
+    (h, w): (usize, usize),
     requested: Option<usize>,
     count: usize,
 ) -> Result<usize> {
-    let per_image = pass_bytes(model, layer, size)?;
+    let per_image = pass_bytes(model, layer, (h, w))?;
+    let size = size_text(h, w);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     if let Some(avail) = available_memory() {
         if per_image > avail {
@@ -206,12 +208,12 @@ pub fn plan_batch(
 pub fn plan_jobs(
     model: &Model,
     layer: usize,
-    size: usize,
+    (h, w): (usize, usize),
     batch: usize,
     requested: Option<usize>,
     groups: usize,
 ) -> Result<usize> {
-    let per_batch = pass_bytes(model, layer, size)?.saturating_mul(batch as u64);
+    let per_batch = pass_bytes(model, layer, (h, w))?.saturating_mul(batch as u64);
     let avail = available_memory();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     if let Some(jobs) = requested {
@@ -235,8 +237,13 @@ pub fn plan_jobs(
     const SMALL_OPS: u64 = 100_000_000;
     let flops = model
         .graph
-        .forward_flops(&[batch, 3, size, size], layer)
-        .map_err(|e| anyhow::anyhow!("image size {size} does not work for this layer: {e}"))?;
+        .forward_flops(&[batch, model.info.channels, h, w], layer)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "image size {} does not work for this layer: {e}",
+                size_text(h, w)
+            )
+        })?;
     if batch > 1 && flops / (layer as u64 + 1) >= SMALL_OPS {
         return Ok(1);
     }
@@ -246,12 +253,43 @@ pub fn plan_jobs(
 
 /// What one image's forward and backward pass holds at most: about twice the activations of
 /// its forward pass.
-fn pass_bytes(model: &Model, layer: usize, size: usize) -> Result<u64> {
+fn pass_bytes(model: &Model, layer: usize, (h, w): (usize, usize)) -> Result<u64> {
     Ok(model
         .graph
-        .activation_bytes(&[1, 3, size, size], layer)
-        .map_err(|e| anyhow::anyhow!("image size {size} does not work for this layer: {e}"))?
+        .activation_bytes(&[1, model.info.channels, h, w], layer)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "image size {} does not work for this layer: {e}",
+                size_text(h, w)
+            )
+        })?
         .saturating_mul(2))
+}
+
+/// What the manifest records of a model's input where it is not the zoo's RGB convention:
+/// for ONNX models, whose channels and normalization come from the file and the flags.
+pub fn input_record(model: &Model, onnx: bool) -> Result<Option<InputRecord>> {
+    let norm = deepvis_render::model_normalization(model)?;
+    Ok(onnx.then(|| InputRecord {
+        channels: model.info.channels,
+        mean: norm.mean.to_vec(),
+        std: norm.std.to_vec(),
+    }))
+}
+
+/// Tiles of a grid sheet: read back from the PNGs, small ones enlarged (pixels repeated) so a
+/// 28 px image and its label stay legible.
+pub fn grid_tile(path: &Path) -> Result<RgbImage> {
+    /// Tiles whose larger side is under this are enlarged to about twice it.
+    const SMALL_TILE: u32 = 40;
+    let (chw, h, w) = load_rgb(path).with_context(|| format!("reading back {}", path.display()))?;
+    let tile = RgbImage::from_planar_f32(&chw, h, w);
+    let side = tile.width.max(tile.height);
+    Ok(if side < SMALL_TILE {
+        tile.scale_nearest((2 * SMALL_TILE).div_ceil(side.max(1)))
+    } else {
+        tile
+    })
 }
 
 fn default_batch(per_image: u64) -> usize {
@@ -264,12 +302,14 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let filters = filter_list(&a)?;
-    let loaded = a.model.load_at(Some((a.render.size, a.render.size)))?;
+    let loaded = a.model.load_at(a.render.size)?;
     let model = &loaded.model;
+    let input = input_record(model, crate::source::is_onnx_path(&a.model.model))?;
     let layer = model.layer(&a.layer)?;
     let layer_name = model.layer_name(&a.layer, layer);
-    let size = a.render.size;
-    let channels = model.channels(layer, size)?;
+    let size = a.render.size_or(model.info.native_size);
+    let in_channels = model.info.channels;
+    let channels = model.channels_at(layer, size)?;
     if let Some(&bad) = filters.iter().find(|&&f| f >= channels) {
         bail!(
             "filter {bad} is out of range: layer {layer_name} of {} has {channels} filters (0..{channels})",
@@ -277,7 +317,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         );
     }
     let batch = plan_batch(model, layer, size, a.batch, filters.len())?;
-    let base_settings = a.render.settings(a.run.seed)?;
+    let base_settings = a.render.settings(a.run.seed, size)?;
     let seed_method = a.render.is_seed_method(&base_settings);
 
     let out = &a.run.out;
@@ -291,8 +331,12 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
         .join(deepvis_output::path_component(&layer_name));
     let png_rel = |f: usize| layer_dir.join(format!("filter_{f:04}.png"));
+    // A run's images are for its input: another normalization of the same settings is redone.
     let is_done = |m: &Manifest, f: usize| {
-        m.find(&layer_name, &settings, a.run.seed, f).is_some() && out.join(png_rel(f)).is_file()
+        m.find(&layer_name, &settings, a.run.seed, f).is_some()
+            && m.run(&layer_name, &settings, a.run.seed)
+                .is_some_and(|r| r.input == input)
+            && out.join(png_rel(f)).is_file()
     };
 
     // The seed method treats every image on its own, so any grouping gives the same images.
@@ -330,7 +374,11 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         let objective = BatchObjective::PerImage(objectives);
         let mut settings_g = base_settings.clone();
         let init = if seed_method {
-            Init::Images(seed_init(size, a.run.seed, group))
+            Init::Images(seed_init_shaped(
+                [in_channels, size.0, size.1],
+                a.run.seed,
+                group,
+            ))
         } else {
             settings_g.seed =
                 a.run.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -362,15 +410,20 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                     continue;
                 }
             };
-            let per = 3 * result.size * result.size;
+            let (c, h, w) = (result.channels, result.height, result.width);
+            let per = c * h * w;
+            if let Some(input) = &input {
+                manifest.set_input(&layer_name, &settings, a.run.seed, input.clone());
+            }
             for (b, &f) in group.iter().enumerate() {
                 let rel = png_rel(f);
-                RgbImage::from_planar_f32(
+                let npy = save_planar_image(
+                    &out.join(&rel),
                     &result.images[b * per..(b + 1) * per],
-                    result.size,
-                    result.size,
-                )
-                .save_png(&out.join(&rel))?;
+                    c,
+                    h,
+                    w,
+                )?;
                 manifest.upsert_filter(
                     &layer_name,
                     &settings,
@@ -378,6 +431,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                     FilterRecord {
                         filter: f,
                         png: rel.to_string_lossy().into_owned(),
+                        npy: npy.map(|_| rel.with_extension("npy").to_string_lossy().into_owned()),
                         initial_activation: result.initial[b],
                         final_activation: result.final_values[b],
                         seconds,
@@ -397,10 +451,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let grid_rel = layer_dir.join("grid.png");
     let mut tiles = Vec::with_capacity(filters.len());
     for &f in &filters {
-        let path = out.join(png_rel(f));
-        let (chw, h, w) =
-            load_rgb(&path).with_context(|| format!("reading back {}", path.display()))?;
-        tiles.push((format!("filter {f}"), RgbImage::from_planar_f32(&chw, h, w)));
+        tiles.push((format!("filter {f}"), grid_tile(&out.join(png_rel(f)))?));
     }
     let refs: Vec<(String, &RgbImage)> = tiles.iter().map(|(l, t)| (l.clone(), t)).collect();
     grid_sheet(&refs, None, None).save_png(&out.join(&grid_rel))?;
@@ -518,7 +569,7 @@ mod tests {
         let layer = model.layer("_blocks.8").expect("layer");
         let threads = rayon::current_num_threads();
         let plan =
-            |batch, requested, groups| plan_jobs(&model, layer, 64, batch, requested, groups);
+            |batch, requested, groups| plan_jobs(&model, layer, (64, 64), batch, requested, groups);
         // Small images need little memory, so only the threads and the work limit the default
         // (where free memory cannot be read, one at a time).
         let side_by_side = if available_memory().is_some() {
@@ -534,8 +585,11 @@ mod tests {
         let vgg = deepvis_models::Model::build("vgg16", deepvis_models::WeightsFrom::Random(0))
             .expect("vgg16");
         let conv = vgg.layer("10").expect("layer");
-        assert_eq!(plan_jobs(&vgg, conv, 64, 8, None, 5).unwrap(), 1);
-        assert_eq!(plan_jobs(&vgg, conv, 64, 1, None, 5).unwrap(), side_by_side);
+        assert_eq!(plan_jobs(&vgg, conv, (64, 64), 8, None, 5).unwrap(), 1);
+        assert_eq!(
+            plan_jobs(&vgg, conv, (64, 64), 1, None, 5).unwrap(),
+            side_by_side
+        );
         // Asked for: as many as there are batches, at most.
         assert_eq!(plan(1, Some(3), 2).unwrap(), 2);
         assert_eq!(plan(4, Some(2), 9).unwrap(), 2);

@@ -1,13 +1,14 @@
 //! Subcommands that look at a model rather than optimize images: layers, predict, probe,
 //! convert, download, models.
 
+use crate::settings::parse_size;
 use crate::source::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use deepvis_engine::Tensor;
 use deepvis_models::{imagenet_classes, Model, WeightsFrom};
 use deepvis_output::{load_rgb, resize_bilinear_planar};
-use deepvis_render::normalize;
+use deepvis_render::{model_normalization, normalize};
 use deepvis_weights::{DType, StateDict, StoredTensor};
 use std::path::PathBuf;
 
@@ -16,18 +17,16 @@ pub struct LayersArgs {
     /// Model name (see `deepvis models`), or the path of an .onnx file.
     #[arg(long, alias = "model_name", default_value = "efficientnet_lite0")]
     pub model: String,
-    /// Input size used to compute the output shapes (default: the model's native size).
-    #[arg(long)]
-    pub size: Option<usize>,
+    /// Input size used to compute the output shapes: N or HxW (default: the model's native
+    /// size).
+    #[arg(long, value_name = "N|HxW", value_parser = parse_size)]
+    pub size: Option<(usize, usize)>,
 }
 
 pub fn layers(a: LayersArgs) -> Result<()> {
-    if a.size == Some(0) {
-        bail!("--size must be at least 1 pixel");
-    }
     let (model, unavailable) = if crate::source::is_onnx_path(&a.model) {
         let spec = deepvis_models::onnx::InputSpec {
-            size: a.size.map(|s| (s, s)),
+            size: a.size,
             normalization: None,
         };
         let loaded = deepvis_models::onnx::load(std::path::Path::new(&a.model), &spec)?;
@@ -36,17 +35,17 @@ pub fn layers(a: LayersArgs) -> Result<()> {
         // The architecture alone gives names and shapes; no weights are needed.
         (Model::build(&a.model, WeightsFrom::Random(0))?, Vec::new())
     };
-    let size = a.size.unwrap_or(model.info.native_size);
+    let (h, w) = a.size.unwrap_or(model.info.native_size);
     outln!(
         "{:<34} {:<24} {:>9} {:>8}  output at {}x{}",
         "layer",
         "op",
         "channels",
         "field",
-        size,
-        size
+        h,
+        w
     );
-    for l in model.layers(size)? {
+    for l in model.layers_at((h, w))? {
         let channels = l.shape.get(1).copied().unwrap_or(0);
         let shape = l
             .shape
@@ -94,36 +93,42 @@ pub struct PredictArgs {
     /// Photo to classify (PNG or JPEG).
     #[arg(long)]
     pub image: PathBuf,
-    /// Classify at this size (default: the model's native size, after a resize of the shorter
-    /// side to size·256/224 and a centre crop, as torchvision evaluates).
-    #[arg(long)]
-    pub size: Option<usize>,
+    /// Classify at this size, N or HxW (default: the model's native size, after a resize of
+    /// the shorter side to size·256/224 and a centre crop, as torchvision evaluates).
+    #[arg(long, value_name = "N|HxW", value_parser = parse_size)]
+    pub size: Option<(usize, usize)>,
     /// How many classes to print.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
 }
 
-/// Resize the shorter side to `resize`, then centre-crop `crop`×`crop`.
-fn resize_and_crop(chw: &[f32], h: usize, w: usize, resize: usize, crop: usize) -> Vec<f32> {
-    let (nh, nw) = if h <= w {
-        (resize, (w * resize).div_ceil(h))
+/// Resize (aspect kept) until the image covers `rh`×`rw`, then centre-crop `ch`×`cw`.
+fn resize_and_crop(
+    chw: &[f32],
+    h: usize,
+    w: usize,
+    (rh, rw): (usize, usize),
+    (ch, cw): (usize, usize),
+) -> Vec<f32> {
+    let (nh, nw) = if rh * w >= rw * h {
+        (rh, (w * rh).div_ceil(h))
     } else {
-        ((h * resize).div_ceil(w), resize)
+        ((h * rw).div_ceil(w), rw)
     };
     let r = resize_bilinear_planar(chw, h, w, nh, nw);
-    let (top, left) = ((nh - crop) / 2, (nw - crop) / 2);
-    let mut out = Vec::with_capacity(3 * crop * crop);
+    let (top, left) = ((nh - ch) / 2, (nw - cw) / 2);
+    let mut out = Vec::with_capacity(3 * ch * cw);
     for c in 0..3 {
-        for y in 0..crop {
+        for y in 0..ch {
             let row = (c * nh + top + y) * nw + left;
-            out.extend_from_slice(&r[row..row + crop]);
+            out.extend_from_slice(&r[row..row + cw]);
         }
     }
     out
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
-    let loaded = a.model.load_at(a.size.map(|s| (s, s)))?;
+    let loaded = a.model.load_at(a.size)?;
     let model = &loaded.model;
     if !model.has_head {
         bail!(
@@ -131,15 +136,15 @@ pub fn predict(a: PredictArgs) -> Result<()> {
             model.info.head_prefix
         );
     }
-    let size = a.size.unwrap_or(model.info.native_size);
-    if size == 0 {
-        bail!("--size must be at least 1 pixel");
-    }
+    let (sh, sw) = a.size.unwrap_or(model.info.native_size);
     let (chw, h, w) = load_rgb(&a.image)?;
-    let input = resize_and_crop(&chw, h, w, (size * 256).div_ceil(224), size);
+    let resize = |s: usize| (s * 256).div_ceil(224);
+    let input = resize_and_crop(&chw, h, w, (resize(sh), resize(sw)), (sh, sw));
+    let c = model.info.channels;
+    let input = crate::render_cmd::photo_channels(&input, c, sh * sw)?;
     let x = normalize(
-        &Tensor::new(vec![1, 3, size, size], input)?,
-        &model.info.normalization,
+        &Tensor::new(vec![1, c, sh, sw], input)?,
+        &model_normalization(model)?,
     );
     let logits = model.graph.forward(x, model.graph.last())?.output().clone();
     let max = logits.data().iter().fold(f32::MIN, |m, v| m.max(*v));
@@ -174,9 +179,9 @@ pub struct ProbeArgs {
         required_unless_present = "input_tensor"
     )]
     pub image: Option<PathBuf>,
-    /// Side of the resized photo.
-    #[arg(long, default_value_t = 224)]
-    pub size: usize,
+    /// Size of the resized photo, N or HxW (default: the model's native size).
+    #[arg(long, value_name = "N|HxW", value_parser = parse_size)]
+    pub size: Option<(usize, usize)>,
     /// An already normalized NCHW input: FILE.safetensors:TENSOR_NAME.
     #[arg(long)]
     pub input_tensor: Option<String>,
@@ -192,9 +197,10 @@ pub struct ProbeArgs {
 }
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    let loaded = a.model.load_at(Some((a.size, a.size)))?;
+    let loaded = a.model.load_at(a.size)?;
     let model = &loaded.model;
     let layer = model.layer(&a.layer)?;
+    let c = model.info.channels;
     let input = match (&a.image, &a.input_tensor) {
         (_, Some(spec)) => {
             let (file, name) = spec
@@ -204,23 +210,22 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
             let t = dict
                 .get(name)
                 .with_context(|| format!("{file} has no tensor named '{name}'"))?;
-            if t.shape.len() != 4 || t.shape[1] != 3 {
+            if t.shape.len() != 4 || t.shape[1] != c {
                 bail!(
-                    "tensor '{name}' in {file} has shape {:?}; expected [N, 3, H, W]",
+                    "tensor '{name}' in {file} has shape {:?}; expected [N, {c}, H, W]",
                     t.shape
                 );
             }
             Tensor::new(t.shape.clone(), t.data.clone())?
         }
         (Some(path), None) => {
-            if a.size == 0 {
-                bail!("--size must be at least 1 pixel");
-            }
+            let (sh, sw) = a.size.unwrap_or(model.info.native_size);
             let (chw, h, w) = load_rgb(path)?;
-            let rgb = resize_bilinear_planar(&chw, h, w, a.size, a.size);
+            let rgb = resize_bilinear_planar(&chw, h, w, sh, sw);
+            let input = crate::render_cmd::photo_channels(&rgb, c, sh * sw)?;
             normalize(
-                &Tensor::new(vec![1, 3, a.size, a.size], rgb)?,
-                &model.info.normalization,
+                &Tensor::new(vec![1, c, sh, sw], input)?,
+                &model_normalization(model)?,
             )
         }
         (None, None) => bail!("pass --image FILE or --input-tensor FILE:NAME"),

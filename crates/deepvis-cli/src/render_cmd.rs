@@ -6,7 +6,9 @@ use crate::settings::RenderArgs;
 use crate::source::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use deepvis_output::{grid_sheet, load_rgb, write_gallery, FilterRecord, RgbImage};
+use deepvis_output::{
+    grid_sheet, load_rgb, save_planar_image, write_gallery, FilterRecord, RgbImage,
+};
 use deepvis_render::render::{dream as deep_dream, render as run_render, DreamSettings, Init};
 use deepvis_render::{BatchObjective, Objective};
 use std::path::{Path, PathBuf};
@@ -40,16 +42,19 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let settings = a.render.settings(a.run.seed)?;
-    let loaded = a.model.load_at(Some((a.render.size, a.render.size)))?;
+    a.render.validate()?;
+    let loaded = a.model.load_at(a.render.size)?;
     let model = &loaded.model;
+    let input = crate::filters::input_record(model, crate::source::is_onnx_path(&a.model.model))?;
+    let size = a.render.size_or(model.info.native_size);
+    let settings = a.render.settings(a.run.seed, size)?;
     let objective = Objective::parse(&a.objective, model)
         .map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
     let described = objective.to_string();
     crate::filters::plan_batch(
         model,
         objective.nodes().into_iter().max().unwrap_or(0),
-        a.render.size,
+        size,
         Some(a.batch),
         a.batch,
     )?;
@@ -74,16 +79,21 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     )?;
     bar.finish();
     let seconds = start.elapsed().as_secs_f64() / a.batch as f64;
-    let per = 3 * result.size * result.size;
+    let (c, h, w) = (result.channels, result.height, result.width);
+    let per = c * h * w;
+    if let Some(input) = input {
+        manifest.set_input(&described, &run_settings, a.run.seed, input);
+    }
     let mut tiles = Vec::new();
     for b in 0..a.batch {
         let rel = dir.join(format!("image_{b:02}.png"));
-        let img = RgbImage::from_planar_f32(
+        let npy = save_planar_image(
+            &out.join(&rel),
             &result.images[b * per..(b + 1) * per],
-            result.size,
-            result.size,
-        );
-        img.save_png(&out.join(&rel))?;
+            c,
+            h,
+            w,
+        )?;
         manifest.upsert_filter(
             &described,
             &run_settings,
@@ -91,12 +101,16 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
             FilterRecord {
                 filter: b,
                 png: rel.to_string_lossy().into_owned(),
+                npy: npy.map(|_| rel.with_extension("npy").to_string_lossy().into_owned()),
                 initial_activation: result.initial[b],
                 final_activation: result.final_values[b],
                 seconds,
             },
         );
-        tiles.push((format!("image {b}"), img));
+        tiles.push((
+            format!("image {b}"),
+            crate::filters::grid_tile(&out.join(&rel))?,
+        ));
     }
     let grid_rel = dir.join("grid.png");
     let refs: Vec<(String, &RgbImage)> = tiles.iter().map(|(l, t)| (l.clone(), t)).collect();
@@ -178,11 +192,13 @@ pub fn dream(a: DreamArgs) -> Result<()> {
     };
     let objective = Objective::parse(&spec, model)
         .map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
-    let (photo, h, w) = load_rgb(&a.image)?;
+    let (rgb, h, w) = load_rgb(&a.image)?;
+    let c = model.info.channels;
+    let photo = photo_channels(&rgb, c, h * w)?;
     crate::filters::plan_batch(
         model,
         objective.nodes().into_iter().max().unwrap_or(0),
-        h.max(w),
+        (h, w),
         Some(1),
         1,
     )
@@ -200,9 +216,32 @@ pub fn dream(a: DreamArgs) -> Result<()> {
         bar.step(p.step, p.total)
     })?;
     bar.finish();
-    RgbImage::from_planar_f32(&result, h, w).save_png(&a.out)?;
+    match c {
+        3 => RgbImage::from_planar_f32(&result, h, w).save_png(&a.out)?,
+        _ => {
+            if let Some(npy) = save_planar_image(&a.out, &result, c, h, w)? {
+                if !a.quiet {
+                    eprintln!("wrote {} (all {c} channels)", npy.display());
+                }
+            }
+        }
+    }
     if !a.quiet {
         eprintln!("wrote {} ({w}×{h})", a.out.display());
     }
     Ok(())
+}
+
+/// A photo (RGB planes in [0, 1]) as the model's input channels: as it is for RGB, its luma
+/// (ITU-R BT.601, as PIL's "L") for one channel. Other counts have no photo equivalent.
+pub fn photo_channels(rgb: &[f32], channels: usize, plane: usize) -> Result<Vec<f32>> {
+    match channels {
+        3 => Ok(rgb.to_vec()),
+        1 => Ok((0..plane)
+            .map(|i| 0.299 * rgb[i] + 0.587 * rgb[plane + i] + 0.114 * rgb[2 * plane + i])
+            .collect()),
+        c => bail!(
+            "the model takes {c}-channel input; a photo gives 1 (grey) or 3 (RGB) channels, so dream works only on those"
+        ),
+    }
 }

@@ -3,7 +3,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use deepvis_render::render::{default_octaves, seed_settings, Octave, Preset, RenderSettings};
+use deepvis_render::render::{
+    default_octaves_hw, seed_settings_hw, Octave, Preset, RenderSettings,
+};
 use deepvis_render::transform::lucid_standard;
 use deepvis_render::{OptimizerKind, ParamKind, Regularizer};
 use serde_json::json;
@@ -48,9 +50,10 @@ pub struct RenderArgs {
     /// Method preset; the options below override its parts.
     #[arg(long, value_enum, default_value = "default")]
     pub preset: PresetName,
-    /// Image side in pixels (of the output, the last octave).
-    #[arg(long, visible_alias = "img_size", default_value_t = 224)]
-    pub size: usize,
+    /// Image size in pixels (of the output, the last octave): N for N×N, or HxW such as
+    /// 48x192 (height × width). Default: the model's native size (224 for the zoo).
+    #[arg(long, visible_alias = "img_size", value_name = "N|HxW", value_parser = parse_size)]
+    pub size: Option<(usize, usize)>,
     /// Optimization steps per image, all octaves together (default: the preset's).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -108,43 +111,70 @@ fn pair(flag: &str, v: &str) -> Result<(f32, usize)> {
     Ok((a, b))
 }
 
-fn octaves(size: usize, steps: usize, n: usize) -> Vec<Octave> {
-    if n <= 1 || size < 64 {
-        return vec![Octave { size, steps }];
+/// `--size`: `N` (square) or `HxW`, as (height, width).
+pub fn parse_size(text: &str) -> Result<(usize, usize), String> {
+    let bad = || {
+        format!(
+            "'{text}' is not an image size; write N or HxW (height x width), e.g. 224 or 48x192"
+        )
+    };
+    let num = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
+    let (h, w) = match text.split_once(['x', 'X', '×']) {
+        Some((h, w)) => (num(h)?, num(w)?),
+        None => {
+            let n = num(text)?;
+            (n, n)
+        }
+    };
+    if h == 0 || w == 0 {
+        return Err("--size must be at least 1 pixel on each side".into());
+    }
+    // Far beyond any memory: refused here, before a size overflows the arithmetic.
+    if h.saturating_mul(w) > 1 << 30 {
+        return Err(format!(
+            "--size {text} is too large; choose a smaller --size"
+        ));
+    }
+    Ok((h, w))
+}
+
+fn octaves((h, w): (usize, usize), steps: usize, n: usize) -> Vec<Octave> {
+    if n <= 1 || h.min(w) < 64 {
+        return vec![Octave::new((h, w), steps)];
     }
     if n == 3 {
-        return default_octaves(size, steps);
+        return default_octaves_hw((h, w), steps);
     }
     let first = steps / 2;
     let rest = steps - first;
     (0..n)
         .map(|i| {
             let frac = 0.5 + 0.5 * i as f64 / (n - 1) as f64;
+            let side = |v: usize| ((v as f64 * frac) as usize / 2 * 2).max(8);
             let s = if i == n - 1 {
-                size
+                (h, w)
             } else {
-                ((size as f64 * frac) as usize / 2 * 2).max(8)
+                (side(h), side(w))
             };
             let st = if i == 0 {
                 first
             } else {
                 rest / (n - 1) + usize::from(i <= rest % (n - 1))
             };
-            Octave { size: s, steps: st }
+            Octave::new(s, st)
         })
         .collect()
 }
 
 impl RenderArgs {
+    /// The output size: `--size`, or else the model's native (height, width).
+    pub fn size_or(&self, native: (usize, usize)) -> (usize, usize) {
+        self.size.unwrap_or(native)
+    }
+
     pub fn validate(&self) -> Result<()> {
-        if self.size == 0 {
-            bail!("--size must be at least 1 pixel");
-        }
-        if self.preset != PresetName::Seed && self.size < 8 {
-            bail!(
-                "--size must be at least 8 pixels for the {:?} preset",
-                self.preset
-            );
+        if let Some(size) = self.size {
+            self.validate_size(size)?;
         }
         if self.steps == Some(0) {
             bail!("--steps must be at least 1");
@@ -170,9 +200,23 @@ impl RenderArgs {
         Ok(())
     }
 
-    /// The full settings for one render with `seed`.
-    pub fn settings(&self, seed: u64) -> Result<RenderSettings> {
+    fn validate_size(&self, (h, w): (usize, usize)) -> Result<()> {
+        if h.min(w) == 0 {
+            bail!("--size must be at least 1 pixel");
+        }
+        if self.preset != PresetName::Seed && h.min(w) < 8 {
+            bail!(
+                "--size must be at least 8 pixels for the {:?} preset",
+                self.preset
+            );
+        }
+        Ok(())
+    }
+
+    /// The full settings for one render of `size` (height, width) with `seed`.
+    pub fn settings(&self, seed: u64, size: (usize, usize)) -> Result<RenderSettings> {
         self.validate()?;
+        self.validate_size(size)?;
         let preset = match self.preset {
             PresetName::Default => Preset::Default,
             PresetName::Seed => Preset::Seed,
@@ -181,11 +225,11 @@ impl RenderArgs {
         };
         let steps = self.steps.unwrap_or(preset.default_steps());
         let mut s = match preset {
-            Preset::Seed => seed_settings(self.size, steps, self.step_size.unwrap_or(3.0), seed),
-            p => p.settings(self.size, Some(steps), seed),
+            Preset::Seed => seed_settings_hw(size, steps, self.step_size.unwrap_or(3.0), seed),
+            p => p.settings_hw(size, Some(steps), seed),
         };
         if let Some(n) = self.octaves {
-            s.octaves = octaves(self.size, steps, n);
+            s.octaves = octaves(size, steps, n);
         }
         if let Some(p) = self.param {
             s.param = match p {
@@ -241,9 +285,10 @@ impl RenderArgs {
 
     /// What identifies a result in the manifest: everything but the seed and the batch.
     pub fn manifest_settings(&self, s: &RenderSettings) -> serde_json::Value {
+        let (h, w) = s.size_hw();
         let mut v = json!({
             "preset": format!("{:?}", self.preset).to_lowercase(),
-            "size": self.size,
+            "size": if h == w { json!(h) } else { json!(format!("{h}x{w}")) },
             "steps": s.total_steps(),
             "method": s.describe(),
         });
@@ -259,5 +304,27 @@ impl RenderArgs {
             && s.regularizers.is_empty()
             && s.octaves.len() == 1
             && matches!(s.optimizer, OptimizerKind::Normalized { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_are_n_or_h_by_w() {
+        assert_eq!(parse_size("224"), Ok((224, 224)));
+        assert_eq!(parse_size("48x192"), Ok((48, 192)));
+        assert_eq!(parse_size("48X192"), Ok((48, 192)));
+        assert_eq!(parse_size("28×30"), Ok((28, 30)));
+        for bad in ["", "x", "10x", "x10", "10x10x10", "-3", "1.5", "ax4", "4 x"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("write N or HxW") || bad == "4 x", "{bad}: {e}");
+        }
+        assert!(parse_size("0").unwrap_err().contains("at least 1 pixel"));
+        assert!(parse_size("0x5").unwrap_err().contains("at least 1 pixel"));
+        assert!(parse_size("100000x100000")
+            .unwrap_err()
+            .contains("smaller --size"));
     }
 }

@@ -217,8 +217,12 @@ impl ModelArgs {
             Some("0-255") => 255.0,
             Some(other) => bail!("--range must be 0-1 or 0-255, not '{other}'"),
         };
-        let list = |flag: &str, v: &Option<String>, default: [f32; 3]| -> Result<[f32; 3]> {
-            let Some(v) = v else { return Ok(default) };
+        // One value stands for every channel; a list must have one per input channel, which
+        // only the loaded model knows: the renderer checks it against the model.
+        let list = |flag: &str, v: &Option<String>, default: f32| -> Result<Vec<f32>> {
+            let Some(v) = v else {
+                return Ok(vec![default]);
+            };
             let vals: Vec<f32> = v
                 .split(',')
                 .map(|p| p.trim().parse::<f32>())
@@ -226,26 +230,22 @@ impl ModelArgs {
                 .map_err(|_| {
                     anyhow::anyhow!("{flag} takes numbers separated by commas, not '{v}'")
                 })?;
-            match vals[..] {
-                [x] => Ok([x; 3]),
-                [a, b, c] => Ok([a, b, c]),
-                _ => bail!(
-                    "{flag} takes one value or one per input channel (3), got {}",
-                    vals.len()
-                ),
+            if vals.iter().any(|x| !x.is_finite()) {
+                bail!("{flag} values must be finite numbers, not '{v}'");
             }
+            Ok(vals)
         };
-        let mean = list("--mean", &self.mean, [0.0; 3])?;
-        let std = list("--std", &self.std, [1.0; 3])?;
+        let mean = list("--mean", &self.mean, 0.0)?;
+        let std = list("--std", &self.std, 1.0)?;
         if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             bail!("--std values must be positive");
         }
         // Inputs are made in [0, 1]; a network trained on 0-255 sees x·255, so its mean and
         // std are divided by 255 to act on [0, 1] values.
-        Ok(Some(Normalization {
-            mean: mean.map(|m| m / scale),
-            std: std.map(|s| s / scale),
-        }))
+        Ok(Some(Normalization::per_channel(
+            mean.into_iter().map(|m| m / scale).collect(),
+            std.into_iter().map(|s| s / scale).collect(),
+        )))
     }
 }
 

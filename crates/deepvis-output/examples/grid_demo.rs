@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             FilterRecord {
                 filter: i,
                 png,
+                npy: None,
                 initial_activation: 0.01 * i as f32,
                 final_activation: 1.5 * i as f32,
                 seconds: 0.1,

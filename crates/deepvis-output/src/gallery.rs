@@ -97,10 +97,14 @@ fn render_run(h: &mut String, model: &str, run: &LayerRun) {
 
 fn render_filter(h: &mut String, f: &FilterRecord) {
     let url = esc(&url_path(&f.png));
+    // The PNG shows at most three channels; the raw values of all of them are a link away.
+    let raw = f.npy.as_ref().map_or(String::new(), |n| {
+        format!(" <a href=\"{}\">raw</a>", esc(&url_path(n)))
+    });
     let _ = writeln!(
         h,
         "<figure><a href=\"{url}\"><img src=\"{url}\" loading=\"lazy\" alt=\"filter {n}\"></a>\
-         <figcaption>filter {n}<br>{} &rarr; {}</figcaption></figure>",
+         <figcaption>filter {n}{raw}<br>{} &rarr; {}</figcaption></figure>",
         fmt_activation(f.initial_activation),
         fmt_activation(f.final_activation),
         n = f.filter,
@@ -187,6 +191,7 @@ mod tests {
                 FilterRecord {
                     filter: f,
                     png: format!("conv4/filter_{f:04}.png"),
+                    npy: None,
                     initial_activation: 0.01,
                     final_activation: 12.5,
                     seconds: 3.0,

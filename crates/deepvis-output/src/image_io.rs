@@ -1,8 +1,10 @@
 //! 8-bit RGB images: conversion from the optimizer's planar float tensors,
-//! PNG encoding, and loading of PNG/JPEG input images.
+//! PNG encoding, and loading of PNG/JPEG input images; images of any channel
+//! count saved as grey or RGB PNGs plus, where a PNG cannot hold them, their
+//! raw values as `.npy`.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::{ImageFormat, ImageReader};
 
@@ -58,6 +60,44 @@ impl RgbImage {
         RgbImage {
             width: u32::try_from(width).expect("image width exceeds u32"),
             height: u32::try_from(height).expect("image height exceeds u32"),
+            data,
+        }
+    }
+
+    /// A grey image (R = G = B) from one plane of `height * width` values in
+    /// [0, 1], quantized as [`Self::from_planar_f32`] does.
+    ///
+    /// # Panics
+    /// If `plane.len() != height * width`.
+    pub fn from_gray_f32(plane: &[f32], height: usize, width: usize) -> Self {
+        assert_eq!(
+            plane.len(),
+            height * width,
+            "from_gray_f32: expected {height}x{width} values, got {}",
+            plane.len()
+        );
+        let data = plane.iter().flat_map(|&v| [to_u8(v); 3]).collect();
+        RgbImage {
+            width: u32::try_from(width).expect("image width exceeds u32"),
+            height: u32::try_from(height).expect("image height exceeds u32"),
+            data,
+        }
+    }
+
+    /// Each pixel repeated `k`×`k` times: small images enlarged for viewing
+    /// without blurring them.
+    pub fn scale_nearest(&self, k: u32) -> RgbImage {
+        let k = k.max(1);
+        let (w, h) = (self.width * k, self.height * k);
+        let mut data = Vec::with_capacity(w as usize * h as usize * 3);
+        for y in 0..h {
+            for x in 0..w {
+                data.extend_from_slice(&self.pixel(x / k, y / k));
+            }
+        }
+        RgbImage {
+            width: w,
+            height: h,
             data,
         }
     }
@@ -123,6 +163,69 @@ impl RgbImage {
         let bytes = self.encode_png(path)?;
         write_atomic(path, &bytes)
     }
+}
+
+/// Encodes one plane of `height * width` values in [0, 1] as an 8-bit
+/// greyscale PNG. `path` is only used for the error message.
+pub fn encode_gray_png(
+    plane: &[f32],
+    height: usize,
+    width: usize,
+    path: &Path,
+) -> Result<Vec<u8>, OutputError> {
+    assert_eq!(plane.len(), height * width, "encode_gray_png: wrong length");
+    let data: Vec<u8> = plane.iter().map(|&v| to_u8(v)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    image::write_buffer_with_format(
+        &mut buf,
+        &data,
+        u32::try_from(width).expect("image width exceeds u32"),
+        u32::try_from(height).expect("image height exceeds u32"),
+        image::ExtendedColorType::L8,
+        ImageFormat::Png,
+    )
+    .map_err(|source| OutputError::Encode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(buf.into_inner())
+}
+
+/// Saves a planar `[channels, height, width]` image in [0, 1] for viewing at
+/// `png`: 1 channel as a greyscale PNG, 3 as RGB, more than 3 as an RGB PNG
+/// of the first three, 2 as a greyscale PNG of channel 0. Where the PNG
+/// cannot hold every channel (2, or 4 and more), the raw values go beside it
+/// as float32 `.npy` (`[channels, height, width]`, the same name with `.npy`),
+/// whose path is returned. Both are written atomically.
+///
+/// # Panics
+/// If `chw.len() != channels * height * width` or `channels == 0`.
+pub fn save_planar_image(
+    png: &Path,
+    chw: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<Option<PathBuf>, OutputError> {
+    let plane = height * width;
+    assert!(channels > 0, "save_planar_image: no channels");
+    assert_eq!(
+        chw.len(),
+        channels * plane,
+        "save_planar_image: wrong length"
+    );
+    let bytes = if channels >= 3 {
+        RgbImage::from_planar_f32(&chw[..3 * plane], height, width).encode_png(png)?
+    } else {
+        encode_gray_png(&chw[..plane], height, width, png)?
+    };
+    let npy = (channels == 2 || channels > 3).then(|| png.with_extension("npy"));
+    // The raw values first: a PNG on disk is what marks a filter as done when resuming.
+    if let Some(npy) = &npy {
+        crate::write_npy_f32(npy, chw, &[channels, height, width])?;
+    }
+    write_atomic(png, &bytes)?;
+    Ok(npy)
 }
 
 fn to_u8(v: f32) -> u8 {
@@ -221,6 +324,66 @@ mod tests {
         let (chw, h, w) = load_rgb(&path).expect("load");
         assert_eq!((h, w), (3, 5));
         assert_eq!(RgbImage::from_planar_f32(&chw, h, w), img);
+    }
+
+    #[test]
+    fn one_channel_is_a_greyscale_png_and_two_or_four_add_npy() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (h, w) = (3, 5);
+        let plane: Vec<f32> = (0..h * w).map(|i| i as f32 / 14.0).collect();
+        let png = tmp.path().join("g/filter_0000.png");
+        assert_eq!(
+            save_planar_image(&png, &plane, 1, h, w).expect("save"),
+            None
+        );
+        let decoded = image::open(&png).expect("decode");
+        assert_eq!(decoded.color(), image::ColorType::L8);
+        assert_eq!((decoded.width(), decoded.height()), (5, 3));
+        let want: Vec<u8> = plane.iter().map(|&v| to_u8(v)).collect();
+        assert_eq!(decoded.to_luma8().as_raw(), &want);
+        assert!(!png.with_extension("npy").exists());
+        // Read back for a grid, grey becomes R = G = B.
+        let (chw, lh, lw) = load_rgb(&png).expect("load");
+        assert_eq!((lh, lw), (3, 5));
+        assert_eq!(
+            RgbImage::from_planar_f32(&chw, lh, lw),
+            RgbImage::from_gray_f32(&plane, h, w)
+        );
+
+        let four: Vec<f32> = (0..4 * h * w).map(|i| (i % 17) as f32 / 16.0).collect();
+        let png4 = tmp.path().join("filter_0001.png");
+        let npy = save_planar_image(&png4, &four, 4, h, w)
+            .expect("save")
+            .expect("npy");
+        assert_eq!(npy, tmp.path().join("filter_0001.npy"));
+        let decoded = image::open(&png4).expect("decode");
+        assert_eq!(decoded.color(), image::ColorType::Rgb8);
+        assert_eq!(
+            decoded.to_rgb8().as_raw(),
+            &RgbImage::from_planar_f32(&four[..3 * h * w], h, w).data
+        );
+        let (shape, values) = crate::parse_npy_f32(&std::fs::read(&npy).unwrap()).unwrap();
+        assert_eq!(shape, vec![4, 3, 5]);
+        assert_eq!(values, four);
+
+        let png2 = tmp.path().join("filter_0002.png");
+        let npy = save_planar_image(&png2, &four[..2 * h * w], 2, h, w)
+            .expect("save")
+            .expect("npy");
+        assert_eq!(image::open(&png2).unwrap().color(), image::ColorType::L8);
+        let (shape, _) = crate::parse_npy_f32(&std::fs::read(&npy).unwrap()).unwrap();
+        assert_eq!(shape, vec![2, 3, 5]);
+    }
+
+    #[test]
+    fn nearest_enlargement_repeats_pixels() {
+        let mut img = RgbImage::new(2, 1, [0, 0, 0]);
+        img.put_pixel(1, 0, [9, 8, 7]);
+        let big = img.scale_nearest(3);
+        assert_eq!((big.width, big.height), (6, 3));
+        assert_eq!(big.pixel(2, 2), [0, 0, 0]);
+        assert_eq!(big.pixel(3, 0), [9, 8, 7]);
+        assert_eq!(big.pixel(5, 2), [9, 8, 7]);
     }
 
     #[test]

@@ -13,14 +13,16 @@ mod gallery;
 mod grid;
 mod image_io;
 mod manifest;
+mod npy;
 mod resize;
 
 pub use atomic::write_atomic;
 pub use error::OutputError;
 pub use gallery::{esc as html_escape, render_gallery, write_gallery, GALLERY_FILE};
 pub use grid::{grid_layout, grid_sheet, GridLayout, DEFAULT_MAX_TILE, SMALL_SHEET};
-pub use image_io::{load_rgb, RgbImage};
-pub use manifest::{FilterRecord, LayerRun, Manifest, MANIFEST_FILE};
+pub use image_io::{encode_gray_png, load_rgb, save_planar_image, RgbImage};
+pub use manifest::{FilterRecord, InputRecord, LayerRun, Manifest, MANIFEST_FILE};
+pub use npy::{encode_npy_f32, parse_npy_f32, write_npy_f32};
 pub use resize::{resize_area_planar, resize_bilinear_planar};
 
 /// One safe path component from a model, layer or objective name: characters other than

@@ -39,9 +39,23 @@ pub struct LayerRun {
     /// Grid sheet PNG, relative to the manifest's directory.
     #[serde(default)]
     pub grid: Option<String>,
+    /// The input the images were made for, where it is not the zoo's RGB
+    /// convention (ONNX models); absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputRecord>,
     /// Sorted by `filter`, at most one record per filter.
     #[serde(default)]
     pub filters: Vec<FilterRecord>,
+}
+
+/// The model input a run's images are for: its channels and the
+/// normalization `(x − mean) / std` applied to values in [0, 1].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputRecord {
+    pub channels: usize,
+    /// One value per channel, or one for all.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +63,10 @@ pub struct FilterRecord {
     pub filter: usize,
     /// PNG path relative to the manifest's directory.
     pub png: String,
+    /// The raw float32 values (`[C, H, W]` `.npy`) where the PNG cannot hold
+    /// every channel, relative to the manifest's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npy: Option<String>,
     /// Stored as `null` when not finite: JSON has no NaN/Inf, and a diverged
     /// optimization must not make the whole manifest unsavable.
     #[serde(with = "non_finite_as_null")]
@@ -142,6 +160,7 @@ impl Manifest {
                     settings: settings.clone(),
                     seed,
                     grid: None,
+                    input: None,
                     filters: Vec::new(),
                 });
                 self.runs.len() - 1
@@ -159,6 +178,11 @@ impl Manifest {
             Ok(i) => filters[i] = rec,
             Err(i) => filters.insert(i, rec),
         }
+    }
+
+    /// Records the input of a run (creating the run if needed).
+    pub fn set_input(&mut self, layer: &str, settings: &Value, seed: u64, input: InputRecord) {
+        self.run_mut(layer, settings, seed).input = Some(input);
     }
 
     /// Records the grid sheet path of a run (creating the run if needed).
@@ -191,6 +215,7 @@ mod tests {
         FilterRecord {
             filter,
             png: png.to_string(),
+            npy: None,
             initial_activation: 0.125,
             final_activation,
             seconds: 1.5,
@@ -287,6 +312,33 @@ mod tests {
             assert!(matches!(err, OutputError::CorruptManifest { .. }), "{err}");
             assert!(err.to_string().contains(MANIFEST_FILE), "{err}");
         }
+    }
+
+    #[test]
+    fn input_and_npy_are_recorded_and_omitted_when_absent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(MANIFEST_FILE);
+        let mut m = Manifest::new("deepvis", "gray28", None, None);
+        m.upsert_filter("l", &settings(), 0, rec(0, "f0.png", 1.0));
+        m.save(&path).expect("save");
+        let text = fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("input") && !text.contains("npy"), "{text}");
+        let input = InputRecord {
+            channels: 1,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        m.set_input("l", &settings(), 0, input.clone());
+        let mut r = rec(1, "f1.png", 2.0);
+        r.npy = Some("f1.npy".into());
+        m.upsert_filter("l", &settings(), 0, r.clone());
+        m.save(&path).expect("save");
+        let loaded = Manifest::load(&path).expect("load").expect("present");
+        assert_eq!(loaded.runs[0].input.as_ref(), Some(&input));
+        assert_eq!(loaded.find("l", &settings(), 0, 1), Some(&r));
+        let v: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["runs"][0]["input"]["mean"], json!([0.5]));
+        assert_eq!(v["runs"][0]["input"]["channels"], 1);
     }
 
     #[test]

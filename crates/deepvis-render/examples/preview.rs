@@ -30,10 +30,7 @@ fn main() {
             .split(',')
             .map(|o| {
                 let (s, k) = o.split_once(':').unwrap();
-                deepvis_render::Octave {
-                    size: s.parse().unwrap(),
-                    steps: k.parse().unwrap(),
-                }
+                deepvis_render::Octave::square(s.parse().unwrap(), k.parse().unwrap())
             })
             .collect();
     }

@@ -37,8 +37,9 @@ pub use objective::{BatchObjective, Objective, SpecError};
 pub use optim::OptimizerKind;
 pub use param::ParamKind;
 pub use render::{
-    default_octaves, dream, evaluate, render, seed_init, seed_settings, DreamSettings, Init,
-    Octave, Preset, Progress, RenderOutput, RenderSettings,
+    default_octaves, default_octaves_hw, dream, evaluate, render, seed_init, seed_init_shaped,
+    seed_settings, seed_settings_hw, DreamSettings, Init, Octave, Preset, Progress, RenderOutput,
+    RenderSettings,
 };
 pub use transform::{PadMode, Regularizer, Transform};
 
@@ -75,21 +76,23 @@ pub struct AscentSettings {
 #[derive(Clone, Debug)]
 pub struct ChannelResult {
     pub channel: usize,
-    /// RGB in [0, 1], planar [3, size, size].
+    /// The model's input channels in [0, 1], planar [C, size, size].
     pub image: Vec<f32>,
     pub initial_activation: f32,
     pub final_activation: f32,
 }
 
-/// Maps RGB in [0, 1] to the model's normalized input, and gradients back.
+/// Maps images in [0, 1] (`[N, C, H, W]`) to the model's normalized input, and gradients back.
+/// A normalization with one value per channel indexes by channel, one with a single value
+/// applies it to every channel; check its length with [`Normalization::for_channels`] first.
 pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
     let mut y = x.clone();
     normalize_in_place(&mut y, norm);
     y
 }
 
-/// `normalize` of the RGB images `[n, 3, h, w]` in `rgb`, into a tensor from the engine's
-/// buffer pool (what the render loop builds every step).
+/// `normalize` of the images `[n, c, h, w]` in `rgb`, into a tensor from the engine's buffer
+/// pool (what the render loop builds every step).
 pub(crate) fn normalized(
     rgb: &[f32],
     shape: [usize; 4],
@@ -101,21 +104,30 @@ pub(crate) fn normalized(
 }
 
 fn normalize_in_place(x: &mut Tensor, norm: &Normalization) {
-    let plane = x.shape()[2] * x.shape()[3];
+    let (c, plane) = (x.shape()[1].max(1), x.shape()[2] * x.shape()[3]);
     for (i, p) in x.data_mut().chunks_mut(plane).enumerate() {
-        let c = i % 3;
-        let (m, s) = (norm.mean[c], norm.std[c]);
+        let (m, s) = norm.channel(i % c);
         p.iter_mut().for_each(|v| *v = (*v - m) / s);
     }
 }
 
-/// d/d rgb from d/d normalized: divide by the channel's std.
+/// d/d image from d/d normalized: divide by the channel's std.
 pub(crate) fn denormalize_grad(g: &mut Tensor, norm: &Normalization) {
-    let plane = g.shape()[2] * g.shape()[3];
+    let (c, plane) = (g.shape()[1].max(1), g.shape()[2] * g.shape()[3]);
     for (i, p) in g.data_mut().chunks_mut(plane).enumerate() {
-        let s = norm.std[i % 3];
+        let (_, s) = norm.channel(i % c);
         p.iter_mut().for_each(|v| *v /= s);
     }
+}
+
+/// The model's normalization checked against its input channel count (see
+/// [`Normalization::for_channels`]).
+pub fn model_normalization(model: &Model) -> Result<Normalization, RenderError> {
+    model
+        .info
+        .normalization
+        .for_channels(model.info.channels)
+        .map_err(RenderError::Invalid)
 }
 
 /// Mean activation of `channels[b]` in batch item b of a layer output ([N, C, H, W] or [N, F]),
@@ -150,7 +162,7 @@ pub fn channel_objective(
 }
 
 /// One forward and backward pass: the objective values and their gradient with respect to the
-/// RGB image (not the normalized input).
+/// image in [0, 1] (not the normalized input).
 pub fn objective_and_grad(
     graph: &Graph,
     norm: &Normalization,
@@ -169,11 +181,17 @@ pub fn objective_and_grad(
 }
 
 /// The start image of one channel: grey with uniform noise, drawn from a generator seeded by
-/// (seed, channel), so a channel's result does not depend on which batch it ran in.
+/// (seed, channel), so a channel's result does not depend on which batch it ran in. RGB,
+/// `size`×`size`; [`initial_image_shaped`] for other inputs.
 pub fn initial_image(size: usize, seed: u64, channel: usize) -> Vec<f32> {
+    initial_image_shaped([3, size, size], seed, channel)
+}
+
+/// [`initial_image`] of `[c, h, w]`.
+pub fn initial_image_shaped([c, h, w]: [usize; 3], seed: u64, channel: usize) -> Vec<f32> {
     let mut rng =
         ChaCha8Rng::seed_from_u64(seed ^ (channel as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    (0..3 * size * size)
+    (0..c * h * w)
         .map(|_| 0.5 + rng.gen_range(-0.1..0.1))
         .collect()
 }
@@ -195,16 +213,17 @@ pub fn ascend_channels(
             "size and batch must be positive".into(),
         ));
     }
-    let norm = &model.info.normalization;
+    let norm = &model_normalization(model)?;
+    let c = model.info.channels;
     let total = channels.len() * settings.steps;
     let mut done = 0;
     for group in channels.chunks(settings.batch) {
         let n = group.len();
-        let mut data = Vec::with_capacity(n * 3 * s * s);
+        let mut data = Vec::with_capacity(n * c * s * s);
         for &ch in group {
-            data.extend(initial_image(s, seed, ch));
+            data.extend(initial_image_shaped([c, s, s], seed, ch));
         }
-        let mut x = Tensor::new(vec![n, 3, s, s], data)?;
+        let mut x = Tensor::new(vec![n, c, s, s], data)?;
         let mut initial = None;
         for _ in 0..settings.steps {
             let (values, g) = objective_and_grad(&model.graph, norm, layer, &x, group)?;
@@ -221,7 +240,7 @@ pub fn ascend_channels(
             group,
         )?;
         let initial = initial.unwrap_or_else(|| finals.clone());
-        let per = 3 * s * s;
+        let per = c * s * s;
         for (b, &ch) in group.iter().enumerate() {
             on_result(ChannelResult {
                 channel: ch,

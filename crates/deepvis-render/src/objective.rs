@@ -742,7 +742,7 @@ fn model_layer(model: &Model, r: &LayerRef, src: &str) -> Result<Layer, SpecErro
 
 fn channel_count(model: &Model, layer: &Layer, span: Span, src: &str) -> Result<usize, SpecError> {
     model
-        .channels(layer.node, model.info.native_size)
+        .channels_at(layer.node, model.info.native_size)
         .map_err(|e| SpecError::new(e.to_string(), span, src))
 }
 
@@ -755,10 +755,10 @@ fn check_position(
     at: &PosRef,
     src: &str,
 ) -> Result<(usize, usize), SpecError> {
-    let size = model.info.native_size;
+    let (ih, iw) = model.info.native_size;
     let shapes = model
         .graph
-        .shapes(&[1, 3, size, size], layer.node)
+        .shapes(&[1, model.info.channels, ih, iw], layer.node)
         .map_err(|e| SpecError::new(e.to_string(), r.span, src))?;
     let shape = shapes[layer.node].clone().unwrap_or_default();
     if shape.len() != 4 {
@@ -776,7 +776,7 @@ fn check_position(
         if v >= n {
             return Err(SpecError::new(
                 format!(
-                    "{what} {v} is out of range: {} has {w}×{h} positions (W×H) at the native {size}×{size} input, {what}s 0..{}",
+                    "{what} {v} is out of range: {} has {w}×{h} positions (W×H) at the native {ih}×{iw} input, {what}s 0..{}",
                     layer.name,
                     n.saturating_sub(1)
                 ),

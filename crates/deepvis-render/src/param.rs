@@ -9,8 +9,10 @@
 //!   is fixed to a natural-image 1/f law; the image is standardized, recorrelated and squashed
 //!   by a sigmoid, as Horama does.
 //!
-//! Images are planar `[N, 3, H, W]`; parameters are laid out image by image, so the slice of
-//! image `b` is `params[b * per_image()..(b + 1) * per_image()]`.
+//! Images are planar `[N, C, H, W]` with C the model's input channels (3 for RGB); parameters
+//! are laid out image by image, so the slice of image `b` is
+//! `params[b * per_image()..(b + 1) * per_image()]`. The colour decorrelation is ImageNet's RGB
+//! statistics, so it applies only to 3-channel images; other channel counts stay independent.
 
 use crate::fft::{rfft2_freqs, Fft2};
 use rand::Rng;
@@ -83,17 +85,19 @@ fn logit(y: f32) -> f32 {
     (y / (1.0 - y)).ln()
 }
 
-/// A differentiable map from parameters to a batch of RGB images in [0, 1].
+/// A differentiable map from parameters to a batch of images in [0, 1].
 pub trait Param: Send {
     /// Images in the batch.
     fn batch(&self) -> usize;
+    /// Channels of each image.
+    fn channels(&self) -> usize;
     /// (height, width) of the images.
     fn size(&self) -> (usize, usize);
     /// Parameters per image.
     fn per_image(&self) -> usize;
     fn params(&self) -> &[f32];
     fn params_mut(&mut self) -> &mut [f32];
-    /// Writes the images `[N, 3, H, W]` into `out`, keeping what [`Param::backward`] needs.
+    /// Writes the images `[N, C, H, W]` into `out`, keeping what [`Param::backward`] needs.
     fn forward(&mut self, out: &mut [f32]);
     /// Gradient with respect to the parameters of `⟨grad_image, images⟩`, at the parameters of
     /// the latest [`Param::forward`].
@@ -101,7 +105,7 @@ pub trait Param: Send {
     /// Called after each optimizer step (the pixel parametrization clamps to [0, 1]).
     fn project(&mut self) {}
     /// Re-targets the parametrization to `h`×`w` images and sets its parameters so that it
-    /// renders `images` (`[N, 3, h, w]`, RGB in [0, 1]) as closely as it can: exactly for
+    /// renders `images` (`[N, C, h, w]` in [0, 1]) as closely as it can: exactly for
     /// pixel and Fourier (up to sigmoid saturation), the phase only for MACO.
     fn set_images(&mut self, images: &[f32], h: usize, w: usize);
     /// A short description for logs.
@@ -127,29 +131,32 @@ impl ParamKind {
         decorrelate: true,
     };
 
-    /// A parametrization of `n` images `h`×`w` with a seeded random start (Lucid's: spectrum
-    /// ~ N(0, 0.01²); MACO: uniform phase; pixel: grey 0.5 ± 0.1 uniform noise).
+    /// A parametrization of `n` RGB images `h`×`w` with a seeded random start (Lucid's:
+    /// spectrum ~ N(0, 0.01²); MACO: uniform phase; pixel: grey 0.5 ± 0.1 uniform noise).
     pub fn build(self, n: usize, h: usize, w: usize, rng: &mut ChaCha8Rng) -> Box<dyn Param> {
+        self.build_shaped([n, 3, h, w], rng)
+    }
+
+    /// [`ParamKind::build`] for `[n, c, h, w]` images.
+    pub fn build_shaped(self, [n, c, h, w]: [usize; 4], rng: &mut ChaCha8Rng) -> Box<dyn Param> {
         match self {
             ParamKind::Pixel => {
-                let data = (0..n * 3 * h * w)
+                let data = (0..n * c * h * w)
                     .map(|_| 0.5 + rng.gen_range(-0.1..0.1))
                     .collect();
-                Box::new(Pixel::new(n, h, w, data))
+                Box::new(Pixel::with_channels(n, c, h, w, data))
             }
             ParamKind::Fourier {
                 decay_power,
                 decorrelate,
-            } => Box::new(Fourier::random(
-                n,
-                h,
-                w,
+            } => Box::new(Fourier::random_shaped(
+                [n, c, h, w],
                 decay_power,
                 decorrelate,
                 0.01,
                 rng,
             )),
-            ParamKind::Maco => Box::new(Maco::random(n, h, w, rng)),
+            ParamKind::Maco => Box::new(Maco::random_shaped([n, c, h, w], rng)),
         }
     }
 }
@@ -174,15 +181,22 @@ impl std::fmt::Display for ParamKind {
 /// The pixel parametrization: the parameters are the image.
 pub struct Pixel {
     n: usize,
+    c: usize,
     h: usize,
     w: usize,
     data: Vec<f32>,
 }
 
 impl Pixel {
+    /// `n` RGB images.
     pub fn new(n: usize, h: usize, w: usize, data: Vec<f32>) -> Pixel {
-        assert_eq!(data.len(), n * 3 * h * w);
-        Pixel { n, h, w, data }
+        Pixel::with_channels(n, 3, h, w, data)
+    }
+
+    /// `n` images of `c` channels.
+    pub fn with_channels(n: usize, c: usize, h: usize, w: usize, data: Vec<f32>) -> Pixel {
+        assert_eq!(data.len(), n * c * h * w);
+        Pixel { n, c, h, w, data }
     }
 }
 
@@ -190,11 +204,14 @@ impl Param for Pixel {
     fn batch(&self) -> usize {
         self.n
     }
+    fn channels(&self) -> usize {
+        self.c
+    }
     fn size(&self) -> (usize, usize) {
         (self.h, self.w)
     }
     fn per_image(&self) -> usize {
-        3 * self.h * self.w
+        self.c * self.h * self.w
     }
     fn params(&self) -> &[f32] {
         &self.data
@@ -212,7 +229,7 @@ impl Param for Pixel {
         self.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
     }
     fn set_images(&mut self, images: &[f32], h: usize, w: usize) {
-        assert_eq!(images.len(), self.n * 3 * h * w);
+        assert_eq!(images.len(), self.n * self.c * h * w);
         self.h = h;
         self.w = w;
         self.data.clear();
@@ -226,39 +243,47 @@ impl Param for Pixel {
 /// Shared machinery of the spectral parametrizations.
 struct Spectral {
     n: usize,
+    c: usize,
     h: usize,
     w: usize,
     fft: Fft2,
     spec: Vec<Complex32>,
     spec_grad: Vec<Complex32>,
     plane: Vec<f32>,
-    /// The pre-colour image of the latest forward, `[N, 3, H, W]`.
+    /// The pre-colour image of the latest forward, `[N, C, H, W]`.
     pre: Vec<f32>,
     /// The sigmoid output of the latest forward.
     out: Vec<f32>,
-    color: [[f32; 3]; 3],
+    /// The gradient with respect to `pre` of the latest backward.
+    pre_grad: Vec<f32>,
+    /// Scratch of one image for the backward pass.
+    tmp: Vec<f32>,
+    /// Whether decorrelation was asked for (it is kept across `set_images`).
+    decorrelate: bool,
+    /// The colour matrix: only for 3-channel images (ImageNet's RGB statistics say nothing
+    /// about other channels); None leaves channels as they are.
+    color: Option<[[f32; 3]; 3]>,
 }
 
 impl Spectral {
-    fn new(n: usize, h: usize, w: usize, decorrelate: bool) -> Spectral {
+    fn new([n, c, h, w]: [usize; 4], decorrelate: bool) -> Spectral {
         let fft = Fft2::new(h, w);
         let wf = fft.spectrum_width();
-        let identity = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
         Spectral {
             n,
+            c,
             h,
             w,
             fft,
             spec: vec![Complex32::new(0.0, 0.0); h * wf],
             spec_grad: vec![Complex32::new(0.0, 0.0); h * wf],
             plane: vec![0.0; h * w],
-            pre: vec![0.0; n * 3 * h * w],
-            out: vec![0.0; n * 3 * h * w],
-            color: if decorrelate {
-                color_matrix()
-            } else {
-                identity
-            },
+            pre: vec![0.0; n * c * h * w],
+            out: vec![0.0; n * c * h * w],
+            pre_grad: vec![0.0; n * c * h * w],
+            tmp: vec![0.0; c * h * w],
+            decorrelate,
+            color: (decorrelate && c == 3).then(color_matrix),
         }
     }
 
@@ -268,42 +293,55 @@ impl Spectral {
 
     /// `out = sigmoid(color · pre)` per image; stores the result for the backward pass.
     fn colorize(&mut self, out: &mut [f32]) {
+        let per = self.c * self.h * self.w;
         let plane = self.h * self.w;
-        for (pre, o) in self
-            .pre
-            .chunks(3 * plane)
-            .zip(self.out.chunks_mut(3 * plane))
-        {
-            mix_colors(&self.color, pre, o, plane);
+        for (pre, o) in self.pre.chunks(per).zip(self.out.chunks_mut(per)) {
+            match &self.color {
+                Some(m) => mix_colors(m, pre, o, plane),
+                None => o.copy_from_slice(pre),
+            }
             o.iter_mut().for_each(|v| *v = sigmoid(*v));
         }
         out.copy_from_slice(&self.out);
     }
 
-    /// Gradient with respect to `pre` from one with respect to the output, written to `pre_grad`.
-    fn colorize_backward(&self, grad: &[f32], pre_grad: &mut [f32]) {
+    /// Gradient with respect to `pre` from one with respect to the output, into `pre_grad`.
+    fn colorize_backward(&mut self, grad: &[f32]) {
+        let per = self.c * self.h * self.w;
         let plane = self.h * self.w;
-        let ct = transpose3(self.color);
-        let mut tmp = vec![0.0f32; 3 * plane];
+        let ct = self.color.map(transpose3);
         for ((g, s), pg) in grad
-            .chunks(3 * plane)
-            .zip(self.out.chunks(3 * plane))
-            .zip(pre_grad.chunks_mut(3 * plane))
+            .chunks(per)
+            .zip(self.out.chunks(per))
+            .zip(self.pre_grad.chunks_mut(per))
         {
-            for ((t, g), s) in tmp.iter_mut().zip(g).zip(s) {
-                *t = g * s * (1.0 - s);
+            match &ct {
+                Some(ct) => {
+                    for ((t, g), s) in self.tmp.iter_mut().zip(g).zip(s) {
+                        *t = g * s * (1.0 - s);
+                    }
+                    mix_colors(ct, &self.tmp, pg, plane);
+                }
+                None => {
+                    for ((t, g), s) in pg.iter_mut().zip(g).zip(s) {
+                        *t = g * s * (1.0 - s);
+                    }
+                }
             }
-            mix_colors(&ct, &tmp, pg, plane);
         }
     }
 
     /// The pre-colour images that would render as `images`.
     fn uncolorize(&self, images: &[f32]) -> Vec<f32> {
+        let per = self.c * self.h * self.w;
         let plane = self.h * self.w;
-        let inv = invert3(self.color);
-        let mut pre = vec![0.0; images.len()];
         let logits: Vec<f32> = images.iter().map(|&v| logit(v)).collect();
-        for (l, p) in logits.chunks(3 * plane).zip(pre.chunks_mut(3 * plane)) {
+        let Some(color) = self.color else {
+            return logits;
+        };
+        let inv = invert3(color);
+        let mut pre = vec![0.0; images.len()];
+        for (l, p) in logits.chunks(per).zip(pre.chunks_mut(per)) {
             mix_colors(&inv, l, p, plane);
         }
         pre
@@ -316,7 +354,7 @@ pub struct Fourier {
     decay_power: f32,
     /// Per half-spectrum entry: 1 / max(f, 1/max(h, w))^decay_power.
     scale: Vec<f32>,
-    /// `[N, 3, H, W/2+1, 2]`: real and imaginary parts.
+    /// `[N, C, H, W/2+1, 2]`: real and imaginary parts.
     params: Vec<f32>,
 }
 
@@ -332,6 +370,7 @@ fn spectrum_scale(h: usize, w: usize, decay_power: f32) -> Vec<f32> {
 }
 
 impl Fourier {
+    /// `n` RGB images.
     pub fn random(
         n: usize,
         h: usize,
@@ -341,8 +380,20 @@ impl Fourier {
         sd: f32,
         rng: &mut ChaCha8Rng,
     ) -> Fourier {
-        let s = Spectral::new(n, h, w, decorrelate);
-        let len = n * 3 * h * s.wf() * 2;
+        Fourier::random_shaped([n, 3, h, w], decay_power, decorrelate, sd, rng)
+    }
+
+    /// `[n, c, h, w]` images, their spectra ~ N(0, sd²); decorrelated only where c = 3.
+    pub fn random_shaped(
+        shape: [usize; 4],
+        decay_power: f32,
+        decorrelate: bool,
+        sd: f32,
+        rng: &mut ChaCha8Rng,
+    ) -> Fourier {
+        let [n, c, h, w] = shape;
+        let s = Spectral::new(shape, decorrelate);
+        let len = n * c * h * s.wf() * 2;
         let params = (0..len).map(|_| sd * normal(rng)).collect();
         Fourier {
             scale: spectrum_scale(h, w, decay_power),
@@ -357,11 +408,14 @@ impl Param for Fourier {
     fn batch(&self) -> usize {
         self.s.n
     }
+    fn channels(&self) -> usize {
+        self.s.c
+    }
     fn size(&self) -> (usize, usize) {
         (self.s.h, self.s.w)
     }
     fn per_image(&self) -> usize {
-        3 * self.s.h * self.s.wf() * 2
+        self.s.c * self.s.h * self.s.wf() * 2
     }
     fn params(&self) -> &[f32] {
         &self.params
@@ -387,14 +441,13 @@ impl Param for Fourier {
     fn backward(&mut self, grad_image: &[f32], grad_params: &mut [f32]) {
         let s = &mut self.s;
         let plane = s.h * s.w;
-        let mut pre_grad = vec![0.0; grad_image.len()];
-        s.colorize_backward(grad_image, &mut pre_grad);
+        s.colorize_backward(grad_image);
         let spec_len = s.spec.len();
         for (i, chunk) in grad_params.chunks_mut(2 * spec_len).enumerate() {
             for (d, v) in s
                 .plane
                 .iter_mut()
-                .zip(&pre_grad[i * plane..(i + 1) * plane])
+                .zip(&s.pre_grad[i * plane..(i + 1) * plane])
             {
                 *d = v / FOURIER_MAGIC;
             }
@@ -406,15 +459,14 @@ impl Param for Fourier {
         }
     }
     fn set_images(&mut self, images: &[f32], h: usize, w: usize) {
-        let decorrelate = self.s.color != [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-        let n = self.s.n;
-        assert_eq!(images.len(), n * 3 * h * w);
-        self.s = Spectral::new(n, h, w, decorrelate);
+        let (n, c) = (self.s.n, self.s.c);
+        assert_eq!(images.len(), n * c * h * w);
+        self.s = Spectral::new([n, c, h, w], self.s.decorrelate);
         self.scale = spectrum_scale(h, w, self.decay_power);
         let pre = self.s.uncolorize(images);
         let s = &mut self.s;
         let spec_len = s.spec.len();
-        self.params.resize(n * 3 * spec_len * 2, 0.0);
+        self.params.resize(n * c * spec_len * 2, 0.0);
         let plane = h * w;
         for (i, chunk) in self.params.chunks_mut(2 * spec_len).enumerate() {
             for (d, v) in s.plane.iter_mut().zip(&pre[i * plane..(i + 1) * plane]) {
@@ -431,7 +483,7 @@ impl Param for Fourier {
         format!(
             "fourier(decay {}{})",
             self.decay_power,
-            if self.s.color[0][1] != 0.0 {
+            if self.s.color.is_some() {
                 ", decorrelated"
             } else {
                 ""
@@ -444,7 +496,7 @@ impl Param for Fourier {
 pub struct Maco {
     s: Spectral,
     magnitude: Vec<f32>,
-    /// `[N, 3, H, W/2+1]` phases.
+    /// `[N, C, H, W/2+1]` phases.
     phase: Vec<f32>,
     /// Per image: mean and (std + eps) of the latest forward's pre-standardized image.
     stats: Vec<(f32, f32, f32)>,
@@ -460,15 +512,22 @@ pub fn maco_magnitude(h: usize, w: usize) -> Vec<f32> {
 }
 
 impl Maco {
+    /// `n` RGB images.
     pub fn random(n: usize, h: usize, w: usize, rng: &mut ChaCha8Rng) -> Maco {
-        let s = Spectral::new(n, h, w, true);
-        let len = n * 3 * h * s.wf();
+        Maco::random_shaped([n, 3, h, w], rng)
+    }
+
+    /// `[n, c, h, w]` images with uniform random phases; decorrelated only where c = 3.
+    pub fn random_shaped(shape: [usize; 4], rng: &mut ChaCha8Rng) -> Maco {
+        let [n, c, h, w] = shape;
+        let s = Spectral::new(shape, true);
+        let len = n * c * h * s.wf();
         let phase = (0..len)
             .map(|_| rng.gen_range(-std::f32::consts::PI..std::f32::consts::PI))
             .collect();
         Maco {
             magnitude: maco_magnitude(h, w),
-            raw: vec![0.0; n * 3 * h * w],
+            raw: vec![0.0; n * c * h * w],
             stats: vec![(0.0, 1.0, 1.0); n],
             s,
             phase,
@@ -480,11 +539,14 @@ impl Param for Maco {
     fn batch(&self) -> usize {
         self.s.n
     }
+    fn channels(&self) -> usize {
+        self.s.c
+    }
     fn size(&self) -> (usize, usize) {
         (self.s.h, self.s.w)
     }
     fn per_image(&self) -> usize {
-        3 * self.s.h * self.s.wf()
+        self.s.c * self.s.h * self.s.wf()
     }
     fn params(&self) -> &[f32] {
         &self.phase
@@ -503,12 +565,8 @@ impl Param for Maco {
             s.fft
                 .inverse(&s.spec, &mut self.raw[c * plane..(c + 1) * plane]);
         }
-        for (b, (raw, pre)) in self
-            .raw
-            .chunks(3 * plane)
-            .zip(s.pre.chunks_mut(3 * plane))
-            .enumerate()
-        {
+        let per = s.c * plane;
+        for (b, (raw, pre)) in self.raw.chunks(per).zip(s.pre.chunks_mut(per)).enumerate() {
             let len = raw.len() as f64;
             let mean = raw.iter().map(|&v| v as f64).sum::<f64>() / len;
             let var = raw.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len;
@@ -525,14 +583,11 @@ impl Param for Maco {
     fn backward(&mut self, grad_image: &[f32], grad_params: &mut [f32]) {
         let s = &mut self.s;
         let plane = s.h * s.w;
-        let mut gz = vec![0.0; grad_image.len()];
-        s.colorize_backward(grad_image, &mut gz);
+        let per = s.c * plane;
+        s.colorize_backward(grad_image);
+        let gz = &mut s.pre_grad;
         // Standardization: z = (t - mean) / (std + eps).
-        for (b, (g, raw)) in gz
-            .chunks_mut(3 * plane)
-            .zip(self.raw.chunks(3 * plane))
-            .enumerate()
-        {
+        for (b, (g, raw)) in gz.chunks_mut(per).zip(self.raw.chunks(per)).enumerate() {
             let (mean, std, denom) = self.stats[b];
             let len = g.len() as f32;
             let gmean = g.iter().map(|&v| v as f64).sum::<f64>() as f32 / len;
@@ -557,22 +612,22 @@ impl Param for Maco {
             .enumerate()
         {
             s.fft
-                .inverse_adjoint(&gz[c * plane..(c + 1) * plane], &mut s.spec_grad);
+                .inverse_adjoint(&s.pre_grad[c * plane..(c + 1) * plane], &mut s.spec_grad);
             for (((o, z), p), m) in gp.iter_mut().zip(&s.spec_grad).zip(ph).zip(&self.magnitude) {
                 *o = m * (z.im * p.cos() - z.re * p.sin());
             }
         }
     }
     fn set_images(&mut self, images: &[f32], h: usize, w: usize) {
-        let n = self.s.n;
-        assert_eq!(images.len(), n * 3 * h * w);
-        self.s = Spectral::new(n, h, w, true);
+        let (n, c) = (self.s.n, self.s.c);
+        assert_eq!(images.len(), n * c * h * w);
+        self.s = Spectral::new([n, c, h, w], true);
         self.magnitude = maco_magnitude(h, w);
-        self.raw = vec![0.0; n * 3 * h * w];
+        self.raw = vec![0.0; n * c * h * w];
         let pre = self.s.uncolorize(images);
         let s = &mut self.s;
         let spec_len = s.spec.len();
-        self.phase.resize(n * 3 * spec_len, 0.0);
+        self.phase.resize(n * c * spec_len, 0.0);
         let plane = h * w;
         for (c, ph) in self.phase.chunks_mut(spec_len).enumerate() {
             s.fft.forward(&pre[c * plane..(c + 1) * plane], &mut s.spec);

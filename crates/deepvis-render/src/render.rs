@@ -4,17 +4,50 @@ use crate::objective::{BatchObjective, Objective};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::param::{Param, ParamKind, Pixel};
 use crate::transform::{lucid_standard_for, resize, PadMode, Pipeline, Regularizer, Transform};
-use crate::{denormalize_grad, normalized, RenderError};
+use crate::{denormalize_grad, model_normalization, normalized, RenderError};
 use deepvis_models::Model;
+use deepvis_models::Normalization;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// One resolution of a multi-scale schedule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Octave {
-    /// Image side in pixels.
-    pub size: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Image width in pixels.
+    pub width: usize,
     pub steps: usize,
+}
+
+impl Octave {
+    /// A `size`×`size` octave.
+    pub fn square(size: usize, steps: usize) -> Octave {
+        Octave::new((size, size), steps)
+    }
+
+    /// An `h`×`w` octave.
+    pub fn new((height, width): (usize, usize), steps: usize) -> Octave {
+        Octave {
+            height,
+            width,
+            steps,
+        }
+    }
+
+    /// (height, width).
+    pub fn hw(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    /// `224px` for a square octave, `48x192px` (H×W) otherwise.
+    fn describe(&self) -> String {
+        format!(
+            "{}px×{}",
+            deepvis_models::size_text(self.height, self.width),
+            self.steps
+        )
+    }
 }
 
 /// Everything that decides a render besides the model and the objective.
@@ -35,8 +68,15 @@ pub struct RenderSettings {
 }
 
 impl RenderSettings {
+    /// The output's larger side (its side, for square images).
     pub fn size(&self) -> usize {
-        self.octaves.last().map_or(0, |o| o.size)
+        let (h, w) = self.size_hw();
+        h.max(w)
+    }
+
+    /// The output's (height, width): the last octave's.
+    pub fn size_hw(&self) -> (usize, usize) {
+        self.octaves.last().map_or((0, 0), Octave::hw)
     }
 
     pub fn total_steps(&self) -> usize {
@@ -45,11 +85,7 @@ impl RenderSettings {
 
     /// A one-line description for logs.
     pub fn describe(&self) -> String {
-        let oct: Vec<String> = self
-            .octaves
-            .iter()
-            .map(|o| format!("{}px×{}", o.size, o.steps))
-            .collect();
+        let oct: Vec<String> = self.octaves.iter().map(Octave::describe).collect();
         let tr: Vec<String> = self.transforms.iter().map(|t| t.to_string()).collect();
         let reg: Vec<String> = self.regularizers.iter().map(|r| r.to_string()).collect();
         format!(
@@ -110,15 +146,25 @@ impl Preset {
         }
     }
 
-    /// The settings for `size`-pixel output and `steps` steps in all (None: the preset's).
+    /// The settings for `size`×`size` output and `steps` steps in all (None: the preset's).
     /// For the seed preset, `step_size` of the original tool (0–255 units) is 9 here; pass a
     /// different one through [`seed_settings`].
     pub fn settings(self, size: usize, steps: Option<usize>, seed: u64) -> RenderSettings {
+        self.settings_hw((size, size), steps, seed)
+    }
+
+    /// [`Preset::settings`] for an output of (height, width).
+    pub fn settings_hw(
+        self,
+        size: (usize, usize),
+        steps: Option<usize>,
+        seed: u64,
+    ) -> RenderSettings {
         let steps = steps.unwrap_or(self.default_steps());
         match self {
-            Preset::Seed => seed_settings(size, steps, 9.0, seed),
+            Preset::Seed => seed_settings_hw(size, steps, 9.0, seed),
             Preset::Default => RenderSettings {
-                octaves: vec![Octave { size, steps }],
+                octaves: vec![Octave::new(size, steps)],
                 param: ParamKind::FOURIER,
                 transforms: crate::transform::lucid_standard(),
                 transform_reference: Some(128),
@@ -127,7 +173,7 @@ impl Preset {
                 seed,
             },
             Preset::Lucid => RenderSettings {
-                octaves: vec![Octave { size, steps }],
+                octaves: vec![Octave::new(size, steps)],
                 param: ParamKind::FOURIER,
                 transforms: crate::transform::lucid_standard(),
                 transform_reference: None,
@@ -136,7 +182,7 @@ impl Preset {
                 seed,
             },
             Preset::Maco => RenderSettings {
-                octaves: vec![Octave { size, steps }],
+                octaves: vec![Octave::new(size, steps)],
                 param: ParamKind::Maco,
                 transforms: crate::transform::lucid_standard(),
                 transform_reference: Some(128),
@@ -153,33 +199,41 @@ impl Preset {
 /// resolution steps are cheap and grow large, coherent structures; the later octaves add
 /// detail.
 pub fn default_octaves(size: usize, steps: usize) -> Vec<Octave> {
+    default_octaves_hw((size, size), steps)
+}
+
+/// [`default_octaves`] for an output of (height, width): both sides scale alike, and the
+/// shorter one decides whether the image is too small for octaves.
+pub fn default_octaves_hw((h, w): (usize, usize), steps: usize) -> Vec<Octave> {
     let even = |v: usize| (v / 2) * 2;
-    let (half, three_q) = (even(size / 2), even(size * 3 / 4));
-    if steps < 8 || half < 32 {
-        return vec![Octave { size, steps }];
+    let half = (even(h / 2), even(w / 2));
+    let three_q = (even(h * 3 / 4), even(w * 3 / 4));
+    if steps < 8 || half.0.min(half.1) < 32 {
+        return vec![Octave::new((h, w), steps)];
     }
     let (a, b) = (steps / 2, steps / 4);
     vec![
-        Octave {
-            size: half,
-            steps: a,
-        },
-        Octave {
-            size: three_q,
-            steps: b,
-        },
-        Octave {
-            size,
-            steps: steps - a - b,
-        },
+        Octave::new(half, a),
+        Octave::new(three_q, b),
+        Octave::new((h, w), steps - a - b),
     ]
 }
 
 /// The seed method as settings: pixel parametrization, no transforms, normalized ascent with
 /// `step_size` in 0–255 units. Start it from [`seed_init`] to reproduce `ascend_channels`.
 pub fn seed_settings(size: usize, steps: usize, step_size: f32, seed: u64) -> RenderSettings {
+    seed_settings_hw((size, size), steps, step_size, seed)
+}
+
+/// [`seed_settings`] for an output of (height, width).
+pub fn seed_settings_hw(
+    size: (usize, usize),
+    steps: usize,
+    step_size: f32,
+    seed: u64,
+) -> RenderSettings {
     RenderSettings {
-        octaves: vec![Octave { size, steps }],
+        octaves: vec![Octave::new(size, steps)],
         param: ParamKind::Pixel,
         transforms: Vec::new(),
         transform_reference: None,
@@ -192,10 +246,15 @@ pub fn seed_settings(size: usize, steps: usize, step_size: f32, seed: u64) -> Re
 }
 
 /// The seed method's start images for `ids` (one per image; the channel numbers in
-/// `ascend_channels`): grey with noise seeded by (seed, id).
+/// `ascend_channels`): grey with noise seeded by (seed, id). RGB, `size`×`size`.
 pub fn seed_init(size: usize, seed: u64, ids: &[usize]) -> Vec<f32> {
+    seed_init_shaped([3, size, size], seed, ids)
+}
+
+/// [`seed_init`] of `[c, h, w]` images.
+pub fn seed_init_shaped(shape: [usize; 3], seed: u64, ids: &[usize]) -> Vec<f32> {
     ids.iter()
-        .flat_map(|&id| crate::initial_image(size, seed, id))
+        .flat_map(|&id| crate::initial_image_shaped(shape, seed, id))
         .collect()
 }
 
@@ -204,7 +263,7 @@ pub fn seed_init(size: usize, seed: u64, ids: &[usize]) -> Vec<f32> {
 pub enum Init {
     /// The parametrization's seeded random start.
     Random,
-    /// Fitted to these images (`[N, 3, s, s]` at the first octave's size, RGB in [0, 1]).
+    /// Fitted to these images (`[N, C, h, w]` at the first octave's size, in [0, 1]).
     Images(Vec<f32>),
 }
 
@@ -215,6 +274,7 @@ pub struct Progress<'a> {
     pub step: usize,
     pub total: usize,
     pub octave: usize,
+    /// The octave's larger side.
     pub size: usize,
     /// Objective values of this step's (transformed) images.
     pub values: &'a [f32],
@@ -223,16 +283,21 @@ pub struct Progress<'a> {
 /// The result of [`render`].
 #[derive(Clone, Debug)]
 pub struct RenderOutput {
-    /// `[N, 3, size, size]`, RGB in [0, 1].
+    /// `[N, channels, height, width]` in [0, 1].
     pub images: Vec<f32>,
+    /// The larger side (the side of square images).
     pub size: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
     /// Objective per image on the untransformed start images (first octave's size).
     pub initial: Vec<f32>,
     /// Objective per image on the untransformed final images.
     pub final_values: Vec<f32>,
 }
 
-/// Evaluates the objective on untransformed images `[n, 3, h, w]`.
+/// Evaluates the objective on untransformed images `[n, C, h, w]` (C: the model's input
+/// channels).
 pub fn evaluate(
     model: &Model,
     objective: &BatchObjective,
@@ -241,7 +306,8 @@ pub fn evaluate(
     h: usize,
     w: usize,
 ) -> Result<Vec<f32>, RenderError> {
-    let x = normalized(images, [n, 3, h, w], &model.info.normalization)?;
+    let norm = model_normalization(model)?;
+    let x = normalized(images, [n, model.info.channels, h, w], &norm)?;
     deepvis_engine::on_pool(|| {
         let trace = objective.trace(&model.graph, x)?;
         Ok(objective.evaluate(&trace, n, false)?.0)
@@ -252,6 +318,7 @@ pub fn evaluate(
 struct Stepper<'a> {
     model: &'a Model,
     objective: &'a BatchObjective,
+    norm: Normalization,
     n: usize,
     image: Vec<f32>,
     image_grad: Vec<f32>,
@@ -283,22 +350,19 @@ impl<'a> Stepper<'a> {
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<f32>, RenderError> {
         let n = self.n;
+        let c = param.channels();
         let (h, w) = param.size();
-        self.image.resize(n * 3 * h * w, 0.0);
+        self.image.resize(n * c * h * w, 0.0);
         param.forward(&mut self.image);
         let (th, tw) = pipeline.forward(&self.image, n, h, w, rng);
-        let x = normalized(
-            pipeline.output(),
-            [n, 3, th, tw],
-            &self.model.info.normalization,
-        )?;
+        let x = normalized(pipeline.output(), [n, c, th, tw], &self.norm)?;
         let trace = self.objective.trace(&self.model.graph, x)?;
         let (values, grads) = self.objective.evaluate(&trace, n, true)?;
         let seeds = grads.expect("asked for gradients").into_seeds();
         let mut g = self.model.graph.backward_multi(&trace, seeds)?;
         drop(trace);
-        denormalize_grad(&mut g, &self.model.info.normalization);
-        self.image_grad.resize(n * 3 * h * w, 0.0);
+        denormalize_grad(&mut g, &self.norm);
+        self.image_grad.resize(n * c * h * w, 0.0);
         pipeline.backward(g.data(), &mut self.image_grad);
         if regularizers.iter().any(Regularizer::is_penalty) {
             let pg = &mut self.penalty_grad;
@@ -319,6 +383,8 @@ impl<'a> Stepper<'a> {
     }
 }
 
+/// The transforms for an octave whose shorter side is `size`: Lucid's pixel numbers are for a
+/// square image, and pads and jitters must stay in proportion to the side they eat into.
 fn scaled_transforms(settings: &RenderSettings, size: usize) -> Vec<Transform> {
     let Some(reference) = settings.transform_reference else {
         return settings.transforms.clone();
@@ -352,11 +418,16 @@ pub fn render(
     init: Init,
     mut on_step: impl FnMut(&Progress),
 ) -> Result<RenderOutput, RenderError> {
-    if n == 0 || settings.octaves.is_empty() || settings.octaves.iter().any(|o| o.size < 8) {
+    if n == 0
+        || settings.octaves.is_empty()
+        || settings.octaves.iter().any(|o| o.height.min(o.width) < 8)
+    {
         return Err(RenderError::Invalid(
             "a render needs at least one image and octaves of at least 8 pixels".into(),
         ));
     }
+    let norm = model_normalization(model)?;
+    let c = model.info.channels;
     if let Some(len) = objective.image_count() {
         if len != n {
             return Err(RenderError::Invalid(format!(
@@ -365,22 +436,23 @@ pub fn render(
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
-    let first = settings.octaves[0].size;
-    let mut param = settings.param.build(n, first, first, &mut rng);
+    let (fh, fw) = settings.octaves[0].hw();
+    let mut param = settings.param.build_shaped([n, c, fh, fw], &mut rng);
     if let Init::Images(images) = &init {
-        if images.len() != n * 3 * first * first {
+        if images.len() != n * c * fh * fw {
             return Err(RenderError::Invalid(format!(
-                "{} start values for {n} images of {first}×{first}",
+                "{} start values for {n} images of {c}×{fh}×{fw}",
                 images.len()
             )));
         }
-        param.set_images(images, first, first);
+        param.set_images(images, fh, fw);
     }
     let mut stepper = Stepper {
         model,
         objective,
+        norm,
         n,
-        image: vec![0.0; n * 3 * first * first],
+        image: vec![0.0; n * c * fh * fw],
         image_grad: Vec::new(),
         param_grad: Vec::new(),
         penalty_values: Vec::new(),
@@ -390,25 +462,25 @@ pub fn render(
     // Without transforms the first step's forward pass is on the start images themselves, so
     // its values are the initial objective (as in `ascend_channels`): one forward pass less.
     let first_step_is_start =
-        settings.octaves[0].steps > 0 && scaled_transforms(settings, first).is_empty();
+        settings.octaves[0].steps > 0 && scaled_transforms(settings, fh.min(fw)).is_empty();
     let mut initial = if first_step_is_start {
         Vec::new()
     } else {
-        evaluate(model, objective, &stepper.image, n, first, first)?
+        evaluate(model, objective, &stepper.image, n, fh, fw)?
     };
     let mut optimizer = Optimizer::new(settings.optimizer);
     let total = settings.total_steps();
     let mut done = 0;
     for (oi, octave) in settings.octaves.iter().enumerate() {
-        let s = octave.size;
-        if param.size() != (s, s) {
+        let (oh, ow) = octave.hw();
+        if param.size() != (oh, ow) {
             let (h, w) = param.size();
             param.forward(&mut stepper.image);
-            let up = resize(&stepper.image, n, h, w, s, s);
-            param.set_images(&up, s, s);
+            let up = resize(&stepper.image, n, h, w, oh, ow);
+            param.set_images(&up, oh, ow);
             optimizer.reset();
         }
-        let mut pipeline = Pipeline::new(scaled_transforms(settings, s));
+        let mut pipeline = Pipeline::new(scaled_transforms(settings, oh.min(ow)));
         for step in 0..octave.steps {
             let values = stepper.pass(
                 param.as_mut(),
@@ -435,18 +507,21 @@ pub fn render(
                 step: done,
                 total,
                 octave: oi,
-                size: s,
+                size: oh.max(ow),
                 values: &values,
             });
         }
     }
     let (h, w) = param.size();
-    stepper.image.resize(n * 3 * h * w, 0.0);
+    stepper.image.resize(n * c * h * w, 0.0);
     param.forward(&mut stepper.image);
     let final_values = evaluate(model, objective, &stepper.image, n, h, w)?;
     Ok(RenderOutput {
         images: std::mem::take(&mut stepper.image),
-        size: h,
+        size: h.max(w),
+        channels: c,
+        height: h,
+        width: w,
         initial,
         final_values,
     })
@@ -505,7 +580,8 @@ impl Default for DreamSettings {
     }
 }
 
-/// DeepDream on a photo (`[3, h, w]` RGB in [0, 1]): starting from the photo at its smallest
+/// DeepDream on a photo (`[C, h, w]` in [0, 1], C the model's input channels): starting from
+/// the photo at its smallest
 /// octave, ascend `objective` (usually `dream(LAYER)`) with normalized steps on the pixels, add
 /// the detail found to the next larger version of the photo, and so on; returns the result at
 /// the photo's size.
@@ -518,13 +594,15 @@ pub fn dream(
     settings: &DreamSettings,
     mut on_step: impl FnMut(&Progress),
 ) -> Result<Vec<f32>, RenderError> {
-    if photo.len() != 3 * h * w || h < 8 || w < 8 {
+    let c = model.info.channels;
+    if photo.len() != c * h * w || h < 8 || w < 8 {
         return Err(RenderError::Invalid(format!(
-            "a photo of {h}×{w} needs {} values, got {}",
-            3 * h * w,
+            "a photo of {c}×{h}×{w} needs {} values, got {}",
+            c * h * w,
             photo.len()
         )));
     }
+    let norm = model_normalization(model)?;
     let objective = BatchObjective::Shared(objective.clone());
     let mut sizes = vec![(h, w)];
     for _ in 1..settings.octaves.max(1) {
@@ -553,7 +631,7 @@ pub fn dream(
                 *s = (*s + u).clamp(0.0, 1.0);
             }
         }
-        let mut param = Pixel::new(1, oh, ow, start);
+        let mut param = Pixel::with_channels(1, c, oh, ow, start);
         let j = settings.jitter.min(oh.min(ow) / 4);
         let transforms = if j > 0 {
             vec![
@@ -570,6 +648,7 @@ pub fn dream(
         let mut stepper = Stepper {
             model,
             objective: &objective,
+            norm,
             n: 1,
             image: Vec::new(),
             image_grad: Vec::new(),

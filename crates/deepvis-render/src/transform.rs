@@ -8,6 +8,9 @@
 //!
 //! Batches: jitter offsets and rotation angles are drawn per image; a scale factor per batch
 //! (all images of a batch share one size).
+//!
+//! Images are planar `[N, C, H, W]` of any channel count C; functions that take `n`, `h` and
+//! `w` read C from the length of the data.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -146,15 +149,16 @@ impl Stage {
         self.bias.resize(maps * oh * ow, 0.0);
     }
 
-    fn forward(&self, x: &[f32], out: &mut [f32], n: usize) {
+    /// `nc` channels per image.
+    fn forward(&self, x: &[f32], out: &mut [f32], n: usize, nc: usize) {
         let (ip, op) = (self.ih * self.iw, self.oh * self.ow);
         for b in 0..n {
             let m = if self.shared { 0 } else { b };
             let taps = &self.taps[m * op..(m + 1) * op];
             let bias = &self.bias[m * op..(m + 1) * op];
-            for c in 0..3 {
-                let src = &x[(b * 3 + c) * ip..(b * 3 + c + 1) * ip];
-                let dst = &mut out[(b * 3 + c) * op..(b * 3 + c + 1) * op];
+            for c in 0..nc {
+                let src = &x[(b * nc + c) * ip..(b * nc + c + 1) * ip];
+                let dst = &mut out[(b * nc + c) * op..(b * nc + c + 1) * op];
                 if self.single {
                     for ((d, t), bi) in dst.iter_mut().zip(taps).zip(bias) {
                         *d = bi + t[0].1 * src[t[0].0 as usize];
@@ -172,15 +176,15 @@ impl Stage {
         }
     }
 
-    fn backward(&self, g: &[f32], gin: &mut [f32], n: usize) {
+    fn backward(&self, g: &[f32], gin: &mut [f32], n: usize, nc: usize) {
         let (ip, op) = (self.ih * self.iw, self.oh * self.ow);
         gin.iter_mut().for_each(|v| *v = 0.0);
         for b in 0..n {
             let m = if self.shared { 0 } else { b };
             let taps = &self.taps[m * op..(m + 1) * op];
-            for c in 0..3 {
-                let gs = &g[(b * 3 + c) * op..(b * 3 + c + 1) * op];
-                let dst = &mut gin[(b * 3 + c) * ip..(b * 3 + c + 1) * ip];
+            for c in 0..nc {
+                let gs = &g[(b * nc + c) * op..(b * nc + c + 1) * op];
+                let dst = &mut gin[(b * nc + c) * ip..(b * nc + c + 1) * ip];
                 if self.single {
                     for (gv, t) in gs.iter().zip(taps) {
                         dst[t[0].0 as usize] += t[0].1 * gv;
@@ -254,6 +258,8 @@ pub struct Pipeline {
     bufs: Vec<Vec<f32>>,
     gbuf: Vec<f32>,
     n: usize,
+    /// Channels per image of the latest forward.
+    c: usize,
     in_size: (usize, usize),
     out_size: (usize, usize),
 }
@@ -267,6 +273,7 @@ impl Pipeline {
             bufs: vec![Vec::new(); k + 1],
             gbuf: Vec::new(),
             n: 0,
+            c: 0,
             in_size: (0, 0),
             out_size: (0, 0),
         }
@@ -276,7 +283,7 @@ impl Pipeline {
         &self.transforms
     }
 
-    /// Draws new random parameters and transforms `x` (`[n, 3, h, w]`); returns the output
+    /// Draws new random parameters and transforms `x` (`[n, C, h, w]`); returns the output
     /// size. The output is [`Pipeline::output`].
     pub fn forward(
         &mut self,
@@ -287,6 +294,7 @@ impl Pipeline {
         rng: &mut ChaCha8Rng,
     ) -> (usize, usize) {
         self.n = n;
+        self.c = x.len() / (n * h * w).max(1);
         self.in_size = (h, w);
         self.bufs[0].clear();
         self.bufs[0].extend_from_slice(x);
@@ -297,8 +305,8 @@ impl Pipeline {
             let (oh, ow) = (stage.oh, stage.ow);
             let (before, after) = self.bufs.split_at_mut(i + 1);
             let out = &mut after[0];
-            out.resize(n * 3 * oh * ow, 0.0);
-            stage.forward(&before[i], out, n);
+            out.resize(n * self.c * oh * ow, 0.0);
+            stage.forward(&before[i], out, n, self.c);
             ch = oh;
             cw = ow;
         }
@@ -318,7 +326,7 @@ impl Pipeline {
     /// The gradient with respect to the untransformed input, from one with respect to the
     /// output, for the transforms drawn by the latest forward.
     pub fn backward(&mut self, g: &[f32], gin: &mut [f32]) {
-        let n = self.n;
+        let (n, nc) = (self.n, self.c);
         let k = self.transforms.len();
         if k == 0 {
             gin.copy_from_slice(g);
@@ -332,8 +340,8 @@ impl Pipeline {
         for i in (0..k).rev() {
             let stage = &self.stages[i];
             let mut next = std::mem::take(&mut self.bufs[i]);
-            next.resize(n * 3 * stage.ih * stage.iw, 0.0);
-            stage.backward(&cur, &mut next, n);
+            next.resize(n * nc * stage.ih * stage.iw, 0.0);
+            stage.backward(&cur, &mut next, n, nc);
             self.bufs[i] = cur;
             cur = next;
         }
@@ -445,25 +453,26 @@ fn fill_resize(taps: &mut [Tap], h: usize, w: usize, oh: usize, ow: usize) {
     }
 }
 
-/// Bilinear resize of `[n, 3, h, w]` images to `oh`×`ow` (half-pixel centres, clamped edges).
+/// Bilinear resize of `[n, C, h, w]` images to `oh`×`ow` (half-pixel centres, clamped edges).
 pub fn resize(x: &[f32], n: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
     if (h, w) == (oh, ow) {
         return x.to_vec();
     }
+    let nc = x.len() / (n * h * w).max(1);
     if oh < h || ow < w {
         // Downsampling: average over the footprint (area) so detail does not alias.
-        return resize_area(x, n, h, w, oh, ow);
+        return resize_area(x, n * nc, h, w, oh, ow);
     }
     let mut s = Stage::empty();
     s.reset(h, w, oh, ow, 1);
     fill_resize(&mut s.taps, h, w, oh, ow);
-    let mut out = vec![0.0; n * 3 * oh * ow];
-    s.forward(x, &mut out, n);
+    let mut out = vec![0.0; n * nc * oh * ow];
+    s.forward(x, &mut out, n, nc);
     out
 }
 
-/// Box-filter downsampling with fractional footprints.
-fn resize_area(x: &[f32], n: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+/// Box-filter downsampling with fractional footprints, of `planes` planes.
+fn resize_area(x: &[f32], planes: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
     let weights = |inn: usize, out: usize| -> Vec<Vec<(usize, f32)>> {
         let k = inn as f32 / out as f32;
         (0..out)
@@ -484,8 +493,8 @@ fn resize_area(x: &[f32], n: usize, h: usize, w: usize, oh: usize, ow: usize) ->
             .collect()
     };
     let (wy, wx) = (weights(h, oh), weights(w, ow));
-    let mut out = vec![0.0; n * 3 * oh * ow];
-    for p in 0..n * 3 {
+    let mut out = vec![0.0; planes * oh * ow];
+    for p in 0..planes {
         let src = &x[p * h * w..(p + 1) * h * w];
         let dst = &mut out[p * oh * ow..(p + 1) * oh * ow];
         for (y, ry) in wy.iter().enumerate() {
@@ -562,7 +571,8 @@ impl Regularizer {
         values: &mut [f32],
         grad: &mut [f32],
     ) {
-        let per = 3 * h * w;
+        let nc = x.len() / (n * h * w).max(1);
+        let per = nc * h * w;
         match self {
             Regularizer::L2 { weight } => {
                 for b in 0..n {
@@ -582,8 +592,8 @@ impl Regularizer {
                 let k = weight / (h * w) as f32;
                 for b in 0..n {
                     let mut s = 0.0f64;
-                    for c in 0..3 {
-                        let off = (b * 3 + c) * h * w;
+                    for c in 0..nc {
+                        let off = (b * nc + c) * h * w;
                         let xs = &x[off..off + h * w];
                         let gs = &mut grad[off..off + h * w];
                         for y in 0..h {
@@ -626,17 +636,19 @@ impl Regularizer {
     ) -> bool {
         let due = |every: usize| every > 0 && (step + 1) % every == 0;
         let plane = h * w;
+        let nc = x.len() / (n * plane).max(1);
+        let per = nc * plane;
         match self {
             Regularizer::Blur { sigma, every } if due(*every) => {
-                gaussian_blur(x, n * 3, h, w, *sigma);
+                gaussian_blur(x, n * nc, h, w, *sigma);
                 true
             }
             Regularizer::ClipNorm { percentile, every } if due(*every) => {
                 for b in 0..n {
-                    let img = &mut x[b * 3 * plane..(b + 1) * 3 * plane];
+                    let img = &mut x[b * per..(b + 1) * per];
                     let norms: Vec<f32> = (0..plane)
                         .map(|p| {
-                            (0..3)
+                            (0..nc)
                                 .map(|c| (img[c * plane + p] - 0.5).powi(2))
                                 .sum::<f32>()
                                 .sqrt()
@@ -648,11 +660,11 @@ impl Regularizer {
             }
             Regularizer::ClipContribution { percentile, every } if due(*every) => {
                 for b in 0..n {
-                    let g = &grad[b * 3 * plane..(b + 1) * 3 * plane];
-                    let img = &mut x[b * 3 * plane..(b + 1) * 3 * plane];
+                    let g = &grad[b * per..(b + 1) * per];
+                    let img = &mut x[b * per..(b + 1) * per];
                     let contrib: Vec<f32> = (0..plane)
                         .map(|p| {
-                            (0..3)
+                            (0..nc)
                                 .map(|c| (img[c * plane + p] - 0.5) * g[c * plane + p])
                                 .sum::<f32>()
                                 .abs()
@@ -677,7 +689,7 @@ fn clip_below(img: &mut [f32], score: &[f32], percentile: f32, plane: usize) {
     let threshold = sorted[(k - 1).min(plane - 1)];
     for p in 0..plane {
         if score[p] <= threshold {
-            for c in 0..3 {
+            for c in 0..img.len() / plane {
                 img[c * plane + p] = 0.5;
             }
         }
