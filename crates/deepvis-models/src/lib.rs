@@ -5,8 +5,10 @@
 mod blocks;
 mod builder;
 mod efficientnet;
+mod mobilenet;
 pub mod onnx;
 mod params;
+mod resnet;
 mod squeezenet;
 mod vgg;
 
@@ -110,7 +112,7 @@ impl Normalization {
 
 /// How an architecture is built: its nodes pushed through the scoped builder, with the
 /// classifier head where the weights have it.
-type Build = fn(&mut Builder, bool) -> Result<(), ModelError>;
+pub(crate) type Build = fn(&mut Builder, bool) -> Result<(), ModelError>;
 
 /// A model of the zoo, its one entry: what it is called, where its weights live, how it wants
 /// its input, and how it is built. `deepvis models` and `Model::build` both read it.
@@ -234,6 +236,66 @@ pub const ZOO: &[ModelInfo] = &[
         "SqueezeNet 1.1, torchvision ImageNet weights",
         squeezenet::squeezenet1_1,
     ),
+    resnet::entry(
+        "resnet18",
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        "ResNet-18, torchvision ImageNet weights",
+        |b, head| resnet::resnet(b, resnet::Block::Basic, [2, 2, 2, 2], head),
+    ),
+    resnet::entry(
+        "resnet34",
+        "https://download.pytorch.org/models/resnet34-b627a593.pth",
+        "ResNet-34, torchvision ImageNet weights",
+        |b, head| resnet::resnet(b, resnet::Block::Basic, [3, 4, 6, 3], head),
+    ),
+    resnet::entry(
+        "resnet50",
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "ResNet-50, torchvision ImageNet weights (V1)",
+        |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 64), [3, 4, 6, 3], head),
+    ),
+    resnet::entry(
+        "resnet101",
+        "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+        "ResNet-101, torchvision ImageNet weights (V1)",
+        |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 64), [3, 4, 23, 3], head),
+    ),
+    resnet::entry(
+        "resnet152",
+        "https://download.pytorch.org/models/resnet152-394f9c45.pth",
+        "ResNet-152, torchvision ImageNet weights (V1)",
+        |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 64), [3, 8, 36, 3], head),
+    ),
+    resnet::entry(
+        "resnext50_32x4d",
+        "https://download.pytorch.org/models/resnext50_32x4d-7cdf4587.pth",
+        "ResNeXt-50 32x4d, torchvision ImageNet weights (V1)",
+        |b, head| resnet::resnet(b, resnet::Block::Bottleneck(32, 4), [3, 4, 6, 3], head),
+    ),
+    resnet::entry(
+        "wide_resnet50_2",
+        "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
+        "Wide ResNet-50-2, torchvision ImageNet weights (V1)",
+        |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 128), [3, 4, 6, 3], head),
+    ),
+    torchvision(
+        "mobilenet_v2",
+        "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+        "MobileNetV2, torchvision ImageNet weights (V1)",
+        mobilenet::mobilenet_v2,
+    ),
+    torchvision(
+        "mobilenet_v3_small",
+        "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth",
+        "MobileNetV3-Small, torchvision ImageNet weights",
+        |b, head| mobilenet::mobilenet_v3(b, false, head),
+    ),
+    torchvision(
+        "mobilenet_v3_large",
+        "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
+        "MobileNetV3-Large, torchvision ImageNet weights (V1)",
+        |b, head| mobilenet::mobilenet_v3(b, true, head),
+    ),
     torchvision(
         "alexnet",
         "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
@@ -276,6 +338,9 @@ pub enum WeightsFrom<'a> {
     Dict(StateDict, &'a str),
     /// Seeded random weights: for speed measurements, where values do not matter.
     Random(u64),
+    /// Weights given by a formula of (seed, state-dict key, element index), defined in
+    /// `params::formula`: the parity tests reproduce them in Python instead of shipping files.
+    Formula(u64),
 }
 
 impl Model {
@@ -284,6 +349,7 @@ impl Model {
         let mut params = match weights {
             WeightsFrom::Dict(d, origin) => Params::from_dict(d, origin),
             WeightsFrom::Random(seed) => Params::random(seed),
+            WeightsFrom::Formula(seed) => Params::Formula(seed),
         };
         let has_head = params.has_prefix(&info.head_prefix);
         let build = info
@@ -293,11 +359,12 @@ impl Model {
         build(&mut builder, has_head)?;
         let graph = builder.finish();
         params.finish()?;
+        let aliases = last_call_aliases(&graph);
         Ok(Model {
             info: info.clone(),
             graph,
             has_head,
-            aliases: Vec::new(),
+            aliases,
             unavailable: Vec::new(),
             source: None,
         })
@@ -467,6 +534,25 @@ impl Model {
     pub fn is_conv(&self, layer: NodeId) -> bool {
         self.graph.nodes()[layer].op.is::<Conv2d>()
     }
+}
+
+/// A module called several times in one forward has a node per call, `name#0`, `name#1`, …;
+/// the bare `name` is its last call, which is what a forward hook on it leaves behind.
+fn last_call_aliases(graph: &Graph) -> Vec<(String, NodeId)> {
+    let mut last: Vec<(String, NodeId)> = Vec::new();
+    for (id, node) in graph.nodes().iter().enumerate() {
+        let Some((name, k)) = node.name.rsplit_once('#') else {
+            continue;
+        };
+        if k.parse::<usize>().is_err() || graph.find(name).is_some() {
+            continue;
+        }
+        match last.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = id,
+            None => last.push((name.to_string(), id)),
+        }
+    }
+    last
 }
 
 /// `224` for a square size, `48x192` (H×W) otherwise, as `--size` takes it.

@@ -16,6 +16,8 @@ pub(crate) enum Params {
         origin: String,
     },
     Random(ChaCha8Rng),
+    /// [`formula`] values: reproducible from Python without shipping weight files.
+    Formula(u64),
 }
 
 impl Params {
@@ -31,11 +33,11 @@ impl Params {
         Params::Random(ChaCha8Rng::seed_from_u64(seed))
     }
 
-    /// Whether any parameter under `prefix` is present (random parameters always are).
+    /// Whether any parameter under `prefix` is present (generated parameters always are).
     pub fn has_prefix(&self, prefix: &str) -> bool {
         match self {
             Params::Dict { dict, .. } => dict.keys().any(|k| k.starts_with(prefix)),
-            Params::Random(_) => true,
+            Params::Random(_) | Params::Formula(_) => true,
         }
     }
 
@@ -78,6 +80,7 @@ impl Params {
                     Kind::Variance => (0..n).map(|_| rng.gen_range(0.5..1.5)).collect(),
                 })
             }
+            Params::Formula(seed) => Ok(formula(*seed, key, shape.iter().product(), kind)),
         }
     }
 
@@ -105,6 +108,46 @@ impl Params {
         }
         Ok(())
     }
+}
+
+/// Parameter `key` of `n` elements as [`crate::WeightsFrom::Formula`] defines it, in f32
+/// arithmetic throughout so that numpy reproduces it bit for bit (`scripts/zoo_fixtures.py`):
+///
+/// ```text
+/// h    = fnv1a64(utf-8 bytes of key)
+/// u_i  = splitmix64(h ^ seed·0x9E3779B97F4A7C15 ^ i)          (u64, wrapping)
+/// v_i  = (u_i >> 40) / 2^24 · 2 − 1                            (in [−1, 1), exact in f32)
+/// weight (conv, linear; fan_in = in/groups·kh·kw)  v · sqrt(6 / fan_in)
+/// bias (conv, linear, batch norm)                  0.05 · v
+/// batch-norm weight                                1 + 0.2 · v
+/// running_mean                                     0.1 · v
+/// running_var                                      1 + 0.5 · v
+/// ```
+pub(crate) fn formula(seed: u64, key: &str, n: usize, kind: Kind) -> Vec<f32> {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let base = h ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let (scale, offset) = match kind {
+        Kind::Weight { fan_in } => ((6.0 / fan_in as f32).sqrt(), 0.0),
+        Kind::Bias => (0.05, 0.0),
+        Kind::Scale => (0.2, 1.0),
+        Kind::Mean => (0.1, 0.0),
+        Kind::Variance => (0.5, 1.0),
+    };
+    (0..n as u64)
+        .map(|i| {
+            let v = (splitmix64(base ^ i) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            offset + scale * v
+        })
+        .collect()
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[derive(Clone, Copy)]
