@@ -46,8 +46,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let flops = 2 * model.graph.forward_flops(&shape, layer)?;
     let channels: Vec<usize> = vec![a.channel; a.batch];
     let norm = deepvis_models::Normalization {
-        mean: &[0.0],
-        std: &[1.0],
+        mean: std::borrow::Cow::Borrowed(&[0.0]),
+        std: std::borrow::Cow::Borrowed(&[1.0]),
     };
     let mut times = Vec::with_capacity(a.iters);
     for i in 0..a.warmup + a.iters.max(1) {

@@ -193,8 +193,13 @@ impl ModelArgs {
         };
         let loaded = deepvis_models::onnx::load(path, &spec)?;
         if loaded.normalization_assumed {
+            let what = if loaded.input[0] == 3 {
+                "ImageNet normalization (RGB in 0-1, mean 0.485,0.456,0.406, std 0.229,0.224,0.225)"
+            } else {
+                "ImageNet's grey normalization (each channel in 0-1, mean 0.449, std 0.226)"
+            };
             eprintln!(
-                "note: {}: assuming ImageNet normalization (RGB in 0-1, mean 0.485,0.456,0.406, std 0.229,0.224,0.225); pass --mean, --std and --range if the network was trained otherwise",
+                "note: {}: assuming {what}; pass --mean, --std and --range if the network was trained otherwise",
                 path.display()
             );
         }

@@ -54,34 +54,30 @@ pub enum ModelError {
 
 /// How a model expects its input: each channel in [0, 1], then (x − mean) / std per channel.
 /// `mean` and `std` hold one value per input channel, or one value for every channel.
-///
-/// The slices are `'static` so that the type stays `Copy` (model loaders move it out of shared
-/// specs); values given at run time are leaked once by [`Normalization::per_channel`], a few
-/// floats per loaded model.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Normalization {
-    pub mean: &'static [f32],
-    pub std: &'static [f32],
+    pub mean: Cow<'static, [f32]>,
+    pub std: Cow<'static, [f32]>,
 }
 
 pub const IMAGENET: Normalization = Normalization {
-    mean: &[0.485, 0.456, 0.406],
-    std: &[0.229, 0.224, 0.225],
+    mean: Cow::Borrowed(&[0.485, 0.456, 0.406]),
+    std: Cow::Borrowed(&[0.229, 0.224, 0.225]),
 };
 
 /// ImageNet's statistics for a single grey channel (the mean of the RGB channels' values): what
 /// an assumed ImageNet normalization means for an input that is not RGB.
 pub const IMAGENET_GREY: Normalization = Normalization {
-    mean: &[0.449],
-    std: &[0.226],
+    mean: Cow::Borrowed(&[0.449]),
+    std: Cow::Borrowed(&[0.226]),
 };
 
 impl Normalization {
     /// A normalization from values known only at run time (one per channel, or one for all).
     pub fn per_channel(mean: Vec<f32>, std: Vec<f32>) -> Normalization {
         Normalization {
-            mean: Box::leak(mean.into_boxed_slice()),
-            std: Box::leak(std.into_boxed_slice()),
+            mean: Cow::Owned(mean),
+            std: Cow::Owned(std),
         }
     }
 
@@ -92,7 +88,7 @@ impl Normalization {
         if channels != 3 && *self == IMAGENET {
             return Ok(IMAGENET_GREY);
         }
-        for (what, v) in [("mean", self.mean), ("std", self.std)] {
+        for (what, v) in [("mean", &self.mean), ("std", &self.std)] {
             if v.len() != 1 && v.len() != channels {
                 return Err(format!(
                     "the normalization has {} {what} values but the model's input has {channels} channel{}; give one value or {channels} (--mean/--std)",
@@ -101,7 +97,7 @@ impl Normalization {
                 ));
             }
         }
-        Ok(*self)
+        Ok(self.clone())
     }
 
     /// Mean and std of channel `c` (a single value stands for every channel).
@@ -167,8 +163,8 @@ pub const ZOO: &[ModelInfo] = &[
         url: None,
         bundled: true,
         normalization: Normalization {
-            mean: &[0.498; 3],
-            std: &[0.502; 3],
+            mean: Cow::Borrowed(&[0.498; 3]),
+            std: Cow::Borrowed(&[0.502; 3]),
         },
         native_size: (224, 224),
         channels: 3,

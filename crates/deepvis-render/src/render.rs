@@ -648,7 +648,7 @@ pub fn dream(
         let mut stepper = Stepper {
             model,
             objective: &objective,
-            norm,
+            norm: norm.clone(),
             n: 1,
             image: Vec::new(),
             image_grad: Vec::new(),

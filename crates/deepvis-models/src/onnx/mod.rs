@@ -227,8 +227,8 @@ fn lower_model(model: &OnnxModel, path: &Path, spec: &InputSpec) -> Result<OnnxL
         .strip_suffix(".onnx")
         .unwrap_or(&file_name)
         .to_string();
-    let (normalization, assumed) = match spec.normalization {
-        Some(n) => (n, false),
+    let (normalization, assumed) = match &spec.normalization {
+        Some(n) => (n.clone(), false),
         None => (IMAGENET, true),
     };
     let info = ModelInfo {
