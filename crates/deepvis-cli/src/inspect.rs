@@ -156,13 +156,18 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let total: f64 = exp.iter().sum();
     let mut order: Vec<usize> = (0..exp.len()).collect();
     order.sort_by(|&i, &j| exp[j].total_cmp(&exp[i]));
-    let names = imagenet_classes();
+    // ImageNet's names only for a 1000-way head: a user's 10-class network has its own labels.
+    let names = if exp.len() == 1000 {
+        imagenet_classes()
+    } else {
+        Vec::new()
+    };
     for &i in order.iter().take(a.top) {
         outln!(
             "{:>6.2}%  {:>4}  {}",
             100.0 * exp[i] / total,
             i,
-            names.get(i).copied().unwrap_or("?")
+            names.get(i).copied().unwrap_or("")
         );
     }
     Ok(())
