@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{channel_mean_grad, rel_err, tensor};
+use common::{channel_mean_grad, check_formula, check_module_names, rel_err, tensor};
 use deepvis_engine::{Conv2d, Linear};
 use deepvis_models::weights;
 use deepvis_models::{Model, WeightsFrom};
@@ -64,35 +64,6 @@ fn the_bare_index_of_a_fire_module_is_the_module_and_errors_count_direct_childre
     assert!(err.contains("layers 0..12"), "{err}");
 }
 
-/// A model with `WeightsFrom::Formula(0)` weights against its torchvision fixture (the
-/// script loads the same formula into the torchvision model): forward-hook outputs, input
-/// gradients of channel means, and the formula's values for the keys the fixture stores.
-fn check_formula(name: &str) {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata(&format!("{name}.json"))).unwrap())
-            .unwrap();
-    let model = Model::build(name, WeightsFrom::Formula(0)).unwrap();
-    let refs = weights::load(&testdata(&format!("{name}.ref.safetensors"))).unwrap();
-    let x = tensor(&refs, "input");
-    for m in meta["modules"].as_array().unwrap() {
-        let m = m.as_str().unwrap();
-        let id = model.layer(m).unwrap();
-        let trace = model.graph.forward(x.clone(), id).unwrap();
-        let err = rel_err(trace.output(), &tensor(&refs, &format!("act.{m}")));
-        eprintln!("{name} act {m}: rel err {err:.2e}");
-        assert!(err < 1e-4, "{name} {m}: {err:.2e}");
-    }
-    for case in meta["cases"].as_array().unwrap() {
-        let key = case["key"].as_str().unwrap();
-        let c = case["channel"].as_u64().unwrap() as usize;
-        let id = model.layer(key).unwrap();
-        let got = channel_mean_grad(&model, &x, id, c);
-        let err = rel_err(&got, &tensor(&refs, &format!("grad.{key}.c{c}")));
-        eprintln!("{name} grad {key} c{c}: rel err {err:.2e}");
-        assert!(err < 1e-3, "{name} grad {key}:{c}: {err:.2e}");
-    }
-}
-
 /// The formula weights as Rust computes them equal, bit for bit, what the script computed
 /// (a convolution's weight and a linear layer's bias, read back from the built graph).
 #[test]
@@ -117,41 +88,6 @@ fn resnet18_matches_torchvision() {
 #[test]
 fn resnet50_matches_torchvision() {
     check_formula("resnet50");
-}
-
-/// Every module path of torchvision's `named_modules()` that a forward hook fires on resolves
-/// to a layer; a module called k > 1 times has `name#0`…`name#(k-1)` and the bare name is the
-/// last call.
-fn check_module_names(name: &str, never_called: &[&str]) {
-    let list: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(testdata(&format!("{name}.modules.json"))).unwrap(),
-    )
-    .unwrap();
-    let model = Model::build(name, WeightsFrom::Formula(0)).unwrap();
-    for (m, calls) in list["calls"].as_object().unwrap() {
-        let calls = calls.as_u64().unwrap() as usize;
-        if calls == 0 {
-            assert!(
-                never_called.contains(&m.as_str()),
-                "{name}: {m} is never called"
-            );
-            continue;
-        }
-        let id = model
-            .layer(m)
-            .unwrap_or_else(|e| panic!("{name}: module {m}: {e}"));
-        if calls > 1 {
-            for k in 0..calls {
-                model.layer(&format!("{m}#{k}")).unwrap();
-            }
-            assert_eq!(
-                id,
-                model.layer(&format!("{m}#{}", calls - 1)).unwrap(),
-                "{m}"
-            );
-            assert!(model.layer(&format!("{m}#{calls}")).is_err(), "{m}");
-        }
-    }
 }
 
 #[test]

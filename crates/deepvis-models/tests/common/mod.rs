@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use deepvis_engine::Tensor;
-use deepvis_models::weights::StateDict;
+use deepvis_models::weights::{self, StateDict};
+use deepvis_models::{Model, WeightsFrom};
 
 pub fn tensor(dict: &StateDict, key: &str) -> Tensor {
     let t = dict
@@ -36,4 +37,75 @@ pub fn channel_mean_grad(
     let mut seed = Tensor::zeros(&shape);
     seed.data_mut()[c * plane..(c + 1) * plane].fill(1.0 / plane as f32);
     model.graph.backward(&trace, seed).unwrap()
+}
+
+pub fn zoo_testdata(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/zoo")
+        .join(name)
+}
+
+/// A model with `WeightsFrom::Formula(0)` weights against its torchvision fixture (the
+/// script loads the same formula into the torchvision model): forward-hook outputs, input
+/// gradients of channel means, and the formula's values for the keys the fixture stores.
+pub fn check_formula(name: &str) {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(zoo_testdata(&format!("{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    let model = Model::build(name, WeightsFrom::Formula(0)).unwrap();
+    let refs = weights::load(&zoo_testdata(&format!("{name}.ref.safetensors"))).unwrap();
+    let x = tensor(&refs, "input");
+    for m in meta["modules"].as_array().unwrap() {
+        let m = m.as_str().unwrap();
+        let id = model.layer(m).unwrap();
+        let trace = model.graph.forward(x.clone(), id).unwrap();
+        let err = rel_err(trace.output(), &tensor(&refs, &format!("act.{m}")));
+        eprintln!("{name} act {m}: rel err {err:.2e}");
+        assert!(err < 1e-4, "{name} {m}: {err:.2e}");
+    }
+    for case in meta["cases"].as_array().unwrap() {
+        let key = case["key"].as_str().unwrap();
+        let c = case["channel"].as_u64().unwrap() as usize;
+        let id = model.layer(key).unwrap();
+        let got = channel_mean_grad(&model, &x, id, c);
+        let err = rel_err(&got, &tensor(&refs, &format!("grad.{key}.c{c}")));
+        eprintln!("{name} grad {key} c{c}: rel err {err:.2e}");
+        assert!(err < 1e-3, "{name} grad {key}:{c}: {err:.2e}");
+    }
+}
+
+/// Every module path of torchvision's `named_modules()` that a forward hook fires on resolves
+/// to a layer; a module called k > 1 times has `name#0`…`name#(k-1)` and the bare name is the
+/// last call.
+pub fn check_module_names(name: &str, never_called: &[&str]) {
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(zoo_testdata(&format!("{name}.modules.json"))).unwrap(),
+    )
+    .unwrap();
+    let model = Model::build(name, WeightsFrom::Formula(0)).unwrap();
+    for (m, calls) in list["calls"].as_object().unwrap() {
+        let calls = calls.as_u64().unwrap() as usize;
+        if calls == 0 {
+            assert!(
+                never_called.contains(&m.as_str()),
+                "{name}: {m} is never called"
+            );
+            continue;
+        }
+        let id = model
+            .layer(m)
+            .unwrap_or_else(|e| panic!("{name}: module {m}: {e}"));
+        if calls > 1 {
+            for k in 0..calls {
+                model.layer(&format!("{m}#{k}")).unwrap();
+            }
+            assert_eq!(
+                id,
+                model.layer(&format!("{m}#{}", calls - 1)).unwrap(),
+                "{m}"
+            );
+            assert!(model.layer(&format!("{m}#{calls}")).is_err(), "{m}");
+        }
+    }
 }
