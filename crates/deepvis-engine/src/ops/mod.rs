@@ -12,6 +12,7 @@ mod add;
 mod avg_pool;
 mod batch_norm;
 mod binary;
+mod channel_shuffle;
 mod concat;
 mod conv2d;
 mod conv_transpose;
@@ -37,6 +38,7 @@ mod unary;
 
 pub use add::Add;
 pub use binary::{Binary, BinaryConst, BinaryKind};
+pub use channel_shuffle::ChannelShuffle;
 pub use concat::Concat;
 pub use conv_transpose::ConvTranspose2d;
 pub use flatten::Flatten;
