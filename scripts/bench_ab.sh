@@ -23,7 +23,8 @@ for c in "28 224 f32" "28 224 bf16" "5 224 f32" "28 512 f32" "28 512 bf16"; do
   r=$(python3 -c "print(f'{$t / $d:.2f}×')")
   echo "| VGG16 → features.$1, $2 px, $3 | $t | $d | $r | $o | $x |"
 done
-d=$(ms "$DV" bench --model efficientnet_lite0 --layer _conv_head --channel 100 --size 224)
+# Before dbe5dd0's successors renamed it, the head's activation was called `_conv_head`.
+d=$(ms "$DV" bench --model efficientnet_lite0 --layer _conv_head.act --channel 100 --size 224)
 o=""; [ -n "${OLD:-}" ] && o=$(ms "$OLD" bench --model efficientnet_lite0 --layer _conv_head --channel 100 --size 224)
-echo "| EfficientNet-Lite0 → _conv_head, 224 px, f32 | | $d | | $o | |"
+echo "| EfficientNet-Lite0 → _conv_head.act, 224 px, f32 | | $d | | $o | |"
 rm -rf "$tmp"

@@ -2,13 +2,13 @@
 (forward to a layer, gradient of a channel's mean back to the input, weights frozen), timed as
 ../shared/bench/torch_reference.py times torchvision models. torchvision has no Lite0, so the
 architecture comes from PyPI `efficientnet-lite-pytorch` 0.1.0 (install it with --no-deps).
-    python scripts/torch_step_lite0.py --layer _conv_head --size 224 --batch 1 > torch.json
-    deepvis bench --model efficientnet_lite0 --layer _conv_head --channel 100 --reference torch.json
+    python scripts/torch_step_lite0.py --layer _conv_head.act --size 224 --batch 1 > torch.json
+    deepvis bench --model efficientnet_lite0 --layer _conv_head.act --channel 100 --reference torch.json
 Prints one JSON line."""
 import argparse, json, time, torch
 
 p = argparse.ArgumentParser()
-p.add_argument("--layer", default="_conv_head")
+p.add_argument("--layer", default="_conv_head.act")
 p.add_argument("--channel", type=int, default=100)
 p.add_argument("--size", type=int, default=224)
 p.add_argument("--batch", type=int, default=1)
@@ -27,12 +27,12 @@ class Stop(Exception):
 
 
 out = {}
-# `_conv_head` means the head after bn1 + ReLU6, like deepvis's node of that name.
-module = m._bn1 if a.layer == "_conv_head" else dict(m.named_modules())[a.layer]
+# `_conv_head.act` means the head after bn1 + ReLU6, as deepvis names it.
+module = m._bn1 if a.layer == "_conv_head.act" else dict(m.named_modules())[a.layer]
 
 
 def hook(_, __, o):
-    out["y"] = torch.clamp(o, 0, 6) if a.layer == "_conv_head" else o
+    out["y"] = torch.clamp(o, 0, 6) if a.layer == "_conv_head.act" else o
     raise Stop
 
 

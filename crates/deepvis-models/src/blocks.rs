@@ -43,7 +43,8 @@ pub(crate) fn mb_conv_lite(
     if expand != 1 {
         y = b.conv("_expand_conv", y, Conv::new(cin, mid, 1).same().no_bias())?;
         y = b.batch_norm("_bn0", y, mid, eps)?;
-        y = b.op("_act0", Relu6, &[y]);
+        y = b.op("_swish#0", Relu6, &[y]);
+        b.alias("_act0", y);
     }
     let dw = Conv::new(mid, mid, k)
         .stride(stride)
@@ -52,7 +53,9 @@ pub(crate) fn mb_conv_lite(
         .no_bias();
     y = b.conv("_depthwise_conv", y, dw)?;
     y = b.batch_norm("_bn1", y, mid, eps)?;
-    y = b.op("_act1", Relu6, &[y]);
+    // The block's `_swish` module: its second call, or its only one without an expansion.
+    y = b.op(if expand != 1 { "_swish#1" } else { "_swish" }, Relu6, &[y]);
+    b.alias("_act1", y);
     y = b.conv("_project_conv", y, Conv::new(mid, cout, 1).same().no_bias())?;
     y = b.batch_norm("_bn2", y, cout, eps)?;
     Ok(if stride == 1 && cin == cout {

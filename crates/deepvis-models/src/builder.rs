@@ -75,6 +75,8 @@ pub(crate) struct Builder<'p> {
     graph: Graph,
     params: &'p mut Params,
     path: String,
+    /// Other names of nodes (`Model::aliases`), e.g. documented names for module calls.
+    aliases: Vec<(String, NodeId)>,
 }
 
 /// A module scope of a [`Builder`]; leaving it (drop) returns to the parent's path.
@@ -89,11 +91,19 @@ impl<'p> Builder<'p> {
             graph: Graph::new(),
             params,
             path: String::new(),
+            aliases: Vec::new(),
         }
     }
 
-    pub fn finish(self) -> Graph {
-        self.graph
+    /// The graph, and the aliases given with [`Builder::alias`].
+    pub fn finish(self) -> (Graph, Vec<(String, NodeId)>) {
+        (self.graph, self.aliases)
+    }
+
+    /// Another name, `name` in this scope, for node `id`.
+    pub fn alias(&mut self, name: impl Display, id: NodeId) {
+        let name = self.path(name);
+        self.aliases.push((name, id));
     }
 
     /// The child scope `name` of the current path.
@@ -145,20 +155,6 @@ impl<'p> Builder<'p> {
         let path = self.path(name);
         let op = self.read_conv(&path, spec)?;
         Ok(self.graph.push(path, op, &[x]))
-    }
-
-    /// A conv whose parameters live at `name` but whose node is called `node`: where the
-    /// module's own name is kept for a later activation (EfficientNet-Lite's `_conv_stem`).
-    pub fn conv_as(
-        &mut self,
-        node: impl Display,
-        name: impl Display,
-        x: NodeId,
-        spec: Conv,
-    ) -> Result<NodeId, ModelError> {
-        let op = self.read_conv(&self.path(name), spec)?;
-        let node = self.path(node);
-        Ok(self.graph.push(node, op, &[x]))
     }
 
     fn read_conv(&mut self, path: &str, s: Conv) -> Result<Conv2d, ModelError> {
@@ -237,6 +233,18 @@ impl<'p> Builder<'p> {
             bias,
         };
         Ok(self.graph.push(path, op, &[x]))
+    }
+
+    /// Parameter `name` of this scope (a module's own tensor, e.g. ConvNeXt's `layer_scale`,
+    /// or a LayerNorm's `weight`), of exactly `shape`; `kind` picks generated values.
+    pub fn param(
+        &mut self,
+        name: impl Display,
+        shape: &[usize],
+        kind: Kind,
+    ) -> Result<Vec<f32>, ModelError> {
+        let key = self.path(name);
+        self.params.take(&key, shape, kind)
     }
 }
 

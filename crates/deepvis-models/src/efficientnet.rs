@@ -1,10 +1,17 @@
 //! EfficientNet-Lite0 as in PyPI `efficientnet-lite-pytorch` 0.1.0: TF "SAME" padding, ReLU6,
 //! no squeeze-excitation, batch-norm eps 1e-3, module names `_conv_stem`, `_blocks.N`, ….
 //!
-//! Node names: `_conv_stem` and `_conv_head` are the activations after their batch norm and
-//! ReLU6 (the raw convolutions are `….conv`); `_blocks.N` is a block's output after its
-//! residual add; inside a block `_blocks.N._expand_conv`, `._bn0`, `._act0`, `._depthwise_conv`,
-//! `._bn1`, `._act1`, `._project_conv`, `._bn2`.
+//! Layer names mean what a PyTorch forward hook on that module returns:
+//! - `_conv_stem` and `_conv_head` are the convolutions' outputs, `_bn0` and `_bn1` their
+//!   batch norms. The model's one ReLU6 module `_swish` is called twice, after `_bn0` and after
+//!   `_bn1`: `_swish#0` and `_swish#1`, bare `_swish` the last call. For the activations of the
+//!   stem and the head there are also the documented names `_conv_stem.act` and
+//!   `_conv_head.act` (what earlier versions of deepvis called `_conv_stem` and `_conv_head`).
+//! - `_blocks.N` is a block's output after its residual add. Inside a block:
+//!   `_blocks.N._expand_conv`, `._bn0`, `._depthwise_conv`, `._bn1`, `._project_conv`, `._bn2`,
+//!   and the block's own `_swish` module, called after `_bn0` and after `_bn1` (`._swish#0`,
+//!   `._swish#1`; once, plain `._swish`, in the first block, which has no expansion). The
+//!   documented names `._act0` and `._act1` mean the activations after `_bn0` and `_bn1`.
 
 use crate::blocks::mb_conv_lite;
 use crate::builder::{Builder, Conv};
@@ -26,9 +33,10 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
 
 pub(crate) fn efficientnet_lite0(b: &mut Builder, head: bool) -> Result<(), ModelError> {
     let stem = Conv::new(3, 32, 3).stride(2).same().no_bias();
-    let mut x = b.conv_as("_conv_stem.conv", "_conv_stem", 0, stem)?;
+    let mut x = b.conv("_conv_stem", 0, stem)?;
     x = b.batch_norm("_bn0", x, 32, EPS)?;
-    x = b.op("_conv_stem", Relu6, &[x]);
+    x = b.op("_swish#0", Relu6, &[x]);
+    b.alias("_conv_stem.act", x);
 
     let mut block = 0;
     for (repeats, k, stride, expand, cin0, cout) in STAGES {
@@ -45,9 +53,10 @@ pub(crate) fn efficientnet_lite0(b: &mut Builder, head: bool) -> Result<(), Mode
     }
 
     let head_conv = Conv::new(320, 1280, 1).same().no_bias();
-    x = b.conv_as("_conv_head.conv", "_conv_head", x, head_conv)?;
+    x = b.conv("_conv_head", x, head_conv)?;
     x = b.batch_norm("_bn1", x, 1280, EPS)?;
-    x = b.op("_conv_head", Relu6, &[x]);
+    x = b.op("_swish#1", Relu6, &[x]);
+    b.alias("_conv_head.act", x);
     if head {
         x = b.op("_avg_pooling", AdaptiveAvgPool2d { output: (1, 1) }, &[x]);
         x = b.op("flatten", Flatten, &[x]);

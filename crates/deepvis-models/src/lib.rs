@@ -353,9 +353,9 @@ impl Model {
             .ok_or_else(|| ModelError::UnknownModel(name.to_string()))?;
         let mut builder = Builder::new(&mut params);
         build(&mut builder, has_head)?;
-        let graph = builder.finish();
+        let (graph, mut aliases) = builder.finish();
         params.finish()?;
-        let aliases = last_call_aliases(&graph);
+        aliases.extend(last_call_aliases(&graph));
         Ok(Model {
             info: info.clone(),
             graph,

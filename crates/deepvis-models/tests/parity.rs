@@ -166,6 +166,12 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
     assert!(model.has_head);
     let golden = weights::load(&fixture("efficientnet_lite0_golden.safetensors")).unwrap();
     let input = tensor(&golden, "input_normalized");
+    // The fixture's `_conv_stem` and `_conv_head` are after batch norm and ReLU6 (see
+    // ../shared/README.md): deepvis's `_conv_stem.act` and `_conv_head.act`.
+    let node = |key: &str| match key {
+        "_conv_stem" | "_conv_head" => format!("{key}.act"),
+        _ => key.to_string(),
+    };
     for key in [
         "_conv_stem",
         "_blocks.0",
@@ -175,7 +181,12 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
         "_conv_head",
         "_fc",
     ] {
-        assert_activation_close(&model, &input, key, &tensor(&golden, &format!("act.{key}")));
+        assert_activation_close(
+            &model,
+            &input,
+            &node(key),
+            &tensor(&golden, &format!("act.{key}")),
+        );
     }
     for (key, c) in [
         ("_blocks.2", 5),
@@ -190,7 +201,7 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
             g.data_mut()[c] = 1.0;
             (0.0, model.graph.backward(&trace, g).unwrap())
         } else {
-            channel_grad(&model, key, &input, c, true)
+            channel_grad(&model, &node(key), &input, c, true)
         };
         assert_grad_close(
             &g,

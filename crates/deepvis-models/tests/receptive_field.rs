@@ -47,7 +47,7 @@ fn efficientnet_residual_blocks_take_the_wider_branch() {
     let m = Model::build("efficientnet_lite0", WeightsFrom::Random(1)).unwrap();
     // Stem 3×3/2 → 3 px; block 0 depthwise 3×3 at jump 2 → 7 px. Residual adds must not
     // shrink the field below that of the block's own path.
-    let stem = field(&m, "_conv_stem").unwrap();
+    let stem = field(&m, "_conv_stem.act").unwrap();
     assert_eq!(stem, 3);
     let b0 = field(&m, "_blocks.0").unwrap();
     assert_eq!(b0, 7);
