@@ -4,7 +4,9 @@
 
 mod blocks;
 mod builder;
+mod densenet;
 mod efficientnet;
+mod googlenet;
 mod mobilenet;
 pub mod onnx;
 mod params;
@@ -298,7 +300,51 @@ pub const ZOO: &[ModelInfo] = &[
         "AlexNet, torchvision ImageNet weights",
         vgg::alexnet,
     ),
+    torchvision(
+        "densenet121",
+        "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+        "DenseNet-121, torchvision ImageNet weights",
+        |b, head| densenet::densenet(b, densenet::DENSENET121, head),
+    ),
+    torchvision(
+        "densenet161",
+        "https://download.pytorch.org/models/densenet161-8d451a50.pth",
+        "DenseNet-161, torchvision ImageNet weights",
+        |b, head| densenet::densenet(b, densenet::DENSENET161, head),
+    ),
+    torchvision(
+        "densenet169",
+        "https://download.pytorch.org/models/densenet169-b2777c0a.pth",
+        "DenseNet-169, torchvision ImageNet weights",
+        |b, head| densenet::densenet(b, densenet::DENSENET169, head),
+    ),
+    torchvision(
+        "densenet201",
+        "https://download.pytorch.org/models/densenet201-c1103571.pth",
+        "DenseNet-201, torchvision ImageNet weights",
+        |b, head| densenet::densenet(b, densenet::DENSENET201, head),
+    ),
+    googlenet::entry(),
 ];
+
+/// Renames or drops keys of a model's published checkpoints before they are checked:
+/// DenseNet's old-style `denselayerM.norm.1.weight` keys, GoogLeNet's auxiliary heads.
+const KEY_REMAPS: &[(&str, fn(&mut StateDict))] = &[
+    ("densenet121", densenet::remap_legacy_keys),
+    ("densenet161", densenet::remap_legacy_keys),
+    ("densenet169", densenet::remap_legacy_keys),
+    ("densenet201", densenet::remap_legacy_keys),
+    ("googlenet", googlenet::drop_aux_keys),
+];
+
+/// What loading does to a state dict for model `name` before its keys are checked (see
+/// `KEY_REMAPS`): nothing for most models.
+pub fn remap_keys(name: &str, dict: &mut StateDict) {
+    for (_, remap) in KEY_REMAPS.iter().filter(|(n, _)| *n == name) {
+        remap(dict);
+    }
+}
+
 
 fn known_names() -> String {
     ZOO.iter().map(|m| &*m.name).collect::<Vec<_>>().join(", ")
@@ -343,7 +389,10 @@ impl Model {
     pub fn build(name: &str, weights: WeightsFrom) -> Result<Model, ModelError> {
         let info = info(name)?;
         let mut params = match weights {
-            WeightsFrom::Dict(d, origin) => Params::from_dict(d, origin),
+            WeightsFrom::Dict(mut d, origin) => {
+                remap_keys(name, &mut d);
+                Params::from_dict(d, origin)
+            }
             WeightsFrom::Random(seed) => Params::random(seed),
             WeightsFrom::Formula(seed) => Params::Formula(seed),
         };
