@@ -4,13 +4,16 @@
 
 mod blocks;
 mod builder;
+mod convnext;
 mod densenet;
 mod efficientnet;
+mod efficientnet_b0;
 mod googlenet;
 mod mobilenet;
 pub mod onnx;
 mod params;
 mod resnet;
+mod shufflenet;
 mod squeezenet;
 mod vgg;
 
@@ -325,6 +328,19 @@ pub const ZOO: &[ModelInfo] = &[
         |b, head| densenet::densenet(b, densenet::DENSENET201, head),
     ),
     googlenet::entry(),
+    torchvision(
+        "efficientnet_b0",
+        "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
+        "EfficientNet-B0, torchvision ImageNet weights",
+        efficientnet_b0::efficientnet_b0,
+    ),
+    torchvision(
+        "convnext_tiny",
+        "https://download.pytorch.org/models/convnext_tiny-983f1562.pth",
+        "ConvNeXt-Tiny, torchvision ImageNet weights",
+        convnext::convnext_tiny,
+    ),
+    shufflenet::entry(),
 ];
 
 /// Renames or drops keys of a model's published checkpoints before they are checked:
@@ -344,7 +360,6 @@ pub fn remap_keys(name: &str, dict: &mut StateDict) {
         remap(dict);
     }
 }
-
 
 fn known_names() -> String {
     ZOO.iter().map(|m| &*m.name).collect::<Vec<_>>().join(", ")
