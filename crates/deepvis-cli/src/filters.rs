@@ -330,6 +330,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     // Layer names of ONNX models contain slashes: one path component each, inside --out.
     let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
         .join(deepvis_output::path_component(&layer_name));
+    deepvis_output::ensure_writable_dir(&out.join(&layer_dir))?;
     let png_rel = |f: usize| layer_dir.join(format!("filter_{f:04}.png"));
     // A run's images are for its input: another normalization of the same settings is redone.
     let is_done = |m: &Manifest, f: usize| {

@@ -67,6 +67,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     let dir = Path::new(&deepvis_output::path_component(&model.info.name))
         .join("objectives")
         .join(slug(&described));
+    deepvis_output::ensure_writable_dir(&out.join(&dir))?;
     let start = Instant::now();
     let bar = crate::filters::Progress::new(a.run.quiet, settings.total_steps() * a.batch, 0);
     let result = run_render(

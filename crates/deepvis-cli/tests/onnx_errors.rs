@@ -264,3 +264,35 @@ fn each_cause_is_said_once() {
     assert_eq!(err.matches("corrupt or truncated").count(), 1, "{err}");
     assert_eq!(err.matches("re-download").count(), 1, "{err}");
 }
+
+/// An output folder that cannot be made is found before any rendering: with a million steps
+/// to do, the command ends at once with the error (it would run for hours otherwise). Nothing
+/// can be created under /proc, not even by root.
+#[test]
+fn an_unwritable_out_is_found_before_rendering() {
+    let out = "/proc/deepvis-test-absent/out";
+    for args in [
+        vec![
+            "filters",
+            "--layer",
+            "_blocks.8",
+            "--filters",
+            "0",
+            "--steps",
+            "1000000",
+            "--out",
+            out,
+        ],
+        vec![
+            "render",
+            "--objective",
+            "_blocks.8:3",
+            "--steps",
+            "1000000",
+            "--out",
+            out,
+        ],
+    ] {
+        fails_clearly(&args, "could not create directory");
+    }
+}

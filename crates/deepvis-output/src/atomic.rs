@@ -159,3 +159,15 @@ mod tests {
         assert_eq!(entries(tmp.path()), vec!["shared.txt"]);
     }
 }
+
+/// Creates `dir` (and its parents) and proves that files can be written in it, so that a run
+/// whose output cannot be saved fails before any rendering rather than after hours of it.
+pub fn ensure_writable_dir(dir: &Path) -> Result<(), OutputError> {
+    fs::create_dir_all(dir).map_err(|e| OutputError::io("create directory", dir, e))?;
+    let probe = dir.join(format!(".deepvis-write-test-{}", std::process::id()));
+    fs::write(&probe, b"").map_err(|e| OutputError::io("write in", dir, e))?;
+    // The probe is ours alone (the name carries the process id); failing to remove it is
+    // harmless and not worth failing the run for.
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}

@@ -16,7 +16,7 @@ mod manifest;
 mod npy;
 mod resize;
 
-pub use atomic::write_atomic;
+pub use atomic::{ensure_writable_dir, write_atomic};
 pub use error::OutputError;
 pub use gallery::{esc as html_escape, render_gallery, write_gallery, GALLERY_FILE};
 pub use grid::{grid_layout, grid_sheet, GridLayout, DEFAULT_MAX_TILE, SMALL_SHEET};
