@@ -1,20 +1,12 @@
 //! The `deepvis` binary end to end: the main job on the bundled model, the original tool's
 //! flags, resuming, parity through `probe`, and clear one-line errors for bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn deepvis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_deepvis"))
-        .args(args)
-        .env(
-            "DEEPVIS_CACHE",
-            std::env::temp_dir().join("deepvis-test-empty-cache"),
-        )
-        .env_remove("DEEPVIS_OFFLINE")
-        .output()
-        .expect("the binary runs")
-}
+use common::{deepvis, fails_clearly, ok, stderr};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn shared(rel: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,30 +18,6 @@ fn shared(rel: &str) -> String {
         p.display()
     );
     p.to_string_lossy().into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "failed: {}", stderr(&o));
-    o
-}
-
-/// A clear failure: non-zero exit, one line starting with "error:", no panic.
-fn fails_clearly(args: &[&str], expect: &str) {
-    let o = deepvis(args);
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
-    assert!(
-        err.to_lowercase().contains(&expect.to_lowercase()),
-        "{args:?}: '{expect}' not in: {err}"
-    );
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {

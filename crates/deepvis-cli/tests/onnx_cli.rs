@@ -2,20 +2,11 @@
 //! network, a 3×48×192 wide one and a 3×64×64 ResNet (the fixtures in testdata/onnx), with
 //! `--size HxW`, per-channel `--mean/--std`, and one-line errors for bad values.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn deepvis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_deepvis"))
-        .args(args)
-        .env(
-            "DEEPVIS_CACHE",
-            std::env::temp_dir().join("deepvis-test-empty-cache"),
-        )
-        .env_remove("DEEPVIS_OFFLINE")
-        .output()
-        .expect("the binary runs")
-}
+use common::{deepvis, fails_clearly, ok};
+
+use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,33 +14,6 @@ fn fixture(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "failed: {}", stderr(&o));
-    o
-}
-
-/// A clear failure: non-zero exit, one line starting with "error:", no panic.
-fn fails_clearly(args: &[&str], expect: &str) {
-    let o = deepvis(args);
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("note: "))
-        .collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
-    assert!(
-        err.to_lowercase().contains(&expect.to_lowercase()),
-        "{args:?}: '{expect}' not in: {err}"
-    );
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {

@@ -2,40 +2,16 @@
 //! exit and no panic. The damaged files are made from the committed fixtures in
 //! `testdata/onnx` by byte edits that keep the protobuf valid where the test needs it to be.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn deepvis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_deepvis"))
-        .args(args)
-        .env(
-            "DEEPVIS_CACHE",
-            std::env::temp_dir().join("deepvis-test-empty-cache"),
-        )
-        .env_remove("DEEPVIS_OFFLINE")
-        .output()
-        .expect("the binary runs")
-}
+use common::{deepvis, fails_clearly};
+
+use std::path::{Path, PathBuf};
 
 fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata/onnx")
         .join(name)
-}
-
-/// Non-zero exit, exactly one line starting with "error:" that contains `expect`, no panic.
-fn fails_clearly(args: &[&str], expect: &str) {
-    let o = deepvis(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "{args:?} succeeded");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
-    assert!(
-        err.to_lowercase().contains(&expect.to_lowercase()),
-        "{args:?}: '{expect}' not in: {err}"
-    );
 }
 
 /// `bytes` with every occurrence of `from` replaced by `to` (same length: the protobuf's
