@@ -317,10 +317,31 @@ pub fn models() -> Result<()> {
         } else {
             m.url.as_deref().unwrap_or("--weights only").to_string()
         };
+        let size = Model::parameter_count(&m.name)
+            .map(|n| {
+                format!(
+                    "{:.1} M parameters ({:.0} MB in float32)",
+                    n as f64 / 1e6,
+                    n as f64 * 4.0 / 1e6
+                )
+            })
+            .unwrap_or_else(|e| format!("size unknown: {e}"));
+        let list = |v: &[f32]| {
+            v.iter()
+                .map(|x| format!("{x}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let n = &m.normalization;
         outln!(
-            "{:<20} {}\n{:<20} weights: {source}",
+            "{:<20} {}\n{:<20} {size}; input {}x{} px, RGB in 0-1, mean {}, std {}\n{:<20} weights: {source}",
             m.name,
             m.description,
+            "",
+            m.native_size.0,
+            m.native_size.1,
+            list(&n.mean),
+            list(&n.std),
             ""
         );
     }

@@ -430,6 +430,21 @@ impl Model {
         })
     }
 
+    /// How many parameters (weights, biases, batch-norm statistics) zoo model `name` has, with
+    /// its classifier: what its weight file holds.
+    pub fn parameter_count(name: &str) -> Result<u64, ModelError> {
+        let info = info(name)?;
+        let build = info
+            .build
+            .ok_or_else(|| ModelError::UnknownModel(name.to_string()))?;
+        let mut params = Params::Count(0);
+        build(&mut Builder::new(&mut params), true)?;
+        Ok(match params {
+            Params::Count(n) => n,
+            _ => 0,
+        })
+    }
+
     /// Loads `path` (any supported format) as the weights of model `name`.
     pub fn load(name: &str, path: &Path) -> Result<Model, ModelError> {
         info(name)?;

@@ -18,6 +18,9 @@ pub(crate) enum Params {
     Random(ChaCha8Rng),
     /// [`formula`] values: reproducible from Python without shipping weight files.
     Formula(u64),
+    /// Zeros, counting how many values were taken: an architecture's size without the cost of
+    /// generating its values (zeroed allocations are not touched).
+    Count(u64),
 }
 
 impl Params {
@@ -37,7 +40,7 @@ impl Params {
     pub fn has_prefix(&self, prefix: &str) -> bool {
         match self {
             Params::Dict { dict, .. } => dict.keys().any(|k| k.starts_with(prefix)),
-            Params::Random(_) | Params::Formula(_) => true,
+            Params::Random(_) | Params::Formula(_) | Params::Count(_) => true,
         }
     }
 
@@ -81,6 +84,11 @@ impl Params {
                 })
             }
             Params::Formula(seed) => Ok(formula(*seed, key, shape.iter().product(), kind)),
+            Params::Count(count) => {
+                let n: usize = shape.iter().product();
+                *count += n as u64;
+                Ok(vec![0.0; n])
+            }
         }
     }
 

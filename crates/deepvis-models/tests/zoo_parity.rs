@@ -147,3 +147,12 @@ fn the_resnets_without_a_fixture_build_with_their_head() {
 fn resnext50_32x4d_matches_torchvision() {
     check_formula("resnext50_32x4d");
 }
+
+/// `deepvis models` reports sizes from the architectures themselves: torchvision's parameter
+/// counts for models without batch-norm buffers.
+#[test]
+fn parameter_counts_are_torchvisions() {
+    assert_eq!(Model::parameter_count("vgg16").unwrap(), 138_357_544);
+    assert_eq!(Model::parameter_count("squeezenet1_1").unwrap(), 1_235_496);
+    assert_eq!(Model::parameter_count("alexnet").unwrap(), 61_100_840);
+}
