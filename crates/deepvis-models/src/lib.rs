@@ -9,6 +9,7 @@ mod densenet;
 mod efficientnet;
 mod efficientnet_b0;
 mod googlenet;
+mod inception;
 mod mobilenet;
 pub mod onnx;
 mod params;
@@ -328,6 +329,7 @@ pub const ZOO: &[ModelInfo] = &[
         |b, head| densenet::densenet(b, densenet::DENSENET201, head),
     ),
     googlenet::entry(),
+    inception::entry(),
     torchvision(
         "efficientnet_b0",
         "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
@@ -351,6 +353,7 @@ const KEY_REMAPS: &[(&str, fn(&mut StateDict))] = &[
     ("densenet169", densenet::remap_legacy_keys),
     ("densenet201", densenet::remap_legacy_keys),
     ("googlenet", googlenet::drop_aux_keys),
+    ("inception_v3", inception::drop_aux_keys),
 ];
 
 /// What loading does to a state dict for model `name` before its keys are checked (see
