@@ -331,6 +331,20 @@ impl Graph {
             }
             // A fused pair runs on the inputs of its producer.
             let src = &self.nodes[plan.head[i].unwrap_or(i)];
+            // A pass-through whose input nobody reads later takes that value over instead of
+            // copying it (containers' outputs, eval-mode dropout).
+            if let [j] = src.inputs[..] {
+                if plan.head[i].is_none()
+                    && src.op.passes_through()
+                    && plan.last_use[j] == i
+                    && !plan.keep[j]
+                {
+                    if let Some(v) = values[j].take() {
+                        values[i] = Some(v);
+                        continue;
+                    }
+                }
+            }
             let ins: Vec<&Tensor> = src
                 .inputs
                 .iter()

@@ -136,6 +136,12 @@ pub trait Operator: fmt::Debug + Send + Sync + Any {
 
     fn as_any(&self) -> &dyn Any;
 
+    /// Whether the output is the input itself (Identity): the executor may then hand the input's
+    /// value over instead of running `forward`.
+    fn passes_through(&self) -> bool {
+        false
+    }
+
     /// Which activation this op is, if it is one that producers may absorb.
     fn activation(&self) -> Option<Activation> {
         None

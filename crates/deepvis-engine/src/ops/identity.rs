@@ -38,4 +38,8 @@ impl Operator for Identity {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn passes_through(&self) -> bool {
+        true
+    }
 }
