@@ -4,17 +4,9 @@
 
 mod common;
 
-use common::{deepvis, fails_clearly, ok};
+use common::{deepvis, fails_clearly, ok, onnx_fixture};
 
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/onnx")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
+use std::path::Path;
 
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
@@ -88,7 +80,7 @@ fn assert_rises(run: &serde_json::Value) {
 #[test]
 fn grayscale_model_gives_grayscale_pngs_at_its_native_size() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture("gray28.ts.onnx");
+    let model = onnx_fixture("gray28.ts.onnx");
     let layer = first_conv(&model);
     let run = filters(&model, &layer, tmp.path(), &[]);
     assert_rises(&run);
@@ -114,7 +106,7 @@ fn grayscale_model_gives_grayscale_pngs_at_its_native_size() {
 #[test]
 fn wide_model_renders_at_48x192_and_at_other_sizes() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture("wide48x192.ts.onnx");
+    let model = onnx_fixture("wide48x192.ts.onnx");
     let layer = first_conv(&model);
     let run = filters(&model, &layer, &tmp.path().join("native"), &[]);
     assert_rises(&run);
@@ -141,7 +133,7 @@ fn wide_model_renders_at_48x192_and_at_other_sizes() {
 #[test]
 fn render_and_predict_take_non_square_sizes() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture("mini_resnet.ts.onnx");
+    let model = onnx_fixture("mini_resnet.ts.onnx");
     let out = tmp.path().to_str().unwrap();
     ok(deepvis(&[
         "render",
@@ -169,7 +161,7 @@ fn render_and_predict_take_non_square_sizes() {
 #[test]
 fn mean_and_std_are_recorded_and_checked() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture("gray28.ts.onnx");
+    let model = onnx_fixture("gray28.ts.onnx");
     let layer = first_conv(&model);
     let run = filters(
         &model,
