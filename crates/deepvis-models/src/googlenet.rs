@@ -126,31 +126,5 @@ pub(crate) fn googlenet(b: &mut Builder, head: bool) -> Result<(), ModelError> {
 /// Drops the auxiliary classifiers' parameters (`aux1.*`, `aux2.*`), which torchvision's
 /// published file holds but an eval-mode GoogLeNet never uses.
 pub fn drop_aux_keys(dict: &mut StateDict) {
-    let aux: Vec<String> = dict
-        .keys()
-        .filter(|k| k.starts_with("aux1.") || k.starts_with("aux2."))
-        .map(str::to_string)
-        .collect();
-    for k in aux {
-        dict.remove(&k);
-    }
-}
-
-/// The zoo entry of GoogLeNet: no `features` Sequential, head `fc`.
-pub(crate) const fn entry() -> crate::ModelInfo {
-    use std::borrow::Cow;
-    crate::ModelInfo {
-        name: Cow::Borrowed("googlenet"),
-        description: Cow::Borrowed("GoogLeNet (Inception v1), torchvision ImageNet weights"),
-        url: Some(Cow::Borrowed(
-            "https://download.pytorch.org/models/googlenet-1378be20.pth",
-        )),
-        bundled: false,
-        normalization: crate::IMAGENET,
-        native_size: (224, 224),
-        channels: 3,
-        sequential: None,
-        head_prefix: Cow::Borrowed("fc."),
-        build: Some(googlenet),
-    }
+    crate::drop_prefixes(dict, &["aux1.", "aux2."]);
 }

@@ -364,31 +364,5 @@ pub(crate) fn inception_v3(b: &mut Builder, head: bool) -> Result<(), ModelError
 /// Drops the auxiliary classifier's parameters (`AuxLogits.*`), which torchvision's published
 /// file holds but an eval-mode Inception v3 never uses.
 pub fn drop_aux_keys(dict: &mut StateDict) {
-    let aux: Vec<String> = dict
-        .keys()
-        .filter(|k| k.starts_with("AuxLogits."))
-        .map(str::to_string)
-        .collect();
-    for k in aux {
-        dict.remove(&k);
-    }
-}
-
-/// The zoo entry of Inception v3: no `features` Sequential, head `fc`, trained at 299×299.
-pub(crate) const fn entry() -> crate::ModelInfo {
-    use std::borrow::Cow;
-    crate::ModelInfo {
-        name: Cow::Borrowed("inception_v3"),
-        description: Cow::Borrowed("Inception v3, torchvision ImageNet weights"),
-        url: Some(Cow::Borrowed(
-            "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
-        )),
-        bundled: false,
-        normalization: crate::IMAGENET,
-        native_size: (299, 299),
-        channels: 3,
-        sequential: None,
-        head_prefix: Cow::Borrowed("fc."),
-        build: Some(inception_v3),
-    }
+    crate::drop_prefixes(dict, &["AuxLogits."]);
 }

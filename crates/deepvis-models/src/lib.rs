@@ -160,6 +160,42 @@ const fn torchvision(
     }
 }
 
+/// A torchvision classifier without a `features` Sequential whose head is `fc` (ResNet,
+/// GoogLeNet, Inception, ShuffleNet), trained at `native` pixels, its weights at `url`.
+const fn fc_headed(
+    name: &'static str,
+    url: &'static str,
+    description: &'static str,
+    native: usize,
+    build: Build,
+) -> ModelInfo {
+    ModelInfo {
+        name: Cow::Borrowed(name),
+        description: Cow::Borrowed(description),
+        url: Some(Cow::Borrowed(url)),
+        bundled: false,
+        normalization: IMAGENET,
+        native_size: (native, native),
+        channels: 3,
+        sequential: None,
+        head_prefix: Cow::Borrowed("fc."),
+        build: Some(build),
+    }
+}
+
+/// Removes every key under one of `prefixes`: parameters a published file holds for parts an
+/// eval-mode network never runs (auxiliary classifiers).
+fn drop_prefixes(dict: &mut StateDict, prefixes: &[&str]) {
+    let drop: Vec<String> = dict
+        .keys()
+        .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
+        .map(str::to_string)
+        .collect();
+    for k in drop {
+        dict.remove(&k);
+    }
+}
+
 pub const ZOO: &[ModelInfo] = &[
     ModelInfo {
         name: Cow::Borrowed("efficientnet_lite0"),
@@ -238,46 +274,53 @@ pub const ZOO: &[ModelInfo] = &[
         "SqueezeNet 1.1, torchvision ImageNet weights",
         squeezenet::squeezenet1_1,
     ),
-    resnet::entry(
+    fc_headed(
         "resnet18",
         "https://download.pytorch.org/models/resnet18-f37072fd.pth",
         "ResNet-18, torchvision ImageNet weights",
+        224,
         |b, head| resnet::resnet(b, resnet::Block::Basic, [2, 2, 2, 2], head),
     ),
-    resnet::entry(
+    fc_headed(
         "resnet34",
         "https://download.pytorch.org/models/resnet34-b627a593.pth",
         "ResNet-34, torchvision ImageNet weights",
+        224,
         |b, head| resnet::resnet(b, resnet::Block::Basic, [3, 4, 6, 3], head),
     ),
-    resnet::entry(
+    fc_headed(
         "resnet50",
         "https://download.pytorch.org/models/resnet50-0676ba61.pth",
         "ResNet-50, torchvision ImageNet weights (V1)",
+        224,
         |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 64), [3, 4, 6, 3], head),
     ),
-    resnet::entry(
+    fc_headed(
         "resnet101",
         "https://download.pytorch.org/models/resnet101-63fe2227.pth",
         "ResNet-101, torchvision ImageNet weights (V1)",
+        224,
         |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 64), [3, 4, 23, 3], head),
     ),
-    resnet::entry(
+    fc_headed(
         "resnet152",
         "https://download.pytorch.org/models/resnet152-394f9c45.pth",
         "ResNet-152, torchvision ImageNet weights (V1)",
+        224,
         |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 64), [3, 8, 36, 3], head),
     ),
-    resnet::entry(
+    fc_headed(
         "resnext50_32x4d",
         "https://download.pytorch.org/models/resnext50_32x4d-7cdf4587.pth",
         "ResNeXt-50 32x4d, torchvision ImageNet weights (V1)",
+        224,
         |b, head| resnet::resnet(b, resnet::Block::Bottleneck(32, 4), [3, 4, 6, 3], head),
     ),
-    resnet::entry(
+    fc_headed(
         "wide_resnet50_2",
         "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
         "Wide ResNet-50-2, torchvision ImageNet weights (V1)",
+        224,
         |b, head| resnet::resnet(b, resnet::Block::Bottleneck(1, 128), [3, 4, 6, 3], head),
     ),
     torchvision(
@@ -328,8 +371,20 @@ pub const ZOO: &[ModelInfo] = &[
         "DenseNet-201, torchvision ImageNet weights",
         |b, head| densenet::densenet(b, densenet::DENSENET201, head),
     ),
-    googlenet::entry(),
-    inception::entry(),
+    fc_headed(
+        "googlenet",
+        "https://download.pytorch.org/models/googlenet-1378be20.pth",
+        "GoogLeNet (Inception v1), torchvision ImageNet weights",
+        224,
+        googlenet::googlenet,
+    ),
+    fc_headed(
+        "inception_v3",
+        "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+        "Inception v3, torchvision ImageNet weights",
+        299,
+        inception::inception_v3,
+    ),
     torchvision(
         "efficientnet_b0",
         "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
@@ -342,7 +397,13 @@ pub const ZOO: &[ModelInfo] = &[
         "ConvNeXt-Tiny, torchvision ImageNet weights",
         convnext::convnext_tiny,
     ),
-    shufflenet::entry(),
+    fc_headed(
+        "shufflenet_v2_x1_0",
+        "https://download.pytorch.org/models/shufflenetv2_x1-5666bf0f80.pth",
+        "ShuffleNetV2 x1.0, torchvision ImageNet weights",
+        224,
+        shufflenet::shufflenet_v2_x1_0,
+    ),
 ];
 
 /// Renames or drops keys of a model's published checkpoints before they are checked:

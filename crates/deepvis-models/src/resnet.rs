@@ -68,25 +68,3 @@ pub(crate) fn resnet(
     }
     Ok(())
 }
-
-/// The zoo entry of a torchvision ResNet: no `features` Sequential, head `fc`.
-pub(crate) const fn entry(
-    name: &'static str,
-    url: &'static str,
-    description: &'static str,
-    build: crate::Build,
-) -> crate::ModelInfo {
-    use std::borrow::Cow;
-    crate::ModelInfo {
-        name: Cow::Borrowed(name),
-        description: Cow::Borrowed(description),
-        url: Some(Cow::Borrowed(url)),
-        bundled: false,
-        normalization: crate::IMAGENET,
-        native_size: (224, 224),
-        channels: 3,
-        sequential: None,
-        head_prefix: Cow::Borrowed("fc."),
-        build: Some(build),
-    }
-}

@@ -116,22 +116,3 @@ pub(crate) fn shufflenet_v2_x1_0(b: &mut Builder, head: bool) -> Result<(), Mode
     }
     Ok(())
 }
-
-/// The zoo entry of ShuffleNetV2 ×1.0: no `features` Sequential, head `fc`.
-pub(crate) const fn entry() -> crate::ModelInfo {
-    use std::borrow::Cow;
-    crate::ModelInfo {
-        name: Cow::Borrowed("shufflenet_v2_x1_0"),
-        description: Cow::Borrowed("ShuffleNetV2 x1.0, torchvision ImageNet weights"),
-        url: Some(Cow::Borrowed(
-            "https://download.pytorch.org/models/shufflenetv2_x1-5666bf0f80.pth",
-        )),
-        bundled: false,
-        normalization: crate::IMAGENET,
-        native_size: (224, 224),
-        channels: 3,
-        sequential: None,
-        head_prefix: Cow::Borrowed("fc."),
-        build: Some(shufflenet_v2_x1_0),
-    }
-}
