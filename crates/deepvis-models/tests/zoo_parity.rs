@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{channel_mean_grad, check_formula, check_module_names, rel_err, tensor};
+use common::{check_formula, check_module_names, check_zoo_model};
 use deepvis_engine::{Conv2d, Linear};
 use deepvis_models::weights;
 use deepvis_models::{Model, WeightsFrom};
@@ -16,33 +16,13 @@ fn testdata(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A model whose fixture holds its `features` weights (SqueezeNet), against its references.
 fn check(name: &str) {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata(&format!("{name}.json"))).unwrap())
-            .unwrap();
     let path = testdata(&format!("{name}.features.safetensors"));
     let dict = weights::load(&path).unwrap();
     let model = Model::build(name, WeightsFrom::Dict(dict, "fixture")).unwrap();
     assert!(!model.has_head, "the fixture holds the features only");
-    let refs = weights::load(&testdata(&format!("{name}.ref.safetensors"))).unwrap();
-    let x = tensor(&refs, "input");
-    for m in meta["modules"].as_array().unwrap() {
-        let m = m.as_str().unwrap();
-        let id = model.layer(m).unwrap();
-        let trace = model.graph.forward(x.clone(), id).unwrap();
-        let err = rel_err(trace.output(), &tensor(&refs, &format!("act.{m}")));
-        eprintln!("{name} act {m}: rel err {err:.2e}");
-        assert!(err < 1e-4, "{name} {m}: {err:.2e}");
-    }
-    for case in meta["cases"].as_array().unwrap() {
-        let key = case["key"].as_str().unwrap();
-        let c = case["channel"].as_u64().unwrap() as usize;
-        let id = model.layer(key).unwrap();
-        let got = channel_mean_grad(&model, &x, id, c);
-        let err = rel_err(&got, &tensor(&refs, &format!("grad.{key}.c{c}")));
-        eprintln!("{name} grad {key} c{c}: rel err {err:.2e}");
-        assert!(err < 1e-3, "{name} grad {key}:{c}: {err:.2e}");
-    }
+    check_zoo_model(name, &model);
 }
 
 #[test]

@@ -49,11 +49,16 @@ pub fn zoo_testdata(name: &str) -> std::path::PathBuf {
 /// script loads the same formula into the torchvision model): forward-hook outputs, input
 /// gradients of channel means, and the formula's values for the keys the fixture stores.
 pub fn check_formula(name: &str) {
+    check_zoo_model(name, &Model::build(name, WeightsFrom::Formula(0)).unwrap());
+}
+
+/// `model` against `testdata/zoo/NAME.ref.safetensors`: the activations and input gradients
+/// that `NAME.json` lists.
+pub fn check_zoo_model(name: &str, model: &Model) {
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(zoo_testdata(&format!("{name}.json"))).unwrap(),
     )
     .unwrap();
-    let model = Model::build(name, WeightsFrom::Formula(0)).unwrap();
     let refs = weights::load(&zoo_testdata(&format!("{name}.ref.safetensors"))).unwrap();
     let x = tensor(&refs, "input");
     for m in meta["modules"].as_array().unwrap() {
@@ -68,7 +73,7 @@ pub fn check_formula(name: &str) {
         let key = case["key"].as_str().unwrap();
         let c = case["channel"].as_u64().unwrap() as usize;
         let id = model.layer(key).unwrap();
-        let got = channel_mean_grad(&model, &x, id, c);
+        let got = channel_mean_grad(model, &x, id, c);
         let err = rel_err(&got, &tensor(&refs, &format!("grad.{key}.c{c}")));
         eprintln!("{name} grad {key} c{c}: rel err {err:.2e}");
         assert!(err < 1e-3, "{name} grad {key}:{c}: {err:.2e}");
