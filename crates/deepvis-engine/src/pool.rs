@@ -163,13 +163,11 @@ impl MaxPool2d {
         Ok(dx)
     }
 
-    /// Whether input shape `x` takes the 2×2 path, whose codes let the backward pass fold in
-    /// a ReLU before the pool (`backward_from_codes`).
+    /// Whether input shape `x` takes a coded path (the 2×2 one, or the general one for windows
+    /// of at most [`GENERAL_TAPS`] taps), whose codes let the backward pass do without the
+    /// input and fold in a ReLU before the pool (`backward_from_codes`).
     pub(crate) fn folds_relu(&self, x: &[usize]) -> bool {
-        match self.output_shape(x) {
-            Ok(o) => x.len() == 4 && self.is_2x2(x[2], x[3], o[2], o[3]),
-            Err(_) => false,
-        }
+        x.len() == 4 && self.output_shape(x).is_ok() && self.kernel.0 * self.kernel.1 <= GENERAL_TAPS
     }
 }
 
@@ -441,6 +439,257 @@ unsafe fn unpool_codes_avx512(
     unpool_codes_tail(codes, g, through_relu, dx, h, w, oh, ow, vec_end);
 }
 
+// ---- codes for any window: GoogLeNet's and Inception's 3×3 pools ------------------------
+//
+// The same idea as the 2×2 codes, for windows of any size, stride, padding, dilation and ceil
+// mode: a code holds the winning tap (ky·kw + kx, bits 0–6) and whether the maximum is above 0
+// or NaN (bit 7). `scan_plane` found each window's maximum element by element with bounds
+// checks on every tap, and the backward pass scanned the input again: a third of a GoogLeNet
+// step. Here the loops run tap by tap over a whole output row, whose in-bounds columns are
+// known in advance, so the compiler vectorizes them.
+
+/// The most taps a window may have for the general coded path (the tap index has 7 bits).
+const GENERAL_TAPS: usize = 127;
+
+/// Bit 7 of a general code: the window's maximum is above 0 (or NaN).
+const GENERAL_POSITIVE: u8 = 0x80;
+
+/// One pool's window geometry on one input plane size.
+struct General {
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    dilation: (usize, usize),
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    /// Per tap column kx: the output columns whose tap kx falls inside the input.
+    columns: Vec<(usize, usize)>,
+    /// Per output column: the first tap column inside the input (PyTorch's initial argmax).
+    first_column: Vec<u8>,
+    /// With stride 1 and `ow == w`: per tap column, per output, whether the tap is inside the
+    /// input's columns.
+    flat_masks: Option<Vec<bool>>,
+}
+
+/// The range of outputs `o < outputs` with `o·stride + offset − pad` in `0..input`.
+fn inside(outputs: usize, input: usize, stride: usize, offset: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    let hi = if input + pad > offset {
+        ((input + pad - offset - 1) / stride + 1).min(outputs)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+impl General {
+    fn new(pool: &MaxPool2d, h: usize, w: usize, oh: usize, ow: usize) -> Self {
+        let columns: Vec<(usize, usize)> = (0..pool.kernel.1)
+            .map(|kx| inside(ow, w, pool.stride.1, kx * pool.dilation.1, pool.padding.1))
+            .collect();
+        let first_column = (0..ow)
+            .map(|ox| {
+                columns
+                    .iter()
+                    .position(|&(lo, hi)| (lo..hi).contains(&ox))
+                    .unwrap_or(0) as u8
+            })
+            .collect();
+        let flat_masks = (pool.stride == (1, 1) && ow == w).then(|| {
+            columns
+                .iter()
+                .flat_map(|&(lo, hi)| (0..oh).flat_map(move |_| (0..ow).map(move |ox| (lo..hi).contains(&ox))))
+                .collect()
+        });
+        General {
+            kernel: pool.kernel,
+            stride: pool.stride,
+            padding: pool.padding,
+            dilation: pool.dilation,
+            h,
+            w,
+            oh,
+            ow,
+            columns,
+            first_column,
+            flat_masks,
+        }
+    }
+
+    /// The input row of tap row `ky` for output row `oy`, if inside the input.
+    #[inline(always)]
+    fn row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride.0 + ky * self.dilation.0)
+            .checked_sub(self.padding.0)
+            .filter(|&iy| iy < self.h)
+    }
+}
+
+/// Pools one plane `x` ([h × w]) into `y` and `codes` ([oh × ow]) with PyTorch's rule: the
+/// initial argmax is the window's first element inside the input, and a later element wins
+/// if greater or NaN (padding never wins).
+#[inline(always)]
+fn general_pool_plane(g: &General, x: &[f32], y: &mut [f32], codes: &mut [u8]) {
+    let (kh, kw) = g.kernel;
+    y.fill(f32::NEG_INFINITY);
+    for oy in 0..g.oh {
+        let first_row = (0..kh).find(|&ky| g.row(oy, ky).is_some()).unwrap_or(0);
+        for (c, &kx) in codes[oy * g.ow..][..g.ow].iter_mut().zip(&g.first_column) {
+            *c = (first_row * kw) as u8 + kx;
+        }
+    }
+    #[inline(always)]
+    fn take(y: &mut [f32], codes: &mut [u8], x: impl Iterator<Item = f32>, tap: u8) {
+        for ((b, c), v) in y.iter_mut().zip(codes.iter_mut()).zip(x) {
+            let take = v > *b || v.is_nan();
+            *b = if take { v } else { *b };
+            *c = if take { tap } else { *c };
+        }
+    }
+    if let Some(masks) = &g.flat_masks {
+        // Stride 1 and rows as long as the input's: output o reads input o + shift, so each tap
+        // is one pass over the plane's valid rows (GoogLeNet's 14×14 planes are too narrow to
+        // vectorize row by row); columns that wrap into the next row are masked out.
+        let (p0, p1) = (g.padding.0 as isize, g.padding.1 as isize);
+        let plane = (g.h * g.w) as isize;
+        for ky in 0..kh {
+            let (lo, hi) = inside(g.oh, g.h, 1, ky * g.dilation.0, g.padding.0);
+            for kx in 0..kw {
+                let tap = (ky * kw + kx) as u8;
+                let shift = (ky * g.dilation.0) as isize * g.w as isize - p0 * g.w as isize
+                    + (kx * g.dilation.1) as isize
+                    - p1;
+                let from = ((lo * g.ow) as isize).max(-shift) as usize;
+                let to = ((hi * g.ow) as isize).min(plane - shift).max(from as isize) as usize;
+                let xs = &x[(from as isize + shift) as usize..][..to - from];
+                let mask = &masks[kx * g.oh * g.ow..][from..to];
+                let (y, codes) = (&mut y[from..to], &mut codes[from..to]);
+                for (((b, c), &v), &m) in y.iter_mut().zip(codes.iter_mut()).zip(xs).zip(mask) {
+                    let take = m && (v > *b || v.is_nan());
+                    *b = if take { v } else { *b };
+                    *c = if take { tap } else { *c };
+                }
+            }
+        }
+    } else {
+        for oy in 0..g.oh {
+            let y = &mut y[oy * g.ow..][..g.ow];
+            let codes = &mut codes[oy * g.ow..][..g.ow];
+            for ky in 0..kh {
+                let Some(iy) = g.row(oy, ky) else { continue };
+                let row = &x[iy * g.w..][..g.w];
+                for (kx, &(lo, hi)) in g.columns.iter().enumerate() {
+                    let tap = (ky * kw + kx) as u8;
+                    // Column of output `lo` in the input; then one stride per output.
+                    let start = lo * g.stride.1 + kx * g.dilation.1 - g.padding.1;
+                    let (y, codes) = (&mut y[lo..hi], &mut codes[lo..hi]);
+                    let n = hi - lo;
+                    match g.stride.1 {
+                        1 => take(y, codes, row[start..start + n].iter().copied(), tap),
+                        2 => take_stride2(y, codes, &row[start..], tap),
+                        s => take(y, codes, row[start..].iter().step_by(s).copied(), tap),
+                    }
+                }
+            }
+        }
+    }
+    for (c, &b) in codes.iter_mut().zip(y.iter()) {
+        // Not (≤ 0): above 0 or NaN.
+        *c |= if b <= 0.0 { 0 } else { GENERAL_POSITIVE };
+    }
+}
+
+/// `take` of `general_pool_plane` over every second element of `x`, for outputs `y`/`codes`.
+/// LLVM leaves stride-2 reads with a select to scalar code, which was most of a GoogLeNet stem
+/// pool's time; the AVX-512 kernel deinterleaves 32 loaded floats with one shuffle instead,
+/// with masked loads and stores for the last (on 14-wide rows, the only) partial vector.
+#[inline(always)]
+fn take_stride2(y: &mut [f32], codes: &mut [u8], x: &[f32], tap: u8) {
+    let n = y.len().min(codes.len());
+    if n == 0 {
+        return;
+    }
+    let x = &x[..2 * (n - 1) + 1];
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
+        // SAFETY: the CPU has the features; the kernel masks every access to x[..2n − 1],
+        // y[..n] and codes[..n].
+        unsafe { take_stride2_avx512(&mut y[..n], &mut codes[..n], x, tap) };
+        return;
+    }
+    for i in 0..n {
+        let v = x[2 * i];
+        let (b, c) = (&mut y[i], &mut codes[i]);
+        let take = v > *b || v.is_nan();
+        *b = if take { v } else { *b };
+        *c = if take { tap } else { *c };
+    }
+}
+
+/// `take_stride2` for `y.len() == codes.len()` outputs and `x.len() == 2 · y.len() − 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+unsafe fn take_stride2_avx512(y: &mut [f32], codes: &mut [u8], x: &[f32], tap: u8) {
+    use std::arch::x86_64::*;
+    let lanes = |count: usize| -> __mmask16 {
+        if count >= 16 {
+            0xffff
+        } else {
+            (1u16 << count) - 1
+        }
+    };
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let taps = _mm_set1_epi8(tap as i8);
+    let n = y.len();
+    for o in (0..n).step_by(16) {
+        let outputs = lanes(n - o);
+        let avail = x.len() - 2 * o;
+        let (a, b) = (
+            _mm512_maskz_loadu_ps(lanes(avail), x.as_ptr().add(2 * o)),
+            // wrapping_add: past the end when no lane is read.
+            _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), x.as_ptr().wrapping_add(2 * o + 16)),
+        );
+        let xs = _mm512_permutex2var_ps(a, even, b);
+        let best = _mm512_maskz_loadu_ps(outputs, y.as_ptr().add(o));
+        let take = outputs
+            & (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(xs, best)
+                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs));
+        _mm512_mask_storeu_ps(y.as_mut_ptr().add(o), take, xs);
+        _mm_mask_storeu_epi8(codes.as_mut_ptr().add(o) as *mut i8, take, taps);
+    }
+}
+
+simd_fn!(fn general_pool_loops = general_pool_plane(
+    g: &General,
+    x: &[f32],
+    y: &mut [f32],
+    codes: &mut [u8],
+));
+
+/// The input gradient of one plane from the codes of `general_pool_plane`: each window's
+/// gradient to its winning element (summed where windows overlap), and through a ReLU before
+/// the pool not at all where the maximum was ≤ 0.
+fn general_unpool_plane(g: &General, codes: &[u8], grad: &[f32], through_relu: bool, dx: &mut [f32]) {
+    dx.fill(0.0);
+    let kw = g.kernel.1;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let code = codes[oy * g.ow + ox];
+            if through_relu && code & GENERAL_POSITIVE == 0 {
+                continue;
+            }
+            let tap = (code & !GENERAL_POSITIVE) as usize;
+            let (ky, kx) = (tap / kw, tap % kw);
+            // The code names a tap inside the input: the forward pass only ever chose those.
+            let iy = oy * g.stride.0 + ky * g.dilation.0 - g.padding.0;
+            let ix = ox * g.stride.1 + kx * g.dilation.1 - g.padding.1;
+            dx[iy * g.w + ix] += grad[oy * g.ow + ox];
+        }
+    }
+}
+
 impl MaxPool2d {
     /// The pooled output, and on the 2×2 path (where [`MaxPool2d::folds_relu`]) the codes
     /// with which [`MaxPool2d::backward_from_codes`] does without the input.
@@ -451,6 +700,25 @@ impl MaxPool2d {
         let out_shape = self.output_shape(x.shape())?;
         let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
         let mut y = Tensor::for_overwrite(&out_shape);
+        if !self.is_2x2(h, w, oh, ow) && self.folds_relu(x.shape()) {
+            let mut codes = vec![0u8; y.data().len()];
+            let geometry = General::new(self, h, w, oh, ow);
+            let planes = (CHUNK / (h * w).max(1)).max(1);
+            y.data_mut()
+                .par_chunks_mut(oh * ow * planes)
+                .zip(codes.par_chunks_mut(oh * ow * planes))
+                .zip(x.data().par_chunks(h * w * planes))
+                .for_each(|((yp, cp), xp)| {
+                    for ((yp, cp), xp) in yp
+                        .chunks_mut(oh * ow)
+                        .zip(cp.chunks_mut(oh * ow))
+                        .zip(xp.chunks(h * w))
+                    {
+                        general_pool_loops(&geometry, xp, yp, cp);
+                    }
+                });
+            return Ok((y, Some(codes)));
+        }
         if !self.is_2x2(h, w, oh, ow) {
             // scan_plane visits every output element once.
             y.data_mut()
@@ -510,6 +778,23 @@ impl MaxPool2d {
         let (h, w, oh, ow) = (input[2], input[3], out_shape[2], out_shape[3]);
         let mut dx = Tensor::for_overwrite(input);
         let planes = (CHUNK / (h * w).max(1)).max(1);
+        if !self.is_2x2(h, w, oh, ow) {
+            let geometry = General::new(self, h, w, oh, ow);
+            dx.data_mut()
+                .par_chunks_mut(h * w * planes)
+                .zip(codes.par_chunks(oh * ow * planes))
+                .zip(grad_out.data().par_chunks(oh * ow * planes))
+                .for_each(|((dp, cp), gp)| {
+                    for ((dp, cp), gp) in dp
+                        .chunks_mut(h * w)
+                        .zip(cp.chunks(oh * ow))
+                        .zip(gp.chunks(oh * ow))
+                    {
+                        general_unpool_plane(&geometry, cp, gp, through_relu, dp);
+                    }
+                });
+            return Ok(dx);
+        }
         dx.data_mut()
             .par_chunks_mut(h * w * planes)
             .zip(codes.par_chunks(oh * ow * planes))
@@ -807,6 +1092,66 @@ mod tests {
                         unpool_codes_plane(&codes, &g, relu, &mut got, h, w, oh, ow);
                     }
                     assert_eq!(bits(&got), bits(&want), "{name} {h}×{w} relu {relu}");
+                }
+            }
+        }
+    }
+
+    /// The general coded pool against `scan_plane` (the rule element by element, with bounds
+    /// checks), bit for bit, forward and backward with and without the folded ReLU: windows
+    /// with padding, strides, dilation and ceil mode (whose last window hangs over the edge),
+    /// on ties, NaNs, negative and −∞ windows.
+    #[test]
+    fn general_codes_follow_the_pools_rule() {
+        let values = [-1.0, 0.0, 0.0, 1.0, 1.0, 2.0, f32::NAN, f32::NEG_INFINITY];
+        let mut seed = 11u64;
+        let mut pick = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        let pools = [
+            // (kernel, stride, padding, dilation, ceil)
+            ((3, 3), (1, 1), (1, 1), (1, 1), true),
+            ((3, 3), (1, 1), (2, 2), (2, 2), false),
+            ((3, 2), (1, 1), (1, 0), (1, 1), false),
+            ((3, 3), (2, 2), (0, 0), (1, 1), true),
+            ((3, 3), (2, 2), (1, 1), (1, 1), false),
+            ((2, 3), (1, 2), (1, 0), (1, 1), true),
+            ((3, 2), (2, 1), (1, 1), (2, 1), false),
+            ((5, 5), (3, 3), (2, 2), (1, 1), true),
+            ((2, 2), (2, 2), (0, 0), (1, 1), true),
+        ];
+        for (kernel, stride, padding, dilation, ceil_mode) in pools {
+            let pool = MaxPool2d { kernel, stride, padding, dilation, ceil_mode };
+            for (h, w) in [(7, 9), (14, 14), (5, 40), (6, 6), (4, 101)] {
+                let Ok(out) = pool.output_shape(&[1, 1, h, w]) else { continue };
+                let (oh, ow) = (out[2], out[3]);
+                let x: Vec<f32> = (0..h * w).map(|_| values[pick() % values.len()]).collect();
+                let g: Vec<f32> = (0..oh * ow).map(|_| (pick() % 100) as f32 - 50.0).collect();
+                let geometry = General::new(&pool, h, w, oh, ow);
+                let (mut y, mut codes) = (vec![0f32; oh * ow], vec![0u8; oh * ow]);
+                general_pool_loops(&geometry, &x, &mut y, &mut codes);
+                let mut want_y = vec![0f32; oh * ow];
+                let mut argmax = vec![0usize; oh * ow];
+                pool.scan_plane(&x, h, w, oh, ow, |o, i| {
+                    want_y[o] = x[i];
+                    argmax[o] = i;
+                });
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let case = format!("{pool:?} on {h}×{w}");
+                assert_eq!(bits(&y), bits(&want_y), "{case} forward");
+                for relu in [false, true] {
+                    let mut want = vec![0f32; h * w];
+                    for o in 0..oh * ow {
+                        if !(relu && want_y[o] <= 0.0) {
+                            want[argmax[o]] += g[o];
+                        }
+                    }
+                    let mut got = vec![f32::NAN; h * w];
+                    general_unpool_plane(&geometry, &codes, &g, relu, &mut got);
+                    assert_eq!(bits(&got), bits(&want), "{case} backward, relu {relu}");
                 }
             }
         }
