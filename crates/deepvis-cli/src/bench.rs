@@ -56,7 +56,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         std::hint::black_box(g);
         if i >= a.warmup {
             times.push(t.elapsed().as_secs_f64());
+        } else if i + 1 == a.warmup {
+            deepvis_engine::profile::take_report();
         }
+    }
+    if deepvis_engine::profile::enabled() {
+        eprint!(
+            "time per op over {} timed steps (DEEPVIS_PROFILE):\n{}",
+            times.len(),
+            deepvis_engine::profile::take_report()
+        );
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2] * 1e3;

@@ -355,6 +355,7 @@ impl Graph {
                 })
                 .collect::<Result<_, _>>()?;
             let act = || self.activation_of(i);
+            let started = crate::profile::start();
             let y = if let Some(sel) = plan.selected(i) {
                 let y = match plan.head[i] {
                     Some(_) => sel.op.forward_fused(ins[0], act()?),
@@ -376,6 +377,7 @@ impl Graph {
                 src.op.forward(&ins)
             }
             .map_err(|e| EngineError::Shape(format!("at {}: {e}", src.name)))?;
+            crate::profile::record(started, || self.profile_key(i, &plan), false);
             values[i] = Some(y);
             for &j in &src.inputs {
                 if plan.last_use[j] == i && !plan.keep[j] {
@@ -388,6 +390,15 @@ impl Graph {
             values,
             codes,
         })
+    }
+
+    /// The profiler's row for node `i`: its op (with its producer's, if fused) and shape.
+    fn profile_key(&self, i: NodeId, plan: &Plan) -> String {
+        let op = match plan.head[i] {
+            Some(h) => format!("{} + {}", self.nodes[h].op.describe(), self.nodes[i].op.describe()),
+            None => self.nodes[i].op.describe(),
+        };
+        format!("{op} → {:?}", plan.shape(i))
     }
 
     fn activation_of(&self, i: NodeId) -> Result<crate::Activation, EngineError> {
@@ -449,6 +460,7 @@ impl Graph {
             let Some(g) = grads[i].take() else {
                 continue;
             };
+            let started = crate::profile::start();
             if let Some(h) = plan.head[i] {
                 let head = &self.nodes[h];
                 let y = || {
@@ -470,6 +482,7 @@ impl Graph {
                         .backward_fused(shape, g, y()?, self.activation_of(i)?)?
                 };
                 accumulate(&mut grads[head.inputs[0]], dx);
+                crate::profile::record(started, || self.profile_key(i, plan), true);
                 continue;
             }
             let node = &self.nodes[i];
@@ -502,6 +515,7 @@ impl Graph {
             for (&j, gj) in node.inputs.iter().zip(input_grads) {
                 accumulate(&mut grads[j], gj);
             }
+            crate::profile::record(started, || self.profile_key(i, plan), true);
         }
         grads[0]
             .take()

@@ -14,6 +14,7 @@ mod narrow;
 mod op;
 mod ops;
 mod plan;
+pub mod profile;
 mod pool;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
