@@ -381,8 +381,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                 group,
             ))
         } else {
-            settings_g.seed =
-                a.run.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            settings_g.seed = deepvis_render::options::group_seed(a.run.seed, group[0]);
             Init::Random
         };
         let n = group.len();
