@@ -422,7 +422,7 @@ def load(
             shutil.rmtree(tmpdir, True)
         raise
     for note in native.notes:
-        warnings.warn(note.removeprefix("note: ") if hasattr(note, "removeprefix") else note, stacklevel=2)
+        warnings.warn(note.removeprefix("note: "), stacklevel=2)
     return Model(native, tmpdir)
 
 
