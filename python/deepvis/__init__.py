@@ -831,20 +831,14 @@ _LUCENT_TERM = re.compile(r"([A-Za-z_][\w.]*):(\d+)")
 
 def _lucent_objective(model: Model, objective: str) -> str:
     """`layer4_1:7` (Lucent's spelling) as `layer4.1:7`; names that are already layers stay."""
-    known = None
-    ours = {layer.name for layer in model.layers()}
+    layers = model.layers()
+    ours = {n for layer in layers for n in (layer.name,) + layer.aliases}
+    lucent = model._lucent_names()
 
     def fix(m: "re.Match[str]") -> str:
-        nonlocal known
         name = m.group(1)
         if name in ours:
             return m.group(0)
-        if known is None:
-            known = model._lucent_names()
-            for layer in model.layers():
-                ours.update(layer.aliases)
-            if name in ours:
-                return m.group(0)
-        return f"{known.get(name, name)}:{m.group(2)}"
+        return f"{lucent.get(name, name)}:{m.group(2)}"
 
     return _LUCENT_TERM.sub(fix, objective)

@@ -222,6 +222,13 @@ def test_bad_arguments(lite0, call, exc, text):
     assert "\n" not in str(e.value)
 
 
+def test_a_size_beyond_memory_is_refused_up_front(lite0):
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="choose a smaller --size"):
+        deepvis.render(lite0, "_blocks.8:1", size=32768, steps=1, progress=False)
+    assert time.monotonic() - start < 5
+
+
 def test_a_corrupt_file_is_a_deepvis_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all")

@@ -99,11 +99,11 @@ impl ModelArgs {
     /// Loads the model; an ONNX model with a dynamic input size is lowered at `size`.
     pub fn load_at(&self, size: Option<(usize, usize)>) -> Result<Loaded> {
         self.init_threads()?;
-        let loaded = self
-            .source()?
-            .load_at(size, std::io::stderr().is_terminal(), &mut |note| {
-                eprintln!("{note}")
-            })?;
+        let loaded =
+            self.source()?
+                .load_at(size, std::io::stderr().is_terminal(), &mut |note| {
+                    eprintln!("{note}")
+                })?;
         let sha = match &loaded.weights_file {
             Some(path) => Some(
                 deepvis_weights::sha256_file(path)
@@ -125,7 +125,9 @@ impl ModelArgs {
     pub fn fetch(&self) -> Result<PathBuf> {
         Ok(self
             .source()?
-            .fetch(std::io::stderr().is_terminal(), &mut |note| eprintln!("{note}"))?)
+            .fetch(std::io::stderr().is_terminal(), &mut |note| {
+                eprintln!("{note}")
+            })?)
     }
 
     /// The flags as the library's model source (its rules are shared with the Python package).

@@ -98,7 +98,11 @@ impl Source {
     }
 
     /// The cached weight file of a zoo model, downloading it unless offline.
-    pub fn fetch(&self, progress: bool, notify: &mut dyn FnMut(&str)) -> Result<PathBuf, ModelError> {
+    pub fn fetch(
+        &self,
+        progress: bool,
+        notify: &mut dyn FnMut(&str),
+    ) -> Result<PathBuf, ModelError> {
         let info = crate::info(&self.model)?;
         let Some(official) = info.url.as_deref() else {
             return Err(invalid(format!(

@@ -3,6 +3,9 @@
 //! like the CLI: [`ops`] does the work, [`job`] runs renders off the GIL, and `py` (with the
 //! `extension-module` feature, as maturin builds it) converts to and from Python.
 
+// `is_multiple_of` needs a newer Rust than the workspace's rust-version.
+#![allow(clippy::manual_is_multiple_of)]
+
 pub mod job;
 pub mod ops;
 #[cfg(feature = "extension-module")]

@@ -153,11 +153,7 @@ fn init_images(
 
 fn images_output(r: deepvis_render::RenderOutput, n: usize) -> Output {
     Output::default()
-        .with(
-            "images",
-            vec![n, r.channels, r.height, r.width],
-            r.images,
-        )
+        .with("images", vec![n, r.channels, r.height, r.width], r.images)
         .with("initial", vec![n], r.initial)
         .with("final", vec![n], r.final_values)
 }
@@ -177,8 +173,10 @@ pub fn start_render(
     options.validate().map_err(value)?;
     let size = options.size_or(model.info.native_size);
     let settings = options.settings(seed, size).map_err(value)?;
-    let objective = Objective::parse(objective, &model)
-        .map_err(|e| value(one_line(&RenderError::Spec(e))))?;
+    let objective =
+        Objective::parse(objective, &model).map_err(|e| value(one_line(&RenderError::Spec(e))))?;
+    let deepest = objective.nodes().into_iter().max().unwrap_or(0);
+    deepvis_render::check_fits(&model, deepest, size, Some(batch)).map_err(render_failure)?;
     let init = match init {
         Some(i) => Init::Images(init_images(&model, i, batch, settings.octaves[0].hw())?),
         None => Init::Random,
@@ -231,6 +229,8 @@ pub fn start_filters(
             "filter {bad} is out of range: layer {layer_name} of {label} has {channels} filters (0..{channels})"
         )));
     }
+    let id = model.layer(layer).map_err(model_failure)?;
+    deepvis_render::check_fits(&model, id, size, Some(1)).map_err(render_failure)?;
     let base = options.settings(seed, size).map_err(value)?;
     let objectives: Vec<Objective> = filters
         .iter()
@@ -284,8 +284,8 @@ pub fn start_dream(
     settings: DreamSettings,
 ) -> Result<Job, Failure> {
     settings.validate().map_err(value)?;
-    let objective = Objective::parse(objective, &model)
-        .map_err(|e| value(one_line(&RenderError::Spec(e))))?;
+    let objective =
+        Objective::parse(objective, &model).map_err(|e| value(one_line(&RenderError::Spec(e))))?;
     let (data, [c, h, w]) = photo;
     let mc = model.info.channels;
     let photo = if c == mc {
@@ -297,6 +297,12 @@ pub fn start_dream(
             "the photo has {c} channels; the model takes {mc} (or give an RGB image)"
         )));
     };
+    let deepest = objective.nodes().into_iter().max().unwrap_or(0);
+    deepvis_render::check_fits(&model, deepest, (h, w), Some(1)).map_err(|e| {
+        let mut f = render_failure(e);
+        f.message = format!("the photo is too large for this layer: {}", f.message);
+        f
+    })?;
     let total = settings.octaves * settings.steps_per_octave;
     Job::spawn(total, move |ctl: &Ctl| {
         let out = dream_until(&model, &objective, &photo, h, w, &settings, |p| {

@@ -63,13 +63,16 @@ fn output<'py>(py: Python<'py>, out: &Output) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
+/// An ONNX model lowered at an input size.
+type SizedModel = ((usize, usize), Arc<Model>);
+
 /// A loaded model. ONNX models with a free input size are lowered again for other sizes.
 #[pyclass(frozen, name = "Model", module = "deepvis._native")]
 pub struct PyModel {
     source: Source,
     model: Arc<Model>,
     loaded_at: Option<(usize, usize)>,
-    other_sizes: Mutex<Vec<((usize, usize), Arc<Model>)>>,
+    other_sizes: Mutex<Vec<SizedModel>>,
     #[pyo3(get)]
     weights: String,
     #[pyo3(get)]
@@ -356,7 +359,9 @@ impl PyJob {
     }
 }
 
-fn init_arg(init: Option<(Bound<'_, PyBytes>, [usize; 4])>) -> PyResult<Option<(Vec<f32>, [usize; 4])>> {
+fn init_arg(
+    init: Option<(Bound<'_, PyBytes>, [usize; 4])>,
+) -> PyResult<Option<(Vec<f32>, [usize; 4])>> {
     init.map(|(b, shape)| Ok((f32s(b.as_bytes()).map_err(to_py)?, shape)))
         .transpose()
 }
@@ -420,7 +425,9 @@ fn start_dream(
     let m = model.at(py, Some((h, w)))?;
     let data = f32s(b.as_bytes()).map_err(to_py)?;
     if data.len() != c * h * w {
-        return Err(to_py(ops::value("the photo's data does not match its shape")));
+        return Err(to_py(ops::value(
+            "the photo's data does not match its shape",
+        )));
     }
     let settings = DreamSettings {
         octaves,
@@ -455,7 +462,9 @@ fn probe<'py>(
             let m = model.at(py, Some((shape[2], shape[3])))?;
             let data = f32s(b.as_bytes()).map_err(to_py)?;
             if data.len() != shape.iter().product::<usize>() {
-                return Err(to_py(ops::value("the input's data does not match its shape")));
+                return Err(to_py(ops::value(
+                    "the input's data does not match its shape",
+                )));
             }
             let layer = layer.to_string();
             py.detach(move || ops::probe_tensor(&m, &layer, (data, shape), channel))
@@ -492,7 +501,11 @@ fn encode_png<'py>(
 
 /// Saves a [c, h, w] image as PNG (atomically); returns the .npy written beside it, if any.
 #[pyfunction]
-fn save_image(path: PathBuf, data: Bound<'_, PyBytes>, shape: [usize; 3]) -> PyResult<Option<PathBuf>> {
+fn save_image(
+    path: PathBuf,
+    data: Bound<'_, PyBytes>,
+    shape: [usize; 3],
+) -> PyResult<Option<PathBuf>> {
     let v = f32s(data.as_bytes()).map_err(to_py)?;
     ops::save_image(&path, &v, shape[0], shape[1], shape[2]).map_err(to_py)
 }

@@ -39,8 +39,8 @@ pub use optim::OptimizerKind;
 pub use param::ParamKind;
 pub use render::{
     default_octaves, default_octaves_hw, dream, dream_until, evaluate, render, render_until,
-    seed_init, seed_init_shaped, seed_settings, seed_settings_hw, DreamSettings, Init, Octave, Preset, Progress, RenderOutput,
-    RenderSettings,
+    seed_init, seed_init_shaped, seed_settings, seed_settings_hw, DreamSettings, Init, Octave,
+    Preset, Progress, RenderOutput, RenderSettings,
 };
 pub use transform::{PadMode, Regularizer, Transform};
 
@@ -324,4 +324,63 @@ pub fn probe(
         activation,
         input_grad,
     })
+}
+
+/// Available memory in bytes, from /proc/meminfo where there is one.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// What one image's forward and backward pass to `layer` holds at most: about twice the
+/// activations of its forward pass.
+pub fn pass_bytes(
+    model: &Model,
+    layer: NodeId,
+    (h, w): (usize, usize),
+) -> Result<u64, RenderError> {
+    Ok(model
+        .graph
+        .activation_bytes(&[1, model.info.channels, h, w], layer)
+        .map_err(|e| {
+            RenderError::Invalid(format!(
+                "image size {} does not work for this layer: {e}",
+                deepvis_models::size_text(h, w)
+            ))
+        })?
+        .saturating_mul(2))
+}
+
+/// Refuses, before any work, an image size (and a `batch` of it) whose passes to `layer`
+/// cannot fit in the free memory. Returns the bytes of one image's pass.
+pub fn check_fits(
+    model: &Model,
+    layer: NodeId,
+    (h, w): (usize, usize),
+    batch: Option<usize>,
+) -> Result<u64, RenderError> {
+    let per_image = pass_bytes(model, layer, (h, w))?;
+    let size = deepvis_models::size_text(h, w);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if let Some(avail) = available_memory() {
+        if per_image > avail {
+            return Err(RenderError::Invalid(format!(
+                "image size {size} needs about {:.1} GiB per image for this layer, but only {:.1} GiB is free; choose a smaller --size",
+                gib(per_image),
+                gib(avail)
+            )));
+        }
+        if let Some(b) = batch {
+            if per_image.saturating_mul(b as u64) > avail {
+                return Err(RenderError::Invalid(format!(
+                    "--batch {b} at size {size} needs about {:.1} GiB, but only {:.1} GiB is free; use a smaller --batch",
+                    gib(per_image * b as u64),
+                    gib(avail)
+                )));
+            }
+        }
+    }
+    Ok(per_image)
 }
