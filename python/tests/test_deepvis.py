@@ -78,6 +78,19 @@ def test_init_image_is_the_start(lite0):
     assert np.sqrt((diff**2).mean()) == pytest.approx(0.5 / 255, rel=0.05)
 
 
+def test_precision_bf16_is_close_to_f32_and_f32_comes_back(lite0):
+    kw = dict(size=32, steps=4, seed=3, progress=False)
+    a = deepvis.render(lite0, "_blocks.8:33", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU without AVX512-BF16 says so and stays f32
+        b = deepvis.render(lite0, "_blocks.8:33", precision="bf16", **kw)
+    assert b.final[0] == pytest.approx(float(a.final[0]), rel=0.1)
+    c = deepvis.render(lite0, "_blocks.8:33", **kw)
+    np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match="precision must be"):
+        deepvis.render(lite0, "_blocks.8:33", precision="f64", **kw)
+
+
 def test_filters_match_the_cli(lite0, cli, tmp_path):
     cli(
         "filters", "--layer", "_blocks.8", "--filters", "3,7", "--size", "48", "--steps", "8",
