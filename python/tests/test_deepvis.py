@@ -107,6 +107,8 @@ def test_filters_match_the_cli(lite0, cli, tmp_path):
         theirs = (cli_dir / f"filter_{f:04d}.png").read_bytes()
         assert ours == theirs, f"filter {f} differs from `deepvis filters`"
     assert (tmp_path / "py" / "grid.png").is_file()
+    assert sheet._repr_png_()[:4] == b"\x89PNG"
+    assert np.asarray(sheet).shape == (2, 48, 48, 3)
 
 
 def test_probe_matches_the_cli(lite0, cli, photo, tmp_path):
@@ -250,6 +252,32 @@ def test_a_corrupt_file_is_a_deepvis_error(tmp_path):
 
 
 # --- interruption --------------------------------------------------------------------------
+
+
+def test_the_gil_is_free_while_rendering(lite0):
+    """Python threads keep running during a render: a counting thread gets about as far as
+    it does with the main thread asleep."""
+
+    def count(seconds):
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            n += 1
+        return n
+
+    out = {}
+    t = threading.Thread(target=lambda: out.__setitem__("idle", count(0.3)))
+    t.start()
+    time.sleep(0.4)
+    t.join()
+    t = threading.Thread(target=lambda: out.__setitem__("busy", count(0.3)))
+    t.start()
+    start = time.monotonic()
+    deepvis.render(lite0, "_blocks.8:1", size=64, steps=200, progress=False)
+    assert time.monotonic() - start > 0.3, "the render must outlast the counting"
+    t.join()
+    # The engine's threads compete for the cores, so some loss is fair; a held GIL would
+    # leave the counter next to nothing.
+    assert out["busy"] > 0.2 * out["idle"], out
 
 
 def test_ctrl_c_stops_the_render_cleanly(lite0):
