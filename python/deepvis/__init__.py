@@ -326,7 +326,10 @@ def _export_onnx(module: Any, input_shape: Sequence[int], opset: int) -> Tuple[s
     was_training = module.training
     module.eval()
     try:
-        x = torch.zeros(shape)
+        # On the module's device (a notebook's model often lives on the GPU); the weights are
+        # written out either way.
+        param = next(module.parameters(), None)
+        x = torch.zeros(shape, device=param.device if param is not None else "cpu")
         kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
