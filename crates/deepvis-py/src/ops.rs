@@ -8,8 +8,11 @@ use deepvis_models::{Model, ModelError};
 use deepvis_output::{grid_sheet, load_rgb, resize_bilinear_planar, RgbImage};
 use deepvis_render::options::{group_seed, is_seed_method, RenderOptions};
 use deepvis_render::render::{dream_until, render_until, seed_init_shaped, DreamSettings, Init};
+use deepvis_render::RenderOutput;
 use deepvis_render::{model_normalization, normalize, BatchObjective, Objective, RenderError};
+use rayon::prelude::*;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// An error and its causes on one line, each cause once (as the CLI prints them).
@@ -239,13 +242,23 @@ pub fn start_filters(
         .map_err(render_failure)?;
     let steps = base.total_steps();
     let total = steps * filters.len();
+    // Single images go side by side, one per thread, as far as memory allows: what
+    // `deepvis filters` does with single-image batches (see its `plan_jobs`); each image
+    // comes out the same either way.
+    let per_image = deepvis_render::pass_bytes(&model, id, size).map_err(render_failure)?;
+    let fit = deepvis_render::available_memory().map_or(1, |a| (a / 2 / per_image.max(1)) as usize);
+    let jobs = rayon::current_num_threads()
+        .min(fit)
+        .min(filters.len())
+        .max(1);
     let name = layer_name.clone();
     let job = Job::spawn(total, move |ctl: &Ctl| {
+        if jobs > 1 {
+            deepvis_engine::set_concurrent_passes(jobs);
+        }
         let c = model.info.channels;
-        let mut images = Vec::new();
-        let (mut initial, mut finals) = (Vec::new(), Vec::new());
-        let (mut h, mut w) = (0, 0);
-        for (i, (&f, objective)) in filters.iter().zip(objectives).enumerate() {
+        let done = AtomicUsize::new(0);
+        let one = |(f, objective): (usize, Objective)| -> Result<RenderOutput, Failure> {
             let mut s = base.clone();
             let init = if is_seed_method(&s) {
                 Init::Images(seed_init_shaped([c, size.0, size.1], seed, &[f]))
@@ -253,21 +266,40 @@ pub fn start_filters(
                 s.seed = group_seed(seed, f);
                 Init::Random
             };
-            let r = render_until(
+            let mut reported = 0;
+            render_until(
                 &model,
                 &BatchObjective::PerImage(vec![objective]),
                 1,
                 &s,
                 init,
-                |p| ctl.step(i * steps + p.step, total),
+                |p| {
+                    let now =
+                        done.fetch_add(p.step - reported, Ordering::Relaxed) + p.step - reported;
+                    reported = p.step;
+                    ctl.step(now, total)
+                },
             )
-            .map_err(render_failure)?;
-            (h, w) = (r.height, r.width);
+            .map_err(render_failure)
+        };
+        let work: Vec<(usize, Objective)> = filters.iter().copied().zip(objectives).collect();
+        let mut outs = Vec::with_capacity(work.len());
+        for wave in work.chunks(jobs) {
+            let results: Vec<Result<RenderOutput, Failure>> =
+                wave.par_iter().cloned().map(&one).collect();
+            for r in results {
+                outs.push(r?);
+            }
+        }
+        let n = filters.len();
+        let (h, w) = outs.first().map_or((0, 0), |r| (r.height, r.width));
+        let mut images = Vec::with_capacity(n * c * h * w);
+        let (mut initial, mut finals) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for r in outs {
             images.extend_from_slice(&r.images);
             initial.extend_from_slice(&r.initial);
             finals.extend_from_slice(&r.final_values);
         }
-        let n = filters.len();
         Ok(Output::default()
             .with("images", vec![n, c, h, w], images)
             .with("initial", vec![n], initial)
