@@ -12,6 +12,7 @@ use deepvis_output::{
     RgbImage, MANIFEST_FILE,
 };
 use deepvis_render::render::{render, seed_init_shaped, Init, RenderOutput};
+use deepvis_render::{available_memory, check_fits, pass_bytes};
 use deepvis_render::{BatchObjective, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -143,14 +144,6 @@ pub fn open_manifest(out: &Path, model: &str, loaded: &Loaded) -> Result<(PathBu
     Ok((path, manifest))
 }
 
-/// Available memory in bytes, from /proc/meminfo where there is one.
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Images per batch by default, at most: batching pays only while one image is little work.
 const MAX_BATCH: usize = 8;
 /// Activation bytes (forward and backward) one batch aims at by default. Measured on 2 cores:
@@ -168,30 +161,10 @@ pub fn plan_batch(
     requested: Option<usize>,
     count: usize,
 ) -> Result<usize> {
-    let per_image = pass_bytes(model, layer, (h, w))?;
-    let size = size_text(h, w);
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    if let Some(avail) = available_memory() {
-        if per_image > avail {
-            bail!(
-                "image size {size} needs about {:.1} GiB per image for this layer, but only {:.1} GiB is free; choose a smaller --size",
-                gib(per_image),
-                gib(avail)
-            );
-        }
-        if let Some(b) = requested {
-            if per_image.saturating_mul(b as u64) > avail {
-                bail!(
-                    "--batch {b} at size {size} needs about {:.1} GiB, but only {:.1} GiB is free; use a smaller --batch",
-                    gib(per_image * b as u64),
-                    gib(avail)
-                );
-            }
-        }
-        if requested.is_none() {
-            let fit = (avail / 2 / per_image.max(1)).max(1) as usize;
-            return Ok(fit.min(default_batch(per_image)).min(count));
-        }
+    let per_image = check_fits(model, layer, (h, w), requested)?;
+    if let (None, Some(avail)) = (requested, available_memory()) {
+        let fit = (avail / 2 / per_image.max(1)).max(1) as usize;
+        return Ok(fit.min(default_batch(per_image)).min(count));
     }
     Ok(requested.unwrap_or(default_batch(per_image).min(count)))
 }
@@ -249,21 +222,6 @@ pub fn plan_jobs(
     }
     let fit = avail.map_or(1, |a| (a / 2 / per_batch.max(1)) as usize);
     Ok(rayon::current_num_threads().min(fit).min(groups).max(1))
-}
-
-/// What one image's forward and backward pass holds at most: about twice the activations of
-/// its forward pass.
-fn pass_bytes(model: &Model, layer: usize, (h, w): (usize, usize)) -> Result<u64> {
-    Ok(model
-        .graph
-        .activation_bytes(&[1, model.info.channels, h, w], layer)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "image size {} does not work for this layer: {e}",
-                size_text(h, w)
-            )
-        })?
-        .saturating_mul(2))
 }
 
 /// What the manifest records of a model's input where it is not the zoo's RGB convention:
@@ -381,8 +339,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                 group,
             ))
         } else {
-            settings_g.seed =
-                a.run.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            settings_g.seed = deepvis_render::options::group_seed(a.run.seed, group[0]);
             Init::Random
         };
         let n = group.len();

@@ -235,27 +235,14 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         }
         (None, None) => bail!("pass --image FILE or --input-tensor FILE:NAME"),
     };
-    let trace = model.graph.forward(input, layer)?;
-    let out = trace.output();
+    let probe = deepvis_render::probe(model, layer, &a.layer, input, a.channel)?;
     let mut dict = StateDict::new();
+    let out = probe.activation;
     dict.insert(
         "activation",
-        StoredTensor::new(out.shape().to_vec(), DType::F32, out.data().to_vec()),
+        StoredTensor::new(out.shape().to_vec(), DType::F32, out.into_data()),
     );
-    if let Some(c) = a.channel {
-        let ch = out.shape()[1];
-        if c >= ch {
-            bail!(
-                "channel {c} is out of range: layer {} has {ch} channels",
-                a.layer
-            );
-        }
-        let plane: usize = out.shape()[2..].iter().product();
-        let mut g = Tensor::zeros(out.shape());
-        for n in 0..out.shape()[0] {
-            g.data_mut()[(n * ch + c) * plane..(n * ch + c + 1) * plane].fill(1.0 / plane as f32);
-        }
-        let grad = model.graph.backward(&trace, g)?;
+    if let Some(grad) = probe.input_grad {
         dict.insert(
             "input_grad",
             StoredTensor::new(grad.shape().to_vec(), DType::F32, grad.into_data()),

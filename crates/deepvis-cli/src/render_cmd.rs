@@ -178,12 +178,15 @@ pub struct DreamArgs {
 }
 
 pub fn dream(a: DreamArgs) -> Result<()> {
-    if a.octaves == 0 || a.steps_per_octave == 0 {
-        bail!("--octaves and --steps-per-octave must be at least 1");
-    }
-    if !(a.octave_scale.is_finite() && a.octave_scale >= 1.0) || !(a.lr.is_finite() && a.lr > 0.0) {
-        bail!("--octave-scale must be at least 1 and --lr positive");
-    }
+    let settings = DreamSettings {
+        octaves: a.octaves,
+        octave_scale: a.octave_scale,
+        steps_per_octave: a.steps_per_octave,
+        lr: a.lr,
+        seed: a.seed,
+        ..DreamSettings::default()
+    };
+    settings.validate().map_err(anyhow::Error::msg)?;
     let loaded = a.model.load()?;
     let model = &loaded.model;
     let spec = match (&a.objective, &a.layer) {
@@ -204,14 +207,6 @@ pub fn dream(a: DreamArgs) -> Result<()> {
         1,
     )
     .context("the photo is too large for this layer")?;
-    let settings = DreamSettings {
-        octaves: a.octaves,
-        octave_scale: a.octave_scale,
-        steps_per_octave: a.steps_per_octave,
-        lr: a.lr,
-        seed: a.seed,
-        ..DreamSettings::default()
-    };
     let bar = crate::filters::Progress::new(a.quiet, a.octaves * a.steps_per_octave, 0);
     let result = deep_dream(model, &objective, &photo, h, w, &settings, |p| {
         bar.step(p.step, p.total)
@@ -233,16 +228,7 @@ pub fn dream(a: DreamArgs) -> Result<()> {
     Ok(())
 }
 
-/// A photo (RGB planes in [0, 1]) as the model's input channels: as it is for RGB, its luma
-/// (ITU-R BT.601, as PIL's "L") for one channel. Other counts have no photo equivalent.
+/// A photo as the model's input channels (see [`deepvis_render::photo_channels`]).
 pub fn photo_channels(rgb: &[f32], channels: usize, plane: usize) -> Result<Vec<f32>> {
-    match channels {
-        3 => Ok(rgb.to_vec()),
-        1 => Ok((0..plane)
-            .map(|i| 0.299 * rgb[i] + 0.587 * rgb[plane + i] + 0.114 * rgb[2 * plane + i])
-            .collect()),
-        c => bail!(
-            "the model takes {c}-channel input; a photo gives 1 (grey) or 3 (RGB) channels, so dream works only on those"
-        ),
-    }
+    Ok(deepvis_render::photo_channels(rgb, channels, plane)?)
 }

@@ -1,13 +1,11 @@
 //! The optimization options shared by `filters` and `render`: a preset and per-piece
 //! overrides, turned into `deepvis_render::RenderSettings`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use deepvis_render::render::{
-    default_octaves_hw, seed_settings_hw, Octave, Preset, RenderSettings,
-};
-use deepvis_render::transform::lucid_standard;
-use deepvis_render::{OptimizerKind, ParamKind, Regularizer};
+use deepvis_render::options::{self, OptimizerChoice, RenderOptions, TransformsChoice};
+use deepvis_render::render::{Preset, RenderSettings};
+use deepvis_render::{OptimizerKind, ParamKind};
 use serde_json::json;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,75 +93,9 @@ pub struct RenderArgs {
     pub clip_contribution: Option<String>,
 }
 
-fn pair(flag: &str, v: &str) -> Result<(f32, usize)> {
-    let (a, b) = v
-        .split_once(':')
-        .with_context(|| format!("--{flag} takes VALUE:EVERY, e.g. 1.0:4"))?;
-    let a: f32 = a
-        .parse()
-        .with_context(|| format!("--{flag}: '{a}' is not a number"))?;
-    let b: usize = b
-        .parse()
-        .with_context(|| format!("--{flag}: '{b}' is not a step count"))?;
-    if !(a.is_finite() && a >= 0.0) || b == 0 {
-        bail!("--{flag} needs a non-negative value and an interval of at least 1 step");
-    }
-    Ok((a, b))
-}
-
 /// `--size`: `N` (square) or `HxW`, as (height, width).
 pub fn parse_size(text: &str) -> Result<(usize, usize), String> {
-    let bad = || {
-        format!(
-            "'{text}' is not an image size; write N or HxW (height x width), e.g. 224 or 48x192"
-        )
-    };
-    let num = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
-    let (h, w) = match text.split_once(['x', 'X', '×']) {
-        Some((h, w)) => (num(h)?, num(w)?),
-        None => {
-            let n = num(text)?;
-            (n, n)
-        }
-    };
-    if h == 0 || w == 0 {
-        return Err("--size must be at least 1 pixel on each side".into());
-    }
-    // Far beyond any memory: refused here, before a size overflows the arithmetic.
-    if h.saturating_mul(w) > 1 << 30 {
-        return Err(format!(
-            "--size {text} is too large; choose a smaller --size"
-        ));
-    }
-    Ok((h, w))
-}
-
-fn octaves((h, w): (usize, usize), steps: usize, n: usize) -> Vec<Octave> {
-    if n <= 1 || h.min(w) < 64 {
-        return vec![Octave::new((h, w), steps)];
-    }
-    if n == 3 {
-        return default_octaves_hw((h, w), steps);
-    }
-    let first = steps / 2;
-    let rest = steps - first;
-    (0..n)
-        .map(|i| {
-            let frac = 0.5 + 0.5 * i as f64 / (n - 1) as f64;
-            let side = |v: usize| ((v as f64 * frac) as usize / 2 * 2).max(8);
-            let s = if i == n - 1 {
-                (h, w)
-            } else {
-                (side(h), side(w))
-            };
-            let st = if i == 0 {
-                first
-            } else {
-                rest / (n - 1) + usize::from(i <= rest % (n - 1))
-            };
-            Octave::new(s, st)
-        })
-        .collect()
+    options::parse_size(text)
 }
 
 impl RenderArgs {
@@ -172,115 +104,50 @@ impl RenderArgs {
         self.size.unwrap_or(native)
     }
 
-    pub fn validate(&self) -> Result<()> {
-        if let Some(size) = self.size {
-            self.validate_size(size)?;
+    /// The flags as the library's options (the rules live there, shared with the Python package).
+    pub fn options(&self) -> RenderOptions {
+        RenderOptions {
+            preset: match self.preset {
+                PresetName::Default => Preset::Default,
+                PresetName::Seed => Preset::Seed,
+                PresetName::Lucid => Preset::Lucid,
+                PresetName::Maco => Preset::Maco,
+            },
+            size: self.size,
+            steps: self.steps,
+            step_size: self.step_size,
+            param: self.param.map(|p| match p {
+                ParamName::Pixel => ParamKind::Pixel,
+                ParamName::Fourier => ParamKind::FOURIER,
+                ParamName::Maco => ParamKind::Maco,
+            }),
+            transforms: self.transforms.map(|t| match t {
+                TransformsName::None => TransformsChoice::None,
+                TransformsName::Lucid => TransformsChoice::Lucid,
+            }),
+            optimizer: self.optimizer.map(|o| match o {
+                OptimizerName::Adam => OptimizerChoice::Adam,
+                OptimizerName::Ascent => OptimizerChoice::Ascent,
+            }),
+            lr: self.lr,
+            octaves: self.octaves,
+            l2: self.l2,
+            tv: self.tv,
+            blur: self.blur.clone(),
+            clip_norm: self.clip_norm.clone(),
+            clip_contribution: self.clip_contribution.clone(),
         }
-        if self.steps == Some(0) {
-            bail!("--steps must be at least 1");
-        }
-        if let Some(s) = self.step_size {
-            if !(s.is_finite() && s > 0.0) {
-                bail!("--step-size must be a positive number");
-            }
-        }
-        if let Some(lr) = self.lr {
-            if !(lr.is_finite() && lr > 0.0) {
-                bail!("--lr must be a positive number");
-            }
-        }
-        if self.octaves == Some(0) {
-            bail!("--octaves must be at least 1");
-        }
-        if self.step_size.is_some()
-            && (self.optimizer == Some(OptimizerName::Adam) || self.lr.is_some())
-        {
-            bail!("--step-size is the step of the seed's normalized ascent; with Adam use --lr");
-        }
-        Ok(())
     }
 
-    fn validate_size(&self, (h, w): (usize, usize)) -> Result<()> {
-        if h.min(w) == 0 {
-            bail!("--size must be at least 1 pixel");
-        }
-        if self.preset != PresetName::Seed && h.min(w) < 8 {
-            bail!(
-                "--size must be at least 8 pixels for the {:?} preset",
-                self.preset
-            );
-        }
-        Ok(())
+    pub fn validate(&self) -> Result<()> {
+        self.options().validate().map_err(anyhow::Error::msg)
     }
 
     /// The full settings for one render of `size` (height, width) with `seed`.
     pub fn settings(&self, seed: u64, size: (usize, usize)) -> Result<RenderSettings> {
-        self.validate()?;
-        self.validate_size(size)?;
-        let preset = match self.preset {
-            PresetName::Default => Preset::Default,
-            PresetName::Seed => Preset::Seed,
-            PresetName::Lucid => Preset::Lucid,
-            PresetName::Maco => Preset::Maco,
-        };
-        let steps = self.steps.unwrap_or(preset.default_steps());
-        let mut s = match preset {
-            Preset::Seed => seed_settings_hw(size, steps, self.step_size.unwrap_or(3.0), seed),
-            p => p.settings_hw(size, Some(steps), seed),
-        };
-        if let Some(n) = self.octaves {
-            s.octaves = octaves(size, steps, n);
-        }
-        if let Some(p) = self.param {
-            s.param = match p {
-                ParamName::Pixel => ParamKind::Pixel,
-                ParamName::Fourier => ParamKind::FOURIER,
-                ParamName::Maco => ParamKind::Maco,
-            };
-        }
-        if let Some(t) = self.transforms {
-            s.transforms = match t {
-                TransformsName::None => Vec::new(),
-                TransformsName::Lucid => lucid_standard(),
-            };
-            s.transform_reference = Some(128);
-        }
-        let optimizer = match (self.optimizer, self.step_size) {
-            (_, Some(step)) => Some(OptimizerKind::Normalized { lr: step / 255.0 }),
-            (Some(OptimizerName::Adam), _) => Some(OptimizerKind::adam(0.05)),
-            (Some(OptimizerName::Ascent), _) => Some(OptimizerKind::Normalized { lr: 3.0 / 255.0 }),
-            (None, None) => None,
-        };
-        if let Some(o) = optimizer {
-            s.optimizer = o;
-        }
-        if let Some(lr) = self.lr {
-            match &mut s.optimizer {
-                OptimizerKind::Adam { lr: l, .. } | OptimizerKind::Normalized { lr: l } => *l = lr,
-            }
-        }
-        if let Some(w) = self.l2 {
-            s.regularizers.push(Regularizer::L2 { weight: w });
-        }
-        if let Some(w) = self.tv {
-            s.regularizers
-                .push(Regularizer::TotalVariation { weight: w });
-        }
-        if let Some(v) = &self.blur {
-            let (sigma, every) = pair("blur", v)?;
-            s.regularizers.push(Regularizer::Blur { sigma, every });
-        }
-        if let Some(v) = &self.clip_norm {
-            let (percentile, every) = pair("clip-norm", v)?;
-            s.regularizers
-                .push(Regularizer::ClipNorm { percentile, every });
-        }
-        if let Some(v) = &self.clip_contribution {
-            let (percentile, every) = pair("clip-contribution", v)?;
-            s.regularizers
-                .push(Regularizer::ClipContribution { percentile, every });
-        }
-        Ok(s)
+        self.options()
+            .settings(seed, size)
+            .map_err(anyhow::Error::msg)
     }
 
     /// What identifies a result in the manifest: everything but the seed and the batch.
@@ -299,32 +166,6 @@ impl RenderArgs {
     }
 
     pub fn is_seed_method(&self, s: &RenderSettings) -> bool {
-        matches!(s.param, ParamKind::Pixel)
-            && s.transforms.is_empty()
-            && s.regularizers.is_empty()
-            && s.octaves.len() == 1
-            && matches!(s.optimizer, OptimizerKind::Normalized { .. })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_are_n_or_h_by_w() {
-        assert_eq!(parse_size("224"), Ok((224, 224)));
-        assert_eq!(parse_size("48x192"), Ok((48, 192)));
-        assert_eq!(parse_size("48X192"), Ok((48, 192)));
-        assert_eq!(parse_size("28×30"), Ok((28, 30)));
-        for bad in ["", "x", "10x", "x10", "10x10x10", "-3", "1.5", "ax4", "4 x"] {
-            let e = parse_size(bad).unwrap_err();
-            assert!(e.contains("write N or HxW") || bad == "4 x", "{bad}: {e}");
-        }
-        assert!(parse_size("0").unwrap_err().contains("at least 1 pixel"));
-        assert!(parse_size("0x5").unwrap_err().contains("at least 1 pixel"));
-        assert!(parse_size("100000x100000")
-            .unwrap_err()
-            .contains("smaller --size"));
+        options::is_seed_method(s)
     }
 }

@@ -3,11 +3,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use deepvis_models::onnx::InputSpec;
-use deepvis_models::{Model, Normalization, WeightsFrom};
-use deepvis_weights::download;
+use deepvis_models::source::Source;
+use deepvis_models::Model;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -55,8 +54,7 @@ pub struct ModelArgs {
 
 /// Whether `--model` names an ONNX file rather than a zoo model.
 pub fn is_onnx_path(model: &str) -> bool {
-    model.to_ascii_lowercase().ends_with(".onnx")
-        || (model.contains(std::path::MAIN_SEPARATOR) && Path::new(model).is_file())
+    deepvis_models::source::is_onnx_path(model)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,168 +99,66 @@ impl ModelArgs {
     /// Loads the model; an ONNX model with a dynamic input size is lowered at `size`.
     pub fn load_at(&self, size: Option<(usize, usize)>) -> Result<Loaded> {
         self.init_threads()?;
-        if is_onnx_path(&self.model) {
-            return self.load_onnx(size);
-        }
-        if self.mean.is_some() || self.std.is_some() || self.range.is_some() {
-            bail!(
-                "--mean, --std and --range are for ONNX models; zoo model '{}' has its own normalization",
-                self.model
-            );
-        }
-        let info = deepvis_models::info(&self.model)?;
-        if self.random_weights {
-            return Ok(Loaded {
-                model: Model::build(&self.model, WeightsFrom::Random(0))?,
-                weights_label: "random (seed 0)".into(),
-                weights_sha256: None,
-            });
-        }
-        if let Some(path) = &self.weights {
-            return load_file(&self.model, path);
-        }
-        if info.bundled {
-            return Ok(Loaded {
-                model: Model::bundled(&self.model)?,
-                weights_label: "bundled".into(),
-                weights_sha256: Some(sha256_hex(deepvis_models::BUNDLED_EFFICIENTNET_LITE0)),
-            });
-        }
-        let path = self.fetch()?;
-        load_file(&self.model, &path)
+        let loaded =
+            self.source()?
+                .load_at(size, std::io::stderr().is_terminal(), &mut |note| {
+                    eprintln!("{note}")
+                })?;
+        let sha = match &loaded.weights_file {
+            Some(path) => Some(
+                deepvis_weights::sha256_file(path)
+                    .with_context(|| format!("hashing {}", path.display()))?,
+            ),
+            None if loaded.weights_label == "bundled" => {
+                Some(sha256_hex(deepvis_models::BUNDLED_EFFICIENTNET_LITE0))
+            }
+            None => None,
+        };
+        Ok(Loaded {
+            model: loaded.model,
+            weights_label: loaded.weights_label,
+            weights_sha256: sha,
+        })
     }
 
     /// The cached weight file of a zoo model, downloading it unless offline.
     pub fn fetch(&self) -> Result<PathBuf> {
-        let info = deepvis_models::info(&self.model)?;
-        let Some(official) = info.url.as_deref() else {
-            bail!(
-                "model '{}' has no download; pass --weights FILE",
-                self.model
-            );
-        };
-        // A mirror serves the same file names (checked against the same hash prefixes).
-        let url = match std::env::var("DEEPVIS_MIRROR") {
-            Ok(base) if !base.is_empty() => format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                download::file_name_from_url(official)?
-            ),
-            _ => official.to_string(),
-        };
-        let url = url.as_str();
-        let cache = self
-            .cache_dir
-            .clone()
-            .unwrap_or_else(download::default_cache_dir);
-        if self.offline {
-            let name = download::file_name_from_url(url)?;
-            let cached = cache.join(&name);
-            if cached.is_file() {
-                return Ok(cached);
-            }
-            bail!(
-                "model '{}' needs its weights and --offline forbids downloading {url}; pass --weights FILE \
-                 (torchvision's {name}), or put that file in {}",
-                self.model,
-                cache.display()
-            );
-        }
-        eprintln!(
-            "fetching {} weights from {url} (cached in {})",
-            self.model,
-            cache.display()
-        );
-        Ok(download::fetch(
-            url,
-            &cache,
-            std::io::stderr().is_terminal(),
-        )?)
+        Ok(self
+            .source()?
+            .fetch(std::io::stderr().is_terminal(), &mut |note| {
+                eprintln!("{note}")
+            })?)
     }
-}
 
-impl ModelArgs {
-    fn load_onnx(&self, size: Option<(usize, usize)>) -> Result<Loaded> {
-        if self.weights.is_some() || self.random_weights {
-            bail!("an ONNX file holds its own weights; drop --weights / --random-weights");
-        }
-        let path = Path::new(&self.model);
-        let spec = InputSpec {
-            size,
-            normalization: self.normalization()?,
-        };
-        let loaded = deepvis_models::onnx::load(path, &spec)?;
-        if loaded.normalization_assumed {
-            let what = if loaded.input[0] == 3 {
-                "ImageNet normalization (RGB in 0-1, mean 0.485,0.456,0.406, std 0.229,0.224,0.225)"
-            } else {
-                "ImageNet's grey normalization (each channel in 0-1, mean 0.449, std 0.226)"
-            };
-            eprintln!(
-                "note: {}: assuming {what}; pass --mean, --std and --range if the network was trained otherwise",
-                path.display()
-            );
-        }
-        let sha = deepvis_weights::sha256_file(path)
-            .with_context(|| format!("hashing {}", path.display()))?;
-        Ok(Loaded {
-            model: loaded.model,
-            weights_label: path.display().to_string(),
-            weights_sha256: Some(sha),
+    /// The flags as the library's model source (its rules are shared with the Python package).
+    fn source(&self) -> Result<Source> {
+        Ok(Source {
+            model: self.model.clone(),
+            weights: self.weights.clone(),
+            offline: self.offline,
+            cache_dir: self.cache_dir.clone(),
+            random_weights: self.random_weights,
+            mean: list("--mean", &self.mean)?,
+            std: list("--std", &self.std)?,
+            range: self.range.clone(),
         })
     }
-
-    /// --mean, --std and --range as the normalization applied to images in [0, 1].
-    fn normalization(&self) -> Result<Option<Normalization>> {
-        if self.mean.is_none() && self.std.is_none() && self.range.is_none() {
-            return Ok(None);
-        }
-        let scale = match self.range.as_deref() {
-            None | Some("0-1") => 1.0,
-            Some("0-255") => 255.0,
-            Some(other) => bail!("--range must be 0-1 or 0-255, not '{other}'"),
-        };
-        // One value stands for every channel; a list must have one per input channel, which
-        // only the loaded model knows: the renderer checks it against the model.
-        let list = |flag: &str, v: &Option<String>, default: f32| -> Result<Vec<f32>> {
-            let Some(v) = v else {
-                return Ok(vec![default]);
-            };
-            let vals: Vec<f32> = v
-                .split(',')
-                .map(|p| p.trim().parse::<f32>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    anyhow::anyhow!("{flag} takes numbers separated by commas, not '{v}'")
-                })?;
-            if vals.iter().any(|x| !x.is_finite()) {
-                bail!("{flag} values must be finite numbers, not '{v}'");
-            }
-            Ok(vals)
-        };
-        let mean = list("--mean", &self.mean, 0.0)?;
-        let std = list("--std", &self.std, 1.0)?;
-        if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            bail!("--std values must be positive");
-        }
-        // Inputs are made in [0, 1]; a network trained on 0-255 sees x·255, so its mean and
-        // std are divided by 255 to act on [0, 1] values.
-        Ok(Some(Normalization::per_channel(
-            mean.into_iter().map(|m| m / scale).collect(),
-            std.into_iter().map(|s| s / scale).collect(),
-        )))
-    }
 }
 
-fn load_file(model: &str, path: &Path) -> Result<Loaded> {
-    let model = Model::load(model, path)?;
-    let sha = deepvis_weights::sha256_file(path)
-        .with_context(|| format!("hashing {}", path.display()))?;
-    Ok(Loaded {
-        model,
-        weights_label: path.display().to_string(),
-        weights_sha256: Some(sha),
-    })
+/// `--mean` / `--std`: numbers separated by commas.
+fn list(flag: &str, v: &Option<String>) -> Result<Option<Vec<f32>>> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let vals: Vec<f32> = v
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("{flag} takes numbers separated by commas, not '{v}'"))?;
+    if vals.iter().any(|x| !x.is_finite()) {
+        bail!("{flag} values must be finite numbers, not '{v}'");
+    }
+    Ok(Some(vals))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

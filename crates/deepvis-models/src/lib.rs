@@ -15,6 +15,7 @@ pub mod onnx;
 mod params;
 mod resnet;
 mod shufflenet;
+pub mod source;
 mod squeezenet;
 mod vgg;
 
@@ -56,6 +57,9 @@ pub enum ModelError {
     Architecture(String),
     #[error("{0}")]
     Onnx(String),
+    /// A model source that cannot be used as given (see [`source::Source`]).
+    #[error("{0}")]
+    Source(String),
 }
 
 /// How a model expects its input: each channel in [0, 1], then (x − mean) / std per channel.

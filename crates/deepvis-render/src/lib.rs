@@ -29,6 +29,7 @@
 pub mod fft;
 pub mod objective;
 pub mod optim;
+pub mod options;
 pub mod param;
 pub mod render;
 pub mod transform;
@@ -37,9 +38,9 @@ pub use objective::{BatchObjective, Objective, SpecError};
 pub use optim::OptimizerKind;
 pub use param::ParamKind;
 pub use render::{
-    default_octaves, default_octaves_hw, dream, evaluate, render, seed_init, seed_init_shaped,
-    seed_settings, seed_settings_hw, DreamSettings, Init, Octave, Preset, Progress, RenderOutput,
-    RenderSettings,
+    default_octaves, default_octaves_hw, dream, dream_until, evaluate, render, render_until,
+    seed_init, seed_init_shaped, seed_settings, seed_settings_hw, DreamSettings, Init, Octave,
+    Preset, Progress, RenderOutput, RenderSettings,
 };
 pub use transform::{PadMode, Regularizer, Transform};
 
@@ -56,6 +57,9 @@ pub enum RenderError {
     Invalid(String),
     #[error("{0}")]
     Spec(#[from] SpecError),
+    /// A front end asked the loop to stop (Ctrl-C).
+    #[error("interrupted")]
+    Cancelled,
 }
 
 /// Settings of the original tool's gradient ascent.
@@ -263,4 +267,120 @@ fn ascent_step(x: &mut Tensor, g: &Tensor, lr: f32) {
             *a = (*a + scale * b).clamp(0.0, 1.0);
         }
     }
+}
+
+/// A photo (RGB planes in [0, 1]) as the model's input channels: as it is for RGB, its luma
+/// (ITU-R BT.601, as PIL's "L") for one channel. Other counts have no photo equivalent.
+pub fn photo_channels(rgb: &[f32], channels: usize, plane: usize) -> Result<Vec<f32>, RenderError> {
+    match channels {
+        3 => Ok(rgb.to_vec()),
+        1 => Ok((0..plane)
+            .map(|i| 0.299 * rgb[i] + 0.587 * rgb[plane + i] + 0.114 * rgb[2 * plane + i])
+            .collect()),
+        c => Err(RenderError::Invalid(format!(
+            "the model takes {c}-channel input; a photo gives 1 (grey) or 3 (RGB) channels, so dream works only on those"
+        ))),
+    }
+}
+
+/// What a layer makes of an input: its activation and, for a channel, the gradient of that
+/// channel's mean (per batch item) with respect to the normalized input.
+pub struct Probe {
+    pub activation: Tensor,
+    pub input_grad: Option<Tensor>,
+}
+
+/// Runs the normalized input `[N, C, H, W]` to `layer` (called `layer_name` in messages) and,
+/// with `channel`, back: d mean(layer[n, channel]) / d input for each n.
+pub fn probe(
+    model: &Model,
+    layer: NodeId,
+    layer_name: &str,
+    input: Tensor,
+    channel: Option<usize>,
+) -> Result<Probe, RenderError> {
+    let trace = model.graph.forward(input, layer)?;
+    let out = trace.output();
+    let activation = out.clone();
+    let input_grad = match channel {
+        None => None,
+        Some(c) => {
+            let ch = out.shape()[1];
+            if c >= ch {
+                return Err(RenderError::Invalid(format!(
+                    "channel {c} is out of range: layer {layer_name} has {ch} channels"
+                )));
+            }
+            let plane: usize = out.shape()[2..].iter().product();
+            let mut g = Tensor::zeros(out.shape());
+            for n in 0..out.shape()[0] {
+                g.data_mut()[(n * ch + c) * plane..(n * ch + c + 1) * plane]
+                    .fill(1.0 / plane as f32);
+            }
+            Some(model.graph.backward(&trace, g)?)
+        }
+    };
+    Ok(Probe {
+        activation,
+        input_grad,
+    })
+}
+
+/// Available memory in bytes, from /proc/meminfo where there is one.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// What one image's forward and backward pass to `layer` holds at most: about twice the
+/// activations of its forward pass.
+pub fn pass_bytes(
+    model: &Model,
+    layer: NodeId,
+    (h, w): (usize, usize),
+) -> Result<u64, RenderError> {
+    Ok(model
+        .graph
+        .activation_bytes(&[1, model.info.channels, h, w], layer)
+        .map_err(|e| {
+            RenderError::Invalid(format!(
+                "image size {} does not work for this layer: {e}",
+                deepvis_models::size_text(h, w)
+            ))
+        })?
+        .saturating_mul(2))
+}
+
+/// Refuses, before any work, an image size (and a `batch` of it) whose passes to `layer`
+/// cannot fit in the free memory. Returns the bytes of one image's pass.
+pub fn check_fits(
+    model: &Model,
+    layer: NodeId,
+    (h, w): (usize, usize),
+    batch: Option<usize>,
+) -> Result<u64, RenderError> {
+    let per_image = pass_bytes(model, layer, (h, w))?;
+    let size = deepvis_models::size_text(h, w);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if let Some(avail) = available_memory() {
+        if per_image > avail {
+            return Err(RenderError::Invalid(format!(
+                "image size {size} needs about {:.1} GiB per image for this layer, but only {:.1} GiB is free; choose a smaller --size",
+                gib(per_image),
+                gib(avail)
+            )));
+        }
+        if let Some(b) = batch {
+            if per_image.saturating_mul(b as u64) > avail {
+                return Err(RenderError::Invalid(format!(
+                    "--batch {b} at size {size} needs about {:.1} GiB, but only {:.1} GiB is free; use a smaller --batch",
+                    gib(per_image * b as u64),
+                    gib(avail)
+                )));
+            }
+        }
+    }
+    Ok(per_image)
 }

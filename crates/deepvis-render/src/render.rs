@@ -418,6 +418,22 @@ pub fn render(
     init: Init,
     mut on_step: impl FnMut(&Progress),
 ) -> Result<RenderOutput, RenderError> {
+    render_until(model, objective, n, settings, init, |p| {
+        on_step(p);
+        true
+    })
+}
+
+/// [`render`] that stops with [`RenderError::Cancelled`] after a step where `on_step` returns
+/// false (an interrupt from a front end).
+pub fn render_until(
+    model: &Model,
+    objective: &BatchObjective,
+    n: usize,
+    settings: &RenderSettings,
+    init: Init,
+    mut on_step: impl FnMut(&Progress) -> bool,
+) -> Result<RenderOutput, RenderError> {
     if n == 0
         || settings.octaves.is_empty()
         || settings.octaves.iter().any(|o| o.height.min(o.width) < 8)
@@ -503,13 +519,15 @@ pub fn render(
                 n,
             );
             done += 1;
-            on_step(&Progress {
+            if !on_step(&Progress {
                 step: done,
                 total,
                 octave: oi,
                 size: oh.max(ow),
                 values: &values,
-            });
+            }) {
+                return Err(RenderError::Cancelled);
+            }
         }
     }
     let (h, w) = param.size();
@@ -566,6 +584,21 @@ pub struct DreamSettings {
     pub seed: u64,
 }
 
+impl DreamSettings {
+    /// Refuses settings that cannot run, in the front ends' words.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.octaves == 0 || self.steps_per_octave == 0 {
+            return Err("--octaves and --steps-per-octave must be at least 1".into());
+        }
+        if !(self.octave_scale.is_finite() && self.octave_scale >= 1.0)
+            || !(self.lr.is_finite() && self.lr > 0.0)
+        {
+            return Err("--octave-scale must be at least 1 and --lr positive".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for DreamSettings {
     fn default() -> Self {
         DreamSettings {
@@ -593,6 +626,23 @@ pub fn dream(
     w: usize,
     settings: &DreamSettings,
     mut on_step: impl FnMut(&Progress),
+) -> Result<Vec<f32>, RenderError> {
+    dream_until(model, objective, photo, h, w, settings, |p| {
+        on_step(p);
+        true
+    })
+}
+
+/// [`dream`] that stops with [`RenderError::Cancelled`] after a step where `on_step` returns
+/// false.
+pub fn dream_until(
+    model: &Model,
+    objective: &Objective,
+    photo: &[f32],
+    h: usize,
+    w: usize,
+    settings: &DreamSettings,
+    mut on_step: impl FnMut(&Progress) -> bool,
 ) -> Result<Vec<f32>, RenderError> {
     let c = model.info.channels;
     if photo.len() != c * h * w || h < 8 || w < 8 {
@@ -663,13 +713,15 @@ pub fn dream(
             optimizer.step(param.params_mut(), &stepper.param_grad, per);
             param.project();
             done += 1;
-            on_step(&Progress {
+            if !on_step(&Progress {
                 step: done,
                 total,
                 octave: oi,
                 size: oh.max(ow),
                 values: &values,
-            });
+            }) {
+                return Err(RenderError::Cancelled);
+            }
         }
         let img = param.params().to_vec();
         let d: Vec<f32> = img.iter().zip(&base).map(|(a, b)| a - b).collect();
