@@ -995,6 +995,8 @@ fn im2col(g: &Geometry, x: &[f32], y0: usize, y1: usize, col: &mut [f32]) {
                     let ix0 = lo * g.sw + kx * g.dw - g.pl;
                     if g.sw == 1 {
                         dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    } else if g.sw == 2 && hi > lo {
+                        crate::stride2::gather(&mut dst[lo..hi], &src[ix0..ix0 + 2 * (hi - lo) - 1]);
                     } else {
                         for (i, d) in dst[lo..hi].iter_mut().enumerate() {
                             *d = src[ix0 + i * g.sw];
@@ -1028,6 +1030,11 @@ fn col2im(g: &Geometry, col: &[f32], y0: usize, y1: usize, dx: &mut [f32]) {
                         for (d, s) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
                             *d += *s;
                         }
+                    } else if g.sw == 2 && hi > lo {
+                        crate::stride2::scatter_add(
+                            &mut dst[ix0..ix0 + 2 * (hi - lo) - 1],
+                            &src[lo..hi],
+                        );
                     } else {
                         for (i, s) in src[lo..hi].iter().enumerate() {
                             dst[ix0 + i * g.sw] += *s;

@@ -19,6 +19,7 @@ mod pool;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 mod simd;
+mod stride2;
 mod tensor;
 mod threads;
 mod winograd;
