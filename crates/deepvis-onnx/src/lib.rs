@@ -69,10 +69,18 @@ pub fn load(path: &Path) -> Result<OnnxModel, OnnxError> {
 
 /// [`load`] with explicit limits.
 pub fn load_with(path: &Path, limits: &Limits) -> Result<OnnxModel, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|e| OnnxError::Io {
+    let io = |reason: String| OnnxError::Io {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    // Devices and pipes (`/dev/zero`) would be read until memory runs out.
+    let mut file = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| io(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(io("it is not a regular file (a directory, device or pipe)".into()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| io(e.to_string()))?;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -101,6 +109,15 @@ pub fn load_bytes_with(
 }
 
 fn decode(
+    bytes: Bytes,
+    path: &Path,
+    base_dir: Option<&Path>,
+    limits: &Limits,
+) -> Result<OnnxModel, OnnxError> {
+    decode_inner(bytes, path, base_dir, limits).map_err(OnnxError::one_line)
+}
+
+fn decode_inner(
     bytes: Bytes,
     path: &Path,
     base_dir: Option<&Path>,

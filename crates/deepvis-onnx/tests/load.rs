@@ -674,3 +674,34 @@ fn a_million_node_graph_is_refused_before_decoding() {
         start.elapsed()
     );
 }
+
+#[test]
+fn devices_and_directories_are_refused_not_read() {
+    for p in ["/dev/zero", "/tmp"] {
+        if !Path::new(p).exists() {
+            continue;
+        }
+        let err = one_line(&load(Path::new(p)).unwrap_err());
+        assert_eq!(
+            err,
+            format!("cannot read {p}: it is not a regular file (a directory, device or pipe); check that the path exists and is readable")
+        );
+    }
+}
+
+/// Found by the fuzzer: a tensor name holding a newline made a two-line message.
+#[test]
+fn names_with_control_characters_are_escaped_in_messages() {
+    let t = TensorProto {
+        name: "bad\nname\r".into(),
+        dims: vec![3, 4],
+        data_type: FLOAT,
+        raw_data: Some(Bytes::from(vec![0u8; 36])),
+        ..Default::default()
+    };
+    let err = one_line(&roundtrip(&model(13, graph(vec![], vec![t]))).unwrap_err());
+    assert!(
+        err.starts_with("tensor 'bad\\nname\\r': declares dims [3, 4] of FLOAT (48 bytes) but raw_data holds 36 bytes"),
+        "{err}"
+    );
+}

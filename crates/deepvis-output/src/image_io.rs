@@ -243,12 +243,39 @@ fn to_u8(v: f32) -> u8 {
 /// Grayscale and alpha images are converted to RGB (alpha is dropped, not
 /// composited). 16-bit PNGs keep their full precision.
 pub fn load_rgb(path: &Path) -> Result<(Vec<f32>, usize, usize), OutputError> {
+    let bytes = read_regular_file(path)?;
+    decode_rgb(&bytes, path)
+}
+
+/// Reads a whole regular file; devices and pipes (`/dev/zero`) would be read until memory
+/// runs out, so they are refused.
+fn read_regular_file(path: &Path) -> Result<Vec<u8>, OutputError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| OutputError::io("open", path, e))?;
+    let meta = file.metadata().map_err(|e| OutputError::io("read", path, e))?;
+    if !meta.is_file() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file (a directory, device or pipe)",
+        );
+        return Err(OutputError::io("read", path, e));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| OutputError::io("read", path, e))?;
+    Ok(bytes)
+}
+
+/// [`load_rgb`] of an image already in memory; `path` names it in errors.
+///
+/// Decoding is bounded by the `image` crate's default limits (512 MiB per decoded buffer), so
+/// a small file declaring a gigapixel image is refused instead of exhausting memory.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, usize, usize), OutputError> {
     let decode_err = |source| OutputError::Decode {
         path: path.to_path_buf(),
         source,
     };
-    let reader = ImageReader::open(path)
-        .map_err(|e| OutputError::io("open", path, e))?
+    let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| OutputError::io("read", path, e))?;
     let img = reader.decode().map_err(decode_err)?.to_rgb32f();

@@ -197,3 +197,19 @@ fn zip_entries_declaring_or_inflating_to_terabytes_are_bounded() {
     let msg = refused(&bytes, "honest_bomb.pth");
     assert!(msg.contains("more than the file can hold"), "{msg}");
 }
+
+#[test]
+fn devices_and_directories_are_refused_not_read() {
+    for p in ["/dev/zero", "/dev/urandom", "/tmp"] {
+        if !Path::new(p).exists() {
+            continue;
+        }
+        let start = Instant::now();
+        let msg = deepvis_weights::load(Path::new(p)).unwrap_err().to_string();
+        assert!(
+            msg == format!("{p} is not a regular file (it is a directory, device or pipe); give the path of a weights file"),
+            "{msg}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+}
