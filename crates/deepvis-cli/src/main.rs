@@ -11,6 +11,7 @@ macro_rules! outln {
 mod bench;
 mod filters;
 mod inspect;
+mod outcome;
 mod render_cmd;
 mod settings;
 mod source;
@@ -97,6 +98,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(
+        cli.command,
+        Command::Filters(_) | Command::Render(_) | Command::Dream(_)
+    ) {
+        outcome::install_stop_handler();
+    }
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
         Command::Render(a) => render_cmd::render(a),
@@ -126,7 +133,13 @@ fn main() -> ExitCode {
                 msg.push_str(&cause);
             }
             eprintln!("error: {}", msg.replace('\n', " "));
-            ExitCode::FAILURE
+            if e.downcast_ref::<outcome::Interrupted>().is_some() {
+                ExitCode::from(outcome::EXIT_INTERRUPTED)
+            } else if e.downcast_ref::<outcome::Diverged>().is_some() {
+                ExitCode::from(outcome::EXIT_DIVERGED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -77,7 +77,16 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         &settings,
         Init::Random,
         |p| bar.step(p.step * a.batch, p.total * a.batch),
-    )?;
+    )
+    .map_err(|e| match e {
+        // Nothing of a shared-objective render is saved before it ends.
+        deepvis_render::RenderError::Interrupted => crate::outcome::Interrupted {
+            saved: 0,
+            total: a.batch,
+        }
+        .into(),
+        e => anyhow::Error::from(e),
+    })?;
     bar.finish();
     let seconds = start.elapsed().as_secs_f64() / a.batch as f64;
     let (c, h, w) = (result.channels, result.height, result.width);
@@ -106,6 +115,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
                 initial_activation: result.initial[b],
                 final_activation: result.final_values[b],
                 seconds,
+                diverged: result.diverged[b],
             },
         );
         tiles.push((
@@ -133,6 +143,12 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         }
         eprintln!("images:   {}", out.join(&dir).display());
         eprintln!("manifest: {}", manifest_path.display());
+    }
+    let diverged: Vec<String> = (0..a.batch)
+        .filter_map(|b| Some(format!("image {b} (step {})", result.diverged[b]?)))
+        .collect();
+    if !diverged.is_empty() {
+        return Err(crate::outcome::Diverged { which: diverged }.into());
     }
     Ok(())
 }

@@ -42,8 +42,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     fs::create_dir_all(&dir).map_err(|e| OutputError::io("create directory", &dir, e))?;
 
     let (tmp_path, mut file) = create_temp(&dir, &file_name)?;
-    let result = file
-        .write_all(bytes)
+    let result = injected_failure(&file_name, &mut file, bytes)
+        .and_then(|()| file.write_all(bytes))
         .and_then(|()| file.sync_all())
         .map_err(|e| OutputError::io("write", path, e))
         .and_then(|()| {
@@ -57,6 +57,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     }
     sync_dir(&dir);
     Ok(())
+}
+
+/// Test hook for a full disk: with `DEEPVIS_FAULT_WRITE=NAME` (a file name, or several
+/// separated by commas), writing a file of that name stops half way with ENOSPC, as on a full
+/// disk. The tests use it to check that a failed write leaves no truncated file and says why;
+/// not for normal use.
+fn injected_failure(file_name: &str, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let Some(names) = std::env::var_os("DEEPVIS_FAULT_WRITE") else {
+        return Ok(());
+    };
+    if !names.to_string_lossy().split(',').any(|n| n == file_name) {
+        return Ok(());
+    }
+    file.write_all(&bytes[..bytes.len() / 2])?;
+    const ENOSPC: i32 = 28;
+    Err(io::Error::from_raw_os_error(ENOSPC))
 }
 
 /// Opens a fresh temp file with `create_new`, so two writers (threads or

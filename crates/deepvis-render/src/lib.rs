@@ -37,7 +37,8 @@ pub use objective::{BatchObjective, Objective, SpecError};
 pub use optim::OptimizerKind;
 pub use param::ParamKind;
 pub use render::{
-    default_octaves, default_octaves_hw, dream, evaluate, render, seed_init, seed_init_shaped,
+    clear_stop, default_octaves, default_octaves_hw, dream, evaluate, render, request_stop,
+    seed_init, seed_init_shaped, stop_requested,
     seed_settings, seed_settings_hw, DreamSettings, Init, Octave, Preset, Progress, RenderOutput,
     RenderSettings,
 };
@@ -56,6 +57,9 @@ pub enum RenderError {
     Invalid(String),
     #[error("{0}")]
     Spec(#[from] SpecError),
+    /// [`render::request_stop`] was called (Ctrl-C): the render stopped between two steps.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Settings of the original tool's gradient ascent.
