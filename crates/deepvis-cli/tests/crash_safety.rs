@@ -295,3 +295,44 @@ fn a_diverging_image_stops_alone_and_the_manifest_records_it() {
     let o = run(dir.path(), Some("3"));
     assert_eq!(o.status.code(), Some(3));
 }
+
+/// A real full disk where the test may mount one (root on Linux): a 64 KiB tmpfs fills up
+/// part way through the run. Skipped, saying so, where `mount` is not allowed.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_real_full_tmpfs_fails_clearly_and_keeps_what_was_finished() {
+    let (_ref_dir, reference, _) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let out = mnt.join("out");
+    let o = command(&out).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: could not ")
+            && err.contains("No space left on device (os error 28) (disk full or quota exceeded: free some space or choose another output directory)")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    let saved = check_consistent(&out, &reference, "full tmpfs");
+    eprintln!("full tmpfs: {saved} filters saved before: {}", err.trim());
+}

@@ -256,7 +256,7 @@ fn read_regular_file(path: &Path) -> Result<Vec<u8>, OutputError> {
     if !meta.is_file() {
         let e = std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "it is not a regular file (a directory, device or pipe)",
+            "it is not a regular file (a directory, device or pipe); give a PNG or JPEG file",
         );
         return Err(OutputError::io("read", path, e));
     }
