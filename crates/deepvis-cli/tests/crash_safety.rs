@@ -132,13 +132,16 @@ fn sigkill_at_random_moments_then_rerun_gives_identical_results() {
         let out = dir.path();
         for kill in 0..2 {
             let delay = Duration::from_micros(next() % (took.as_micros() as u64).max(1000));
+            let temps_before = leftovers(out).len();
             let mut child = command(out).spawn().unwrap();
             std::thread::sleep(delay);
             let _ = child.kill(); // SIGKILL on Unix
             let finished = child.wait().unwrap().success();
             let what = format!("round {round} kill {kill} after {delay:?}");
             let saved = check_consistent(out, &reference, &what);
-            kills.push((delay.as_millis(), finished, saved));
+            // A temporary left behind means the kill landed inside a write.
+            let mid_write = leftovers(out).len() > temps_before;
+            kills.push((delay.as_millis(), finished, saved, mid_write));
         }
         // A kill between a temporary's creation and its rename leaves it behind (nothing can
         // remove it then); it is hidden and recognisable, and disturbs nothing.
@@ -154,7 +157,7 @@ fn sigkill_at_random_moments_then_rerun_gives_identical_results() {
     // The kills must have hit runs in progress, not only finished ones.
     let interrupted = kills.iter().filter(|k| !k.1).count();
     assert!(interrupted >= 4, "only {interrupted} kills interrupted a run: {kills:?}");
-    eprintln!("kills (ms, finished anyway, filters saved): {kills:?}");
+    eprintln!("kills (ms, finished anyway, filters saved, inside a write): {kills:?}");
 }
 
 #[cfg(unix)]

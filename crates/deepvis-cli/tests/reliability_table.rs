@@ -97,6 +97,8 @@ fn make_files(t: &Path, w: &Path) {
     )
     .unwrap();
     write("truncated.jpg", &jpeg[..jpeg.len() / 2]);
+    std::fs::create_dir_all(t.join("damaged")).unwrap();
+    write("damaged/manifest.json", b"{\"tool\": \"deepvis 0.1.0\", \"runs\": [");
     write("words.txt", b"0.5 1.5 two");
     write("short.txt", b"[0.5, 1.5, 2.5]");
 }

@@ -9,7 +9,12 @@ use deepvis_fuzz::{fuzz, target, Budget, PeakAlloc};
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
 
+/// The allocation counter is global, so targets run one at a time: another target's
+/// allocations must not count against this one's executions.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(name: &str) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let t = target(name).expect("target exists");
     let seed = std::env::var("DEEPVIS_FUZZ_SEED")
         .ok()
