@@ -18,6 +18,12 @@ pub struct Interrupted {
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.saved == 0 {
+            return write!(
+                f,
+                "interrupted before any image was finished; run the same command again to start over"
+            );
+        }
         write!(
             f,
             "interrupted: {} of {} images are saved and listed in the manifest; run the same command again to resume",

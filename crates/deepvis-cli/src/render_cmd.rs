@@ -231,6 +231,12 @@ pub fn dream(a: DreamArgs) -> Result<()> {
     let bar = crate::filters::Progress::new(a.quiet, a.octaves * a.steps_per_octave, 0);
     let result = deep_dream(model, &objective, &photo, h, w, &settings, |p| {
         bar.step(p.step, p.total)
+    })
+    .map_err(|e| match e {
+        deepvis_render::RenderError::Interrupted => {
+            crate::outcome::Interrupted { saved: 0, total: 1 }.into()
+        }
+        e => anyhow::Error::from(e),
     })?;
     bar.finish();
     match c {
