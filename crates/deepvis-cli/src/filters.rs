@@ -401,6 +401,9 @@ pub fn run(a: FiltersArgs) -> Result<()> {
             progress.step(done, rendering * steps)
         })?)
     };
+    // From here Ctrl-C stops after the current step and saves (before, during loading or a
+    // download, it kills as usual).
+    crate::outcome::install_stop_handler();
     // Groups are independent renders, so `jobs` of them may run side by side, one per thread;
     // each image comes out the same either way.
     for wave in groups.chunks(jobs) {

@@ -98,12 +98,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(
-        cli.command,
-        Command::Filters(_) | Command::Render(_) | Command::Dream(_)
-    ) {
-        outcome::install_stop_handler();
-    }
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
         Command::Render(a) => render_cmd::render(a),

@@ -55,7 +55,8 @@ impl std::error::Error for Diverged {}
 
 /// Ctrl-C (SIGINT) and SIGTERM ask running renders to stop after their current step
 /// ([`deepvis_render::request_stop`]) so that finished images and the manifest are saved. The
-/// handler resets itself (`SA_RESETHAND`): a second Ctrl-C kills at once.
+/// handler resets itself (`SA_RESETHAND`): a second Ctrl-C kills at once. Installed only when
+/// rendering starts, so that Ctrl-C during loading or a download still kills at once.
 pub fn install_stop_handler() {
     #[cfg(unix)]
     unsafe {

@@ -70,6 +70,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     deepvis_output::ensure_writable_dir(&out.join(&dir))?;
     let start = Instant::now();
     let bar = crate::filters::Progress::new(a.run.quiet, settings.total_steps() * a.batch, 0);
+    crate::outcome::install_stop_handler();
     let result = run_render(
         model,
         &BatchObjective::Shared(objective),
@@ -229,6 +230,7 @@ pub fn dream(a: DreamArgs) -> Result<()> {
         ..DreamSettings::default()
     };
     let bar = crate::filters::Progress::new(a.quiet, a.octaves * a.steps_per_octave, 0);
+    crate::outcome::install_stop_handler();
     let result = deep_dream(model, &objective, &photo, h, w, &settings, |p| {
         bar.step(p.step, p.total)
     })
