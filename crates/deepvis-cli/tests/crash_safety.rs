@@ -166,7 +166,7 @@ fn ctrl_c_saves_the_manifest_says_how_to_resume_and_exits_130() {
     let (_ref_dir, reference, _) = reference();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    let mut child = command(out).spawn().unwrap();
+    let child = command(out).spawn().unwrap();
     // Wait until a few filters are done, then interrupt.
     let start = Instant::now();
     while manifest_filters_lenient(out) < 3 && start.elapsed() < Duration::from_secs(30) {

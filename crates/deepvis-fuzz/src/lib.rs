@@ -110,7 +110,7 @@ impl Rng {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -120,7 +120,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
     pub fn chance(&mut self, one_in: usize) -> bool {
@@ -173,7 +173,7 @@ pub fn mutate_bytes(rng: &mut Rng, data: &mut Vec<u8>, dict: &[&[u8]], other: &[
         }
         1 if len > 0 => {
             let i = at(rng);
-            data[i] = rng.next() as u8;
+            data[i] = rng.next_u64() as u8;
         }
         2 if len > 0 => {
             // An integer field set to an extreme.
@@ -260,7 +260,7 @@ pub fn mutate_bytes(rng: &mut Rng, data: &mut Vec<u8>, dict: &[&[u8]], other: &[
             let i = at(rng);
             let n = 1 + rng.below((len - i).min(8));
             for b in &mut data[i..i + n] {
-                *b = rng.next() as u8;
+                *b = rng.next_u64() as u8;
             }
         }
         _ => {
