@@ -328,7 +328,14 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let render_group = |group: &Vec<usize>| -> Result<RenderOutput> {
         let objectives: Vec<Objective> = group
             .iter()
-            .map(|&f| Objective::channel(model, &layer_name, f))
+            .map(|&f| {
+                let o = Objective::channel(model, &layer_name, f)?;
+                Ok::<_, deepvis_render::RenderError>(if crate::outcome::poisoned(f) {
+                    Objective::Mul(Box::new(Objective::Const(f32::NAN)), Box::new(o))
+                } else {
+                    o
+                })
+            })
             .collect::<Result<_, _>>()?;
         let objective = BatchObjective::PerImage(objectives);
         let mut settings_g = base_settings.clone();
@@ -351,6 +358,9 @@ pub fn run(a: FiltersArgs) -> Result<()> {
             progress.step(done, rendering * steps)
         })?)
     };
+    // From here Ctrl-C stops after the current step and saves (before, during loading or a
+    // download, it kills as usual).
+    crate::outcome::install_stop_handler();
     // Groups are independent renders, so `jobs` of them may run side by side, one per thread;
     // each image comes out the same either way.
     for wave in groups.chunks(jobs) {
@@ -393,6 +403,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                         initial_activation: result.initial[b],
                         final_activation: result.final_values[b],
                         seconds,
+                        diverged: result.diverged[b],
                     },
                 );
             }
@@ -401,6 +412,14 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         manifest.save(&manifest_path)?;
         if let Some(e) = failure {
             progress.finish();
+            if matches!(
+                e.downcast_ref::<deepvis_render::RenderError>(),
+                Some(deepvis_render::RenderError::Interrupted)
+            ) {
+                let saved = filters.iter().filter(|&&f| is_done(&manifest, f)).count();
+                let total = filters.len();
+                return Err(crate::outcome::Interrupted { saved, total }.into());
+            }
             return Err(e);
         }
     }
@@ -422,13 +441,23 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     manifest.save(&manifest_path)?;
     let gallery = write_gallery(&manifest, out)?;
 
+    let diverged: Vec<String> = manifest
+        .run(&layer_name, &settings, a.run.seed)
+        .map(|r| {
+            r.filters
+                .iter()
+                .filter(|r| filters.contains(&r.filter))
+                .filter_map(|r| Some(format!("filter {} (step {})", r.filter, r.diverged?)))
+                .collect()
+        })
+        .unwrap_or_default();
     if !a.run.quiet {
         let run = manifest.run(&layer_name, &settings, a.run.seed);
         if let Some(run) = run {
             let gains: Vec<f32> = run
                 .filters
                 .iter()
-                .filter(|r| filters.contains(&r.filter))
+                .filter(|r| filters.contains(&r.filter) && r.diverged.is_none())
                 .map(|r| r.final_activation - r.initial_activation)
                 .collect();
             let mean_gain = gains.iter().sum::<f32>() / gains.len().max(1) as f32;
@@ -441,6 +470,9 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         eprintln!("grid:     {}", out.join(&grid_rel).display());
         eprintln!("manifest: {}", manifest_path.display());
         eprintln!("gallery:  {}", gallery.display());
+    }
+    if !diverged.is_empty() {
+        return Err(crate::outcome::Diverged { which: diverged }.into());
     }
     Ok(())
 }

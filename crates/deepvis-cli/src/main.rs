@@ -11,6 +11,7 @@ macro_rules! outln {
 mod bench;
 mod filters;
 mod inspect;
+mod outcome;
 mod render_cmd;
 mod settings;
 mod source;
@@ -116,7 +117,16 @@ fn main() -> ExitCode {
             // One line: the chain of causes joined, so a user sees what failed and why; a cause
             // whose text a wrapper already printed (`#[error("{0}")]` over its source) once.
             let mut msg = String::new();
-            for cause in e.chain().map(|c| c.to_string()) {
+            // Causes are compared as they are shown: on one line (a decoder's message may end
+            // in a newline that its wrapper's one-line text does not have).
+            let one_line = |s: String| {
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            for cause in e.chain().map(|c| one_line(c.to_string())) {
                 if msg.contains(&cause) {
                     continue;
                 }
@@ -126,7 +136,13 @@ fn main() -> ExitCode {
                 msg.push_str(&cause);
             }
             eprintln!("error: {}", msg.replace('\n', " "));
-            ExitCode::FAILURE
+            if e.downcast_ref::<outcome::Interrupted>().is_some() {
+                ExitCode::from(outcome::EXIT_INTERRUPTED)
+            } else if e.downcast_ref::<outcome::Diverged>().is_some() {
+                ExitCode::from(outcome::EXIT_DIVERGED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -70,6 +70,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     deepvis_output::ensure_writable_dir(&out.join(&dir))?;
     let start = Instant::now();
     let bar = crate::filters::Progress::new(a.run.quiet, settings.total_steps() * a.batch, 0);
+    crate::outcome::install_stop_handler();
     let result = run_render(
         model,
         &BatchObjective::Shared(objective),
@@ -77,7 +78,16 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         &settings,
         Init::Random,
         |p| bar.step(p.step * a.batch, p.total * a.batch),
-    )?;
+    )
+    .map_err(|e| match e {
+        // Nothing of a shared-objective render is saved before it ends.
+        deepvis_render::RenderError::Interrupted => crate::outcome::Interrupted {
+            saved: 0,
+            total: a.batch,
+        }
+        .into(),
+        e => anyhow::Error::from(e),
+    })?;
     bar.finish();
     let seconds = start.elapsed().as_secs_f64() / a.batch as f64;
     let (c, h, w) = (result.channels, result.height, result.width);
@@ -106,6 +116,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
                 initial_activation: result.initial[b],
                 final_activation: result.final_values[b],
                 seconds,
+                diverged: result.diverged[b],
             },
         );
         tiles.push((
@@ -133,6 +144,12 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         }
         eprintln!("images:   {}", out.join(&dir).display());
         eprintln!("manifest: {}", manifest_path.display());
+    }
+    let diverged: Vec<String> = (0..a.batch)
+        .filter_map(|b| Some(format!("image {b} (step {})", result.diverged[b]?)))
+        .collect();
+    if !diverged.is_empty() {
+        return Err(crate::outcome::Diverged { which: diverged }.into());
     }
     Ok(())
 }
@@ -208,8 +225,15 @@ pub fn dream(a: DreamArgs) -> Result<()> {
     )
     .context("the photo is too large for this layer")?;
     let bar = crate::filters::Progress::new(a.quiet, a.octaves * a.steps_per_octave, 0);
+    crate::outcome::install_stop_handler();
     let result = deep_dream(model, &objective, &photo, h, w, &settings, |p| {
         bar.step(p.step, p.total)
+    })
+    .map_err(|e| match e {
+        deepvis_render::RenderError::Interrupted => {
+            crate::outcome::Interrupted { saved: 0, total: 1 }.into()
+        }
+        e => anyhow::Error::from(e),
     })?;
     bar.finish();
     match c {

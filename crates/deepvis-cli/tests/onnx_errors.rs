@@ -217,7 +217,8 @@ fn each_cause_is_said_once() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success());
-    assert_eq!(err.matches("could not read").count(), 1, "{err}");
+    // A directory is refused before it is read (it could be a device that never ends).
+    assert_eq!(err.matches("is not a regular file").count(), 1, "{err}");
     let bad = dir.path().join("bad.safetensors");
     std::fs::write(
         &bad,

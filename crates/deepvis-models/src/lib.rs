@@ -55,11 +55,26 @@ pub enum ModelError {
     Layer(String),
     #[error("model definition error: {0}")]
     Architecture(String),
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Onnx(String),
     /// A model source that cannot be used as given (see [`source::Source`]).
     #[error("{0}")]
     Source(String),
+}
+
+/// Names inside a model file (tensors, nodes) can hold any character; control characters are
+/// escaped so that a message stays one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 /// How a model expects its input: each channel in [0, 1], then (x − mean) / std per channel.
@@ -601,7 +616,9 @@ impl Model {
             format!(" (did you mean {}?)", near.join(", "))
         };
         Err(ModelError::Layer(format!(
-            "unknown layer '{spec}' for {}{hint}; see `deepvis layers --model {}` for the names",
+            "unknown layer '{}' for {}{hint}; see `deepvis layers --model {}` for the names",
+            // Echoed input is escaped so that a message stays one line.
+            spec.escape_debug(),
             self.info.name,
             self.source.as_deref().unwrap_or(&self.info.name)
         )))
@@ -742,10 +759,12 @@ pub fn imagenet_class_index(name: &str) -> Result<usize, ModelError> {
     match hits[..] {
         [i] => Ok(i),
         [] => Err(ModelError::Layer(format!(
-            "no ImageNet class is named '{name}'"
+            "no ImageNet class is named '{}'",
+            name.escape_debug()
         ))),
         _ => Err(ModelError::Layer(format!(
-            "'{name}' matches {} ImageNet classes (e.g. '{}', '{}'); be more specific",
+            "'{}' matches {} ImageNet classes (e.g. '{}', '{}'); be more specific",
+            name.escape_debug(),
             hits.len(),
             classes[hits[0]],
             classes[hits[1]]

@@ -85,7 +85,66 @@ pub enum OnnxError {
     },
 }
 
+/// Escapes control characters: names in a file can hold any, and a message must stay one line.
+fn escape_controls(s: &mut String) {
+    if s.chars().any(char::is_control) {
+        *s = s
+            .chars()
+            .flat_map(|c| {
+                let esc: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                esc
+            })
+            .collect();
+    }
+}
+
 impl OnnxError {
+    /// The same error with control characters in the file's names (and anything else quoted
+    /// from the file) escaped.
+    pub(crate) fn one_line(mut self) -> Self {
+        use OnnxError::*;
+        match &mut self {
+            Io { reason, .. } | NotOnnx { reason, .. } | TooLarge { reason, .. } => {
+                escape_controls(reason)
+            }
+            Model { reason, .. } | Value { reason, .. } => escape_controls(reason),
+            Tensor { tensor, reason, .. } => {
+                escape_controls(tensor);
+                escape_controls(reason);
+            }
+            ExternalData { tensor, reason, fix } => {
+                escape_controls(tensor);
+                escape_controls(reason);
+                escape_controls(fix);
+            }
+            Attribute {
+                node,
+                op,
+                attr,
+                reason,
+            } => {
+                for s in [node, op, attr, reason] {
+                    escape_controls(s);
+                }
+            }
+            Node { node, op, reason, .. } => {
+                for s in [node, op, reason] {
+                    escape_controls(s);
+                }
+            }
+            Unsupported { op, node, .. } => {
+                escape_controls(op);
+                escape_controls(node);
+            }
+            WrongType { .. } => {}
+        }
+        self
+    }
+
     /// The cause without the advice, for wrapping a value-level error into a node-level one
     /// that gives its own advice (so that a message never carries two fixes).
     pub(crate) fn cause(&self) -> String {

@@ -41,7 +41,9 @@ pub use prost::bytes;
 /// error instead of exhausting memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Nodes in the main graph.
+    /// Nodes in the main graph. The default, 200 000, is ten times the largest transformer
+    /// exports seen (CNNs have hundreds to a few thousand); a million-node graph would take
+    /// gigabytes once lowered to engine ops.
     pub max_nodes: u64,
     /// Bytes of any one tensor, as declared by its dims and element type.
     pub max_tensor_bytes: u64,
@@ -53,7 +55,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_nodes: 1_000_000,
+            max_nodes: 200_000,
             max_tensor_bytes: 4 << 30,
             max_decoded_bytes: 2 << 30,
         }
@@ -67,10 +69,18 @@ pub fn load(path: &Path) -> Result<OnnxModel, OnnxError> {
 
 /// [`load`] with explicit limits.
 pub fn load_with(path: &Path, limits: &Limits) -> Result<OnnxModel, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|e| OnnxError::Io {
+    let io = |reason: String| OnnxError::Io {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    // Devices and pipes (`/dev/zero`) would be read until memory runs out.
+    let mut file = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| io(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(io("it is not a regular file (a directory, device or pipe)".into()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| io(e.to_string()))?;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -99,6 +109,15 @@ pub fn load_bytes_with(
 }
 
 fn decode(
+    bytes: Bytes,
+    path: &Path,
+    base_dir: Option<&Path>,
+    limits: &Limits,
+) -> Result<OnnxModel, OnnxError> {
+    decode_inner(bytes, path, base_dir, limits).map_err(OnnxError::one_line)
+}
+
+fn decode_inner(
     bytes: Bytes,
     path: &Path,
     base_dir: Option<&Path>,

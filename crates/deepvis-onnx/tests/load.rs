@@ -643,3 +643,65 @@ fn corrupted_models_never_panic() {
     }
     assert!(failed > 100 && ok > 10, "ok {ok}, failed {failed}");
 }
+
+#[test]
+fn a_million_node_graph_is_refused_before_decoding() {
+    // Encoded by hand: 10^6 copies of the 8-byte `node { op_type: "Relu" }`, appended to a
+    // model as a second `graph` field (protobuf merges repeated occurrences of a message field,
+    // so the nodes join the model's graph). Building NodeProto structs would cost the test
+    // hundreds of MB.
+    let mut bytes = prost::Message::encode_to_vec(&model(13, graph(vec![], vec![])));
+    let nodes: Vec<u8> = [0x0a, 0x06, 0x22, 0x04, b'R', b'e', b'l', b'u'].repeat(1_000_000);
+    bytes.push(0x3a);
+    let mut len = nodes.len() as u64;
+    while len >= 0x80 {
+        bytes.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    bytes.push(len as u8);
+    bytes.extend_from_slice(&nodes);
+    let start = Instant::now();
+    let err = one_line(&load_bytes(&bytes, Path::new("million.onnx"), None).unwrap_err());
+    assert!(
+        err.contains(
+            "million.onnx is too large to load: its graph has 1000000 nodes, over the limit of 200000"
+        ),
+        "{err}"
+    );
+    assert!(
+        start.elapsed().as_secs_f64() < 1.0,
+        "refused after {:?}: was the graph decoded?",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn devices_and_directories_are_refused_not_read() {
+    for p in ["/dev/zero", "/tmp"] {
+        if !Path::new(p).exists() {
+            continue;
+        }
+        let err = one_line(&load(Path::new(p)).unwrap_err());
+        assert_eq!(
+            err,
+            format!("cannot read {p}: it is not a regular file (a directory, device or pipe); check that the path exists and is readable")
+        );
+    }
+}
+
+/// Found by the fuzzer: a tensor name holding a newline made a two-line message.
+#[test]
+fn names_with_control_characters_are_escaped_in_messages() {
+    let t = TensorProto {
+        name: "bad\nname\r".into(),
+        dims: vec![3, 4],
+        data_type: FLOAT,
+        raw_data: Some(Bytes::from(vec![0u8; 36])),
+        ..Default::default()
+    };
+    let err = one_line(&roundtrip(&model(13, graph(vec![], vec![t]))).unwrap_err());
+    assert!(
+        err.starts_with("tensor 'bad\\nname\\r': declares dims [3, 4] of FLOAT (48 bytes) but raw_data holds 36 bytes"),
+        "{err}"
+    );
+}

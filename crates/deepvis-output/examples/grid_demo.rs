@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 initial_activation: 0.01 * i as f32,
                 final_activation: 1.5 * i as f32,
                 seconds: 0.1,
+                diverged: None,
             },
         );
         tiles.push((format!("filter {i}"), img));

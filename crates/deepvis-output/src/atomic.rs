@@ -42,8 +42,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     fs::create_dir_all(&dir).map_err(|e| OutputError::io("create directory", &dir, e))?;
 
     let (tmp_path, mut file) = create_temp(&dir, &file_name)?;
-    let result = file
-        .write_all(bytes)
+    let result = write_contents(&file_name, &mut file, bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| OutputError::io("write", path, e))
         .and_then(|()| {
@@ -57,6 +56,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     }
     sync_dir(&dir);
     Ok(())
+}
+
+/// Writes `bytes` into the temporary file, honouring two test hooks (not for normal use):
+/// `DEEPVIS_FAULT_WRITE=NAME[,NAME…]` stops the write of a file of that name half way with
+/// ENOSPC, as on a full disk, to check that a failed write leaves no truncated file and says
+/// why; `DEEPVIS_FAULT_SLOW_WRITE=MS` pauses every write half way for MS milliseconds, so
+/// that a test's SIGKILL lands inside writes.
+fn write_contents(file_name: &str, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let half = bytes.len() / 2;
+    if let Some(names) = std::env::var_os("DEEPVIS_FAULT_WRITE") {
+        if names.to_string_lossy().split(',').any(|n| n == file_name) {
+            file.write_all(&bytes[..half])?;
+            const ENOSPC: i32 = 28;
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+    }
+    if let Some(ms) = std::env::var("DEEPVIS_FAULT_SLOW_WRITE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        file.write_all(&bytes[..half])?;
+        file.flush()?;
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        return file.write_all(&bytes[half..]);
+    }
+    file.write_all(bytes)
 }
 
 /// Opens a fresh temp file with `create_new`, so two writers (threads or

@@ -29,7 +29,7 @@ pub enum OutputError {
     },
 
     /// An input image could not be decoded.
-    #[error("could not read image {}: {source} (use a valid PNG or JPEG file)", path.display())]
+    #[error("could not read image {}: {} (use a valid PNG or JPEG file)", path.display(), one_line(source))]
     Decode {
         path: PathBuf,
         #[source]
@@ -65,6 +65,16 @@ impl OutputError {
             source,
         }
     }
+}
+
+/// Decoders' messages may span lines (zune-jpeg's do); ours are one line.
+fn one_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Advice for the I/O failures a user can act on. `ErrorKind::StorageFull`

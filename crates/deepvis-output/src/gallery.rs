@@ -195,6 +195,7 @@ mod tests {
                     initial_activation: 0.01,
                     final_activation: 12.5,
                     seconds: 3.0,
+                    diverged: None,
                 },
             );
         }

@@ -76,6 +76,10 @@ pub struct FilterRecord {
     /// Wall-clock seconds per image of the batches rendered together with this one (its own
     /// and any run side by side), so the sum over filters is the run's time.
     pub seconds: f64,
+    /// The step at which the optimization diverged (objective or gradient NaN or infinite)
+    /// and this image stopped; absent for images that did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<usize>,
 }
 
 mod non_finite_as_null {
@@ -219,6 +223,7 @@ mod tests {
             initial_activation: 0.125,
             final_activation,
             seconds: 1.5,
+            diverged: None,
         }
     }
 

@@ -49,6 +49,22 @@ pub fn write_npy_f32(path: &Path, data: &[f32], shape: &[usize]) -> Result<(), O
 /// Reads what [`encode_npy_f32`] writes (C-order little-endian float32, format 1.0–3.0):
 /// the shape and the values, or a one-line reason it cannot.
 pub fn parse_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
+    // Messages quote the header; control characters in it are escaped to keep one line.
+    parse_npy(bytes).map_err(|m| {
+        m.chars()
+            .flat_map(|c| {
+                let esc: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                esc
+            })
+            .collect()
+    })
+}
+
+fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not a .npy file (no \\x93NUMPY magic)".into());
     }
@@ -58,7 +74,11 @@ pub fn parse_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         v => return Err(format!("unknown .npy format version {v}")),
     };
     let mut len = 0usize;
-    for (i, b) in bytes[8..8 + len_bytes].iter().enumerate() {
+    // Found by the fuzzer: a version-2 header needs 12 bytes, more than the 10 checked above.
+    let len_field = bytes
+        .get(8..8 + len_bytes)
+        .ok_or("truncated .npy header")?;
+    for (i, b) in len_field.iter().enumerate() {
         len |= usize::from(*b) << (8 * i);
     }
     let header = bytes
@@ -67,7 +87,8 @@ pub fn parse_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         .ok_or("truncated or non-text .npy header")?;
     if !header.contains("'descr': '<f4'") || !header.contains("'fortran_order': False") {
         return Err(format!(
-            "not a C-order little-endian float32 array: {header}"
+            "not a C-order little-endian float32 array: {}",
+            header.trim().chars().take(200).collect::<String>()
         ));
     }
     let shape_text = header

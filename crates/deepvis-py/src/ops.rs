@@ -55,7 +55,7 @@ fn is_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
 
 pub fn render_failure(e: RenderError) -> Failure {
     let kind = match &e {
-        RenderError::Cancelled => Kind::Cancelled,
+        RenderError::Interrupted => Kind::Cancelled,
         RenderError::Invalid(_) | RenderError::Spec(_) => Kind::Value,
         RenderError::Engine(_) => Kind::Other,
     };

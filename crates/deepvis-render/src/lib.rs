@@ -38,9 +38,9 @@ pub use objective::{BatchObjective, Objective, SpecError};
 pub use optim::OptimizerKind;
 pub use param::ParamKind;
 pub use render::{
-    default_octaves, default_octaves_hw, dream, dream_until, evaluate, render, render_until,
-    seed_init, seed_init_shaped, seed_settings, seed_settings_hw, DreamSettings, Init, Octave,
-    Preset, Progress, RenderOutput, RenderSettings,
+    clear_stop, default_octaves, default_octaves_hw, dream, dream_until, evaluate, render,
+    render_until, request_stop, seed_init, seed_init_shaped, seed_settings, seed_settings_hw,
+    stop_requested, DreamSettings, Init, Octave, Preset, Progress, RenderOutput, RenderSettings,
 };
 pub use transform::{PadMode, Regularizer, Transform};
 
@@ -57,9 +57,10 @@ pub enum RenderError {
     Invalid(String),
     #[error("{0}")]
     Spec(#[from] SpecError),
-    /// A front end asked the loop to stop (Ctrl-C).
+    /// The render stopped between two steps because it was asked to: [`render::request_stop`]
+    /// (Ctrl-C in the CLI) or a front end's `on_step` callback (`render_until`).
     #[error("interrupted")]
-    Cancelled,
+    Interrupted,
 }
 
 /// Settings of the original tool's gradient ascent.

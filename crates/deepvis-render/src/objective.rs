@@ -311,7 +311,16 @@ struct Parser<'a> {
     src: &'a str,
     toks: Vec<Token>,
     pos: usize,
+    /// Parentheses and unary minuses open around the current position.
+    depth: usize,
 }
+
+/// Parsing, binding, printing and dropping recurse over the tree, so its depth must be bounded
+/// whatever the input: `((((…` or `- - - …` a million deep would overflow the stack. A long
+/// `a + a + …` chain is as deep as it is long, hence the token cap too; real objectives have a
+/// few dozen tokens.
+const MAX_NESTING: usize = 64;
+const MAX_TOKENS: usize = 2000;
 
 impl<'a> Parser<'a> {
     fn peek(&self) -> &Token {
@@ -405,10 +414,24 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Enters one level of parentheses or unary minus at `span`.
+    fn nest(&mut self, span: Span) -> Result<(), SpecError> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return self.err(
+                format!("nested more than {MAX_NESTING} deep; simplify the objective"),
+                span,
+            );
+        }
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Expr, SpecError> {
         if self.peek().tok == Tok::Minus {
             let m = self.next();
+            self.nest(m.span)?;
             let inner = self.unary()?;
+            self.depth -= 1;
             let span = Span {
                 start: m.span.start,
                 end: inner.span.end,
@@ -467,8 +490,10 @@ impl<'a> Parser<'a> {
         let t = self.next();
         match t.tok.clone() {
             Tok::LParen => {
+                self.nest(t.span)?;
                 let inner = self.expr()?;
                 let close = self.expect(Tok::RParen, "')'")?;
+                self.depth -= 1;
                 Ok(Expr {
                     kind: inner.kind,
                     span: Span {
@@ -658,7 +683,19 @@ fn constant(e: &Expr) -> Option<f64> {
 /// Parses an objective into its syntax tree (no model needed).
 pub fn parse(src: &str) -> Result<Expr, SpecError> {
     let toks = lex(src)?;
-    let mut p = Parser { src, toks, pos: 0 };
+    if let Some(t) = toks.get(MAX_TOKENS) {
+        return Err(SpecError::new(
+            format!("the objective has more than {MAX_TOKENS} tokens; shorten it"),
+            t.span,
+            src,
+        ));
+    }
+    let mut p = Parser {
+        src,
+        toks,
+        pos: 0,
+        depth: 0,
+    };
     if p.peek().tok == Tok::End {
         return p.err("empty objective", p.peek().span);
     }
@@ -803,7 +840,34 @@ pub fn load_direction(file: &str) -> Result<Vec<f32>, String> {
             return Ok(t.data.clone());
         }
     }
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    let too_big = |len: u64| {
+        format!(
+            "{file} is {} MiB, far more than a direction's list of numbers (one per channel); check the file",
+            len >> 20
+        )
+    };
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    // Devices and pipes (`/dev/zero`) would be read until memory runs out.
+    if !meta.is_file() {
+        return Err(format!(
+            "{file} is not a regular file (a directory, device or pipe); give a text file of numbers or FILE.safetensors:NAME"
+        ));
+    }
+    if meta.len() > MAX_DIRECTION_TEXT {
+        return Err(too_big(meta.len()));
+    }
+    let text = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    parse_direction_text(&text, file)
+}
+
+/// A text direction file is a list of numbers, one per channel; 64 MiB holds millions.
+const MAX_DIRECTION_TEXT: u64 = 64 << 20;
+
+/// Parses the text form of a direction file: numbers separated by whitespace, commas or
+/// brackets (so a JSON list works). `file` names it in errors.
+pub fn parse_direction_text(text: &[u8], file: &str) -> Result<Vec<f32>, String> {
+    let text = std::str::from_utf8(text)
+        .map_err(|e| format!("cannot read {file}: it is not text ({e}); give a list of numbers or FILE.safetensors:NAME"))?;
     text.split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']'))
         .filter(|s| !s.is_empty())
         .map(|s| {

@@ -1,5 +1,6 @@
 //! The optimization loop: parametrization → transforms → network → objective, and back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::objective::{BatchObjective, Objective};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::param::{Param, ParamKind, Pixel};
@@ -280,6 +281,25 @@ pub struct Progress<'a> {
     pub values: &'a [f32],
 }
 
+/// Set from a signal handler (Ctrl-C) to stop renders between steps; checked once per step,
+/// outside the passes, so it costs nothing where it matters.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks every render in the process to stop before its next step (async-signal-safe: one
+/// atomic store). The renders return [`RenderError::Interrupted`].
+pub fn request_stop() {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Lets renders run again after [`request_stop`].
+pub fn clear_stop() {
+    STOP.store(false, Ordering::Relaxed);
+}
+
 /// The result of [`render`].
 #[derive(Clone, Debug)]
 pub struct RenderOutput {
@@ -294,6 +314,9 @@ pub struct RenderOutput {
     pub initial: Vec<f32>,
     /// Objective per image on the untransformed final images.
     pub final_values: Vec<f32>,
+    /// Per image, the step (1-based) at which its objective or gradient stopped being finite
+    /// (NaN or infinite); such an image stopped changing there while the others went on.
+    pub diverged: Vec<Option<usize>>,
 }
 
 /// Evaluates the objective on untransformed images `[n, C, h, w]` (C: the model's input
@@ -424,7 +447,7 @@ pub fn render(
     })
 }
 
-/// [`render`] that stops with [`RenderError::Cancelled`] after a step where `on_step` returns
+/// [`render`] that stops with [`RenderError::Interrupted`] after a step where `on_step` returns
 /// false (an interrupt from a front end).
 pub fn render_until(
     model: &Model,
@@ -487,6 +510,7 @@ pub fn render_until(
     let mut optimizer = Optimizer::new(settings.optimizer);
     let total = settings.total_steps();
     let mut done = 0;
+    let mut diverged = vec![None; n];
     for (oi, octave) in settings.octaves.iter().enumerate() {
         let (oh, ow) = octave.hw();
         if param.size() != (oh, ow) {
@@ -498,6 +522,9 @@ pub fn render_until(
         }
         let mut pipeline = Pipeline::new(scaled_transforms(settings, oh.min(ow)));
         for step in 0..octave.steps {
+            if stop_requested() {
+                return Err(RenderError::Interrupted);
+            }
             let values = stepper.pass(
                 param.as_mut(),
                 &mut pipeline,
@@ -508,6 +535,23 @@ pub fn render_until(
                 initial.clone_from(&values);
             }
             let per = param.per_image();
+            // An image whose objective or gradient is no longer finite stops here: its gradient
+            // is zeroed (before the optimizer's moments can take in a NaN), so it keeps its last
+            // finite state while the others of the batch go on.
+            for (b, (value, grad)) in values
+                .iter()
+                .zip(stepper.param_grad.chunks_mut(per))
+                .enumerate()
+            {
+                if diverged[b].is_none()
+                    && (!value.is_finite() || grad.iter().any(|g| !g.is_finite()))
+                {
+                    diverged[b] = Some(done + 1);
+                }
+                if diverged[b].is_some() {
+                    grad.fill(0.0);
+                }
+            }
             optimizer.step(param.params_mut(), &stepper.param_grad, per);
             param.project();
             apply_image_ops(
@@ -526,7 +570,7 @@ pub fn render_until(
                 size: oh.max(ow),
                 values: &values,
             }) {
-                return Err(RenderError::Cancelled);
+                return Err(RenderError::Interrupted);
             }
         }
     }
@@ -542,6 +586,7 @@ pub fn render_until(
         width: w,
         initial,
         final_values,
+        diverged,
     })
 }
 
@@ -633,7 +678,7 @@ pub fn dream(
     })
 }
 
-/// [`dream`] that stops with [`RenderError::Cancelled`] after a step where `on_step` returns
+/// [`dream`] that stops with [`RenderError::Interrupted`] after a step where `on_step` returns
 /// false.
 pub fn dream_until(
     model: &Model,
@@ -708,6 +753,9 @@ pub fn dream_until(
         };
         let mut optimizer = Optimizer::new(OptimizerKind::Normalized { lr: settings.lr });
         for _ in 0..settings.steps_per_octave {
+            if stop_requested() {
+                return Err(RenderError::Interrupted);
+            }
             let values = stepper.pass(&mut param, &mut pipeline, &[], &mut rng)?;
             let per = param.per_image();
             optimizer.step(param.params_mut(), &stepper.param_grad, per);
@@ -720,7 +768,7 @@ pub fn dream_until(
                 size: oh.max(ow),
                 values: &values,
             }) {
-                return Err(RenderError::Cancelled);
+                return Err(RenderError::Interrupted);
             }
         }
         let img = param.params().to_vec();

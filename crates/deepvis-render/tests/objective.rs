@@ -485,3 +485,42 @@ fn channels_read_names_the_one_layer_and_its_channels() {
     ]);
     assert_eq!(mixed.channels_read(), None);
 }
+
+/// Found by the fuzzer (crates/deepvis-fuzz): `((((…` overflowed the stack of the recursive
+/// parser, and a class name with a newline made a two-line message.
+#[test]
+fn hostile_objectives_are_one_line_errors_not_stack_overflows() {
+    let deep_parens = format!("{}1{}", "(".repeat(1_000_000), ")".repeat(1_000_000));
+    let deep_minus = format!("{}_blocks.8:1", "-".repeat(1_000_000));
+    let long_chain = format!("{}1", "_blocks.8:1 + ".repeat(100_000));
+    let parens_100 = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+    let minus_100 = format!("{}_blocks.8:1", "-".repeat(100));
+    let msgs: Vec<String> = std::thread::Builder::new()
+        .stack_size(512 << 10)
+        .spawn(move || {
+            [deep_parens, deep_minus, long_chain, parens_100, minus_100]
+                .iter()
+                .map(|src| {
+                    let e = parse(src).expect_err("refused");
+                    let _ = e.to_string();
+                    e.message
+                })
+                .collect()
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    for m in &msgs[..3] {
+        assert_eq!(m, "the objective has more than 2000 tokens; shorten it");
+    }
+    for m in &msgs[3..] {
+        assert_eq!(m, "nested more than 64 deep; simplify the objective");
+    }
+    // 64 levels are fine.
+    let ok = format!("{}_blocks.8:1{}", "(".repeat(64), ")".repeat(64));
+    assert!(parse(&ok).is_ok());
+
+    let e = Objective::parse("class(\"gold\nfish\")", model()).unwrap_err();
+    assert!(!e.message.contains('\n'), "{}", e.message);
+    assert!(e.message.contains("gold\\nfish"), "{}", e.message);
+}

@@ -14,6 +14,9 @@ pub enum WeightsError {
         source: std::io::Error,
     },
 
+    #[error("{} is not a regular file (it is a directory, device or pipe); give the path of a weights file", path.display())]
+    NotAFile { path: PathBuf },
+
     #[error("could not write {}: {source}; check that the directory exists and is writable", path.display())]
     Write {
         path: PathBuf,

@@ -114,8 +114,20 @@ fn open_file(path: &Path) -> Result<File, WeightsError> {
     File::open(path).map_err(|source| io_error(path, source))
 }
 
+/// Reads a whole regular file. Devices and pipes are refused: `/dev/zero` or `/dev/urandom`
+/// given by mistake would otherwise be read until memory runs out.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, WeightsError> {
-    std::fs::read(path).map_err(|source| io_error(path, source))
+    let mut file = open_file(path)?;
+    let meta = file.metadata().map_err(|source| io_error(path, source))?;
+    if !meta.is_file() {
+        return Err(WeightsError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut out = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut out)
+        .map_err(|source| io_error(path, source))?;
+    Ok(out)
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> WeightsError {

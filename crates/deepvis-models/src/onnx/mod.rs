@@ -93,6 +93,13 @@ pub fn load(path: &Path, spec: &InputSpec) -> Result<OnnxLoaded, ModelError> {
     lower_model(&model, path, spec)
 }
 
+/// [`load`] of a model already in memory (external data refused); `origin` names it in errors.
+pub fn load_bytes(bytes: &[u8], origin: &Path, spec: &InputSpec) -> Result<OnnxLoaded, ModelError> {
+    let model = deepvis_onnx::load_bytes(bytes, origin, None)
+        .map_err(|e| ModelError::Onnx(e.to_string()))?;
+    lower_model(&model, origin, spec)
+}
+
 fn input_dims(
     model: &OnnxModel,
     path: &Path,
