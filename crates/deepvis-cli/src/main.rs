@@ -11,8 +11,10 @@ macro_rules! outln {
 mod bench;
 mod filters;
 mod inspect;
+mod merge;
 mod render_cmd;
 mod settings;
+mod shard;
 mod source;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,8 @@ struct Cli {
 enum Command {
     /// Render filters (channels) of a layer as images, a grid sheet, a gallery and a manifest.
     Filters(filters::FiltersArgs),
+    /// Assemble the manifest, grid sheets and site of a folder that sharded runs wrote into.
+    Merge(merge::MergeArgs),
     /// Render any objective: channels, neurons, classes, directions, sums, diversity.
     Render(render_cmd::RenderCmdArgs),
     /// DeepDream: amplify what a layer sees in a photo, at the photo's size.
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Render(a) => render_cmd::render(a),
         Command::Dream(a) => render_cmd::dream(a),
         Command::Layers(a) => inspect::layers(a),
