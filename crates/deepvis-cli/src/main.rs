@@ -8,6 +8,7 @@ macro_rules! outln {
     }};
 }
 
+mod atlas;
 mod bench;
 mod filters;
 mod inspect;
@@ -39,6 +40,8 @@ struct Cli {
 enum Command {
     /// Render filters (channels) of a layer as images, a grid sheet, a gallery and a manifest.
     Filters(filters::FiltersArgs),
+    /// Render every channel of a model's block outputs (or chosen layers) and build its atlas site.
+    Atlas(atlas::AtlasArgs),
     /// Assemble the manifest, grid sheets and site of a folder that sharded runs wrote into.
     Merge(merge::MergeArgs),
     /// Render any objective: channels, neurons, classes, directions, sums, diversity.
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Atlas(a) => atlas::run(a),
         Command::Render(a) => render_cmd::render(a),
         Command::Dream(a) => render_cmd::dream(a),
         Command::Layers(a) => inspect::layers(a),
