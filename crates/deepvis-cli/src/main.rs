@@ -10,6 +10,7 @@ macro_rules! outln {
 
 mod atlas;
 mod bench;
+mod examples;
 mod filters;
 mod inspect;
 mod merge;
@@ -42,6 +43,8 @@ enum Command {
     Filters(filters::FiltersArgs),
     /// Render every channel of a model's block outputs (or chosen layers) and build its atlas site.
     Atlas(atlas::AtlasArgs),
+    /// Find the images of a folder that excite each channel of a layer most, with patches.
+    Examples(examples::ExamplesArgs),
     /// Assemble the manifest, grid sheets and site of a folder that sharded runs wrote into.
     Merge(merge::MergeArgs),
     /// Render any objective: channels, neurons, classes, directions, sums, diversity.
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Examples(a) => examples::run(a),
         Command::Atlas(a) => atlas::run(a),
         Command::Render(a) => render_cmd::render(a),
         Command::Dream(a) => render_cmd::dream(a),
