@@ -77,8 +77,7 @@ pub fn default_layers(model: &Model) -> Vec<NodeId> {
     } else if family.starts_with("vgg") || family.starts_with("alexnet") {
         (1..nodes.len())
             .filter(|&i| {
-                names[i].starts_with("features.")
-                    && nodes[i].op.describe().starts_with("MaxPool")
+                names[i].starts_with("features.") && nodes[i].op.describe().starts_with("MaxPool")
             })
             .filter_map(|i| nodes[i].inputs.first().copied())
             .collect()
@@ -205,7 +204,10 @@ pub fn run(a: AtlasArgs) -> Result<()> {
             "atlas of {}: {} layers, {total} channels{}",
             a.model.model,
             plans.len(),
-            shard.map_or(String::new(), |s| format!(" (shard {}/{})", s.index, s.count))
+            shard.map_or(String::new(), |s| format!(
+                " (shard {}/{})",
+                s.index, s.count
+            ))
         );
     }
     let start = Instant::now();

@@ -13,8 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_engine::Tensor;
 use deepvis_output::{
-    load_rgb, write_atomic, Example, LayerExamples, Manifest, RgbImage, UnitExamples,
-    EXAMPLES_FILE,
+    load_rgb, write_atomic, Example, LayerExamples, Manifest, RgbImage, UnitExamples, EXAMPLES_FILE,
 };
 use deepvis_render::{model_normalization, normalize};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -90,7 +89,9 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
         let entries =
             std::fs::read_dir(&d).with_context(|| format!("reading folder {}", d.display()))?;
         for e in entries {
-            let p = e.with_context(|| format!("reading folder {}", d.display()))?.path();
+            let p = e
+                .with_context(|| format!("reading folder {}", d.display()))?
+                .path();
             if p.is_dir() {
                 stack.push(p);
             } else if is_image(&p) {
@@ -128,13 +129,10 @@ pub fn patch_box(
     field: usize,
 ) -> (usize, usize, usize) {
     let side = field.min(h).min(w).max(1);
-    let centre = |p: usize, o: usize, n: usize| ((p as f64 + 0.5) * n as f64 / o.max(1) as f64) as usize;
+    let centre =
+        |p: usize, o: usize, n: usize| ((p as f64 + 0.5) * n as f64 / o.max(1) as f64) as usize;
     let start = |c: usize, n: usize| c.saturating_sub(side / 2).min(n - side);
-    (
-        start(centre(y, oh, h), h),
-        start(centre(x, ow, w), w),
-        side,
-    )
+    (start(centre(y, oh, h), h), start(centre(x, ow, w), w), side)
 }
 
 pub fn run(a: ExamplesArgs) -> Result<()> {
@@ -177,7 +175,10 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
         bail!("filter {bad} is out of range: layer {layer_name} of {} has {channels} channels (0..{channels})", a.model.model);
     }
     // Patches only where a value sees part of the image.
-    let field = model.graph.receptive_field(layer).filter(|&f| f < size.0.max(size.1) && oh * ow > 1);
+    let field = model
+        .graph
+        .receptive_field(layer)
+        .filter(|&f| f < size.0.max(size.1) && oh * ow > 1);
     let norm = model_normalization(model)?;
 
     let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
@@ -202,7 +203,11 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
     {
         Some(c) if c.fingerprint == fingerprint && c.tops.len() == filters.len() => {
             if !a.quiet && c.done > 0 {
-                eprintln!("resuming: {} of {} images already seen", c.done, images.len());
+                eprintln!(
+                    "resuming: {} of {} images already seen",
+                    c.done,
+                    images.len()
+                );
             }
             c
         }
@@ -241,7 +246,10 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
             }
         }
         if !ids.is_empty() {
-            let x = normalize(&Tensor::new(vec![ids.len(), in_ch, size.0, size.1], data)?, &norm);
+            let x = normalize(
+                &Tensor::new(vec![ids.len(), in_ch, size.0, size.1], data)?,
+                &norm,
+            );
             let y = model.graph.infer(x, layer)?;
             let plane = oh * ow;
             let yd = y.data();
@@ -298,7 +306,8 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
                     let patch = RgbImage::from_planar_f32(&crop, s, s);
                     // Small fields are enlarged (pixels repeated) to stay visible.
                     let patch = patch.scale_nearest((64 / s as u32).max(1));
-                    patch.save_png(&dir.join(format!("examples/{}/patch_{rank}.png", filters[k])))?;
+                    patch
+                        .save_png(&dir.join(format!("examples/{}/patch_{rank}.png", filters[k])))?;
                 }
             }
             Ok(())
@@ -344,8 +353,12 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
             Some(loaded.weights_label.clone()),
             loaded.weights_sha256.clone(),
         );
+        // The model page links up to the folder's gallery: it exists even before any rendering.
+        deepvis_output::write_gallery(&m, &a.out)?;
         deepvis_output::write_site(&m, &a.out)?;
-        a.out.join(layer_dir.parent().unwrap_or(Path::new(""))).join("index.html")
+        a.out
+            .join(layer_dir.parent().unwrap_or(Path::new("")))
+            .join("index.html")
     };
     if !a.quiet {
         if seen > 0 {
@@ -396,7 +409,15 @@ mod tests {
     #[test]
     fn top_k_keeps_the_best_in_order() {
         let mut t = Top::new();
-        for (v, i) in [(1.0, 0), (5.0, 1), (3.0, 2), (5.0, 3), (f32::NAN, 4), (0.5, 5), (4.0, 6)] {
+        for (v, i) in [
+            (1.0, 0),
+            (5.0, 1),
+            (3.0, 2),
+            (5.0, 3),
+            (f32::NAN, 4),
+            (0.5, 5),
+            (4.0, 6),
+        ] {
             push_top(&mut t, 3, (v, i, 0, 0));
         }
         let got: Vec<(f32, usize)> = t.iter().map(|x| (x.0, x.1)).collect();

@@ -6,7 +6,9 @@ use deepvis_models::{Model, WeightsFrom};
 
 fn input(shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     Tensor::new(shape.to_vec(), data).expect("tensor")
 }
 
