@@ -43,7 +43,7 @@ pub struct AtlasArgs {
 /// - EfficientNet-Lite: each of `_blocks.N`, and `_conv_head.act` (the head convolution after
 ///   its ReLU6).
 /// - VGG, AlexNet: the last layer of each stage, the one before each max pool of `features`.
-/// - ResNet: each residual block `layerK.J`.
+/// - ResNet, ResNeXt, Wide ResNet: each residual block `layerK.J`.
 /// - MobileNet, EfficientNet-B, ConvNeXt, SqueezeNet: each module of `features` that is a
 ///   block or stage (`features.N` with sub-modules).
 /// - DenseNet: each `features.denseblockK` and `features.transitionK`.
@@ -81,7 +81,10 @@ pub fn default_layers(model: &Model) -> Vec<NodeId> {
             })
             .filter_map(|i| nodes[i].inputs.first().copied())
             .collect()
-    } else if family.starts_with("resnet") || family.starts_with("wide_resnet") {
+    } else if ["resnet", "resnext", "wide_resnet"]
+        .iter()
+        .any(|f| family.starts_with(f))
+    {
         by(&|n| (1..=4).any(|k| numbered(n, &format!("layer{k}"))))
     } else if ["mobilenet", "efficientnet", "convnext", "squeezenet"]
         .iter()
