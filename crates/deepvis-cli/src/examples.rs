@@ -8,6 +8,7 @@
 //! where it was.
 
 use crate::filters::parse_filters;
+use crate::shard::ShardArgs;
 use crate::source::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -54,6 +55,11 @@ pub struct ExamplesArgs {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Split the images over shards (image k to shard k mod N); each shard writes only its
+    /// own part (`examples.parts/`), and `deepvis merge` combines them (exactly: the top-k of
+    /// the union is the top-k of the shards' top-k lists).
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 /// A channel's best images so far: (value, image index, row, column), best first.
@@ -70,6 +76,30 @@ struct Checkpoint {
 }
 
 const CHECKPOINT_FILE: &str = "examples.checkpoint.json";
+/// Folder of shards' results beside `examples.json`.
+const PARTS_DIR: &str = "examples.parts";
+
+/// A pass's result, before thumbnails and patches: what a shard leaves for `deepvis merge`, and
+/// what a whole run finishes from.
+#[derive(Clone, Serialize, Deserialize)]
+struct Found {
+    /// The same for every shard of one run: images, model, layer and settings.
+    fingerprint: String,
+    /// The --images folder (absolute), which the merge reads thumbnails and patches from.
+    images: PathBuf,
+    model: String,
+    layer: String,
+    size: (usize, usize),
+    /// The layer's output size (rows, columns).
+    out_hw: (usize, usize),
+    field: Option<usize>,
+    top: usize,
+    filters: Vec<usize>,
+    seen: usize,
+    skipped: Vec<String>,
+    /// Per filter, best first: (value, image relative to `images`, row, column).
+    tops: Vec<Vec<(f32, String, usize, usize)>>,
+}
 
 fn is_image(p: &Path) -> bool {
     p.extension()
@@ -196,35 +226,40 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
         a.model.model, layer_name, size, a.top, filters, loaded.weights_sha256
     ));
     let fingerprint = format!("{:x}", h.finalize());
-    let ck_path = dir.join(CHECKPOINT_FILE);
+    let shard = a.shard.resolve()?;
+    // Image k belongs to shard k mod N; a whole run owns every image.
+    let mine: Vec<usize> = (0..images.len())
+        .filter(|&k| shard.is_none_or(|s| s.owns(k)))
+        .collect();
+    let tag = shard.map_or(String::new(), |s| format!(".{}", s.part_name()));
+    let ck_path = dir.join(format!("{CHECKPOINT_FILE}{tag}"));
+    let ck_print = format!("{fingerprint}{tag}");
     let mut ck = match std::fs::read(&ck_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
     {
-        Some(c) if c.fingerprint == fingerprint && c.tops.len() == filters.len() => {
+        Some(c) if c.fingerprint == ck_print && c.tops.len() == filters.len() => {
             if !a.quiet && c.done > 0 {
-                eprintln!(
-                    "resuming: {} of {} images already seen",
-                    c.done,
-                    images.len()
-                );
+                eprintln!("resuming: {} of {} images already seen", c.done, mine.len());
             }
             c
         }
         _ => Checkpoint {
-            fingerprint,
+            fingerprint: ck_print,
             done: 0,
             skipped: Vec::new(),
             tops: vec![Vec::new(); filters.len()],
         },
     };
 
-    let bar = progress(a.quiet, images.len() as u64, ck.done as u64);
+    let bar = progress(a.quiet, mine.len() as u64, ck.done as u64);
+    let plain = !a.quiet && bar.is_hidden();
     let mut last_save = Instant::now();
+    let mut last_line = Instant::now();
     let start = Instant::now();
     let first = ck.done;
-    while ck.done < images.len() {
-        let batch: Vec<usize> = (ck.done..(ck.done + a.batch).min(images.len())).collect();
+    while ck.done < mine.len() {
+        let batch: Vec<usize> = mine[ck.done..(ck.done + a.batch).min(mine.len())].to_vec();
         // Decoding runs on every thread; an image that cannot be read is noted and left out
         // rather than stopping a run over thousands.
         let decoded: Vec<(usize, Result<Vec<f32>>)> = batch
@@ -267,9 +302,19 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
                 }
             }
         }
-        ck.done = batch.last().map_or(ck.done, |&l| l + 1);
+        ck.done += batch.len();
         bar.set_position(ck.done as u64);
-        if last_save.elapsed() >= Duration::from_secs(20) || ck.done == images.len() {
+        if plain && (last_line.elapsed() >= Duration::from_secs(10) || ck.done == mine.len()) {
+            last_line = Instant::now();
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "{}/{} images, {:.1} images/s",
+                ck.done,
+                mine.len(),
+                (ck.done - first) as f64 / secs.max(1e-9)
+            );
+        }
+        if last_save.elapsed() >= Duration::from_secs(20) || ck.done == mine.len() {
             save_checkpoint(&ck_path, &ck)?;
             last_save = Instant::now();
         }
@@ -277,97 +322,59 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
     bar.finish_and_clear();
     let seen = ck.done - first;
     let secs = start.elapsed().as_secs_f64();
-
-    // Thumbnails and patches, from the images some top-k holds, each read once.
-    let mut wanted: Vec<usize> = ck.tops.iter().flatten().map(|t| t.1).collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    let thumb = |i: usize| format!("examples/img_{i:06}.png");
-    wanted
-        .par_iter()
-        .map(|&i| -> Result<()> {
-            let px = prepare(&a.images.join(&images[i]), size, 3)?;
-            let img = RgbImage::from_planar_f32(&px, size.0, size.1);
-            img.save_png(&dir.join(thumb(i)))?;
-            let Some(field) = field else { return Ok(()) };
-            for (k, top) in ck.tops.iter().enumerate() {
-                for (rank, &(_, img_i, y, x)) in top.iter().enumerate() {
-                    if img_i != i {
-                        continue;
-                    }
-                    let (t, l, s) = patch_box((y, x), (oh, ow), size, field);
-                    let mut crop = Vec::with_capacity(3 * s * s);
-                    for c in 0..3 {
-                        for r in t..t + s {
-                            let row = (c * size.0 + r) * size.1;
-                            crop.extend_from_slice(&px[row + l..row + l + s]);
-                        }
-                    }
-                    let patch = RgbImage::from_planar_f32(&crop, s, s);
-                    // Small fields are enlarged (pixels repeated) to stay visible.
-                    let patch = patch.scale_nearest((64 / s as u32).max(1));
-                    patch
-                        .save_png(&dir.join(format!("examples/{}/patch_{rank}.png", filters[k])))?;
-                }
-            }
-            Ok(())
-        })
-        .collect::<Result<Vec<()>>>()?;
-
-    let record = LayerExamples {
+    let found = Found {
+        fingerprint,
+        images: std::path::absolute(&a.images).unwrap_or_else(|_| a.images.clone()),
         model: a.model.model.clone(),
         layer: layer_name.clone(),
-        images_seen: ck.done - ck.skipped.len(),
-        receptive_field: field,
-        units: filters
+        size,
+        out_hw: (oh, ow),
+        field,
+        top: a.top,
+        filters: filters.clone(),
+        seen: mine.len() - ck.skipped.len(),
+        skipped: ck.skipped.clone(),
+        tops: ck
+            .tops
             .iter()
-            .zip(&ck.tops)
-            .map(|(&unit, top)| UnitExamples {
-                unit,
-                top: top
-                    .iter()
-                    .enumerate()
-                    .map(|(rank, &(value, i, y, x))| Example {
-                        source: images[i].to_string_lossy().into_owned(),
-                        value,
-                        at: (y, x),
-                        image: thumb(i),
-                        patch: field.map(|_| format!("examples/{unit}/patch_{rank}.png")),
-                    })
-                    .collect(),
+            .map(|t| {
+                t.iter()
+                    .map(|&(v, i, y, x)| (v, images[i].to_string_lossy().into_owned(), y, x))
+                    .collect()
             })
             .collect(),
     };
-    let mut bytes = serde_json::to_vec_pretty(&record)?;
-    bytes.push(b'\n');
-    write_atomic(&dir.join(EXAMPLES_FILE), &bytes)?;
-
-    // The site shows the examples beside whatever the folder already held.
-    let site = if Manifest::load_dir(&a.out)?.is_some() {
-        crate::merge::publish(&a.out)?;
-        a.out.join(deepvis_output::GALLERY_FILE)
-    } else {
-        let m = Manifest::new(
-            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
-            &a.model.model,
-            Some(loaded.weights_label.clone()),
-            loaded.weights_sha256.clone(),
+    if !a.quiet && seen > 0 {
+        eprintln!(
+            "{seen} images in {secs:.1} s ({:.1} images/s), {} left out",
+            seen as f64 / secs,
+            ck.skipped.len()
         );
-        // The model page links up to the folder's gallery: it exists even before any rendering.
-        deepvis_output::write_gallery(&m, &a.out)?;
-        deepvis_output::write_site(&m, &a.out)?;
-        a.out
-            .join(layer_dir.parent().unwrap_or(Path::new("")))
-            .join("index.html")
-    };
-    if !a.quiet {
-        if seen > 0 {
+    }
+    if let Some(s) = shard {
+        let part = dir.join(PARTS_DIR).join(s.part_name());
+        let mut bytes = serde_json::to_vec(&found)?;
+        bytes.push(b'\n');
+        write_atomic(&part, &bytes)?;
+        if !a.quiet {
+            eprintln!("shard {}/{}: part {}", s.index, s.count, part.display());
             eprintln!(
-                "{seen} images in {secs:.1} s ({:.1} images/s), {} left out",
-                seen as f64 / secs,
-                ck.skipped.len()
+                "when every shard is done: deepvis merge --out {}",
+                a.out.display()
             );
         }
+        return Ok(());
+    }
+    let record = finish(&dir, &found)?;
+
+    // The site shows the examples beside whatever the folder already held.
+    let site = publish_site(
+        &a.out,
+        &loaded.weights_label,
+        &loaded.weights_sha256,
+        &a.model.model,
+    )?;
+    if !a.quiet {
         eprintln!(
             "top {} of {} images for {} channels of {layer_name}",
             a.top,
@@ -378,6 +385,173 @@ pub fn run(a: ExamplesArgs) -> Result<()> {
         eprintln!("site:     {}", site.display());
     }
     Ok(())
+}
+
+/// The gallery and site of `out`: through `merge::publish` where the folder has a manifest,
+/// else for the examples alone. Returns the page to open.
+fn publish_site(
+    out: &Path,
+    weights_label: &str,
+    weights_sha256: &Option<String>,
+    model: &str,
+) -> Result<PathBuf> {
+    if Manifest::load_dir(out)?.is_some() {
+        crate::merge::publish(out)?;
+    } else {
+        let m = Manifest::new(
+            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
+            model,
+            Some(weights_label.to_string()),
+            weights_sha256.clone(),
+        );
+        // The model page links up to the folder's gallery: it exists even before any rendering.
+        deepvis_output::write_gallery(&m, out)?;
+        deepvis_output::write_site(&m, out)?;
+    }
+    Ok(out.join(deepvis_output::GALLERY_FILE))
+}
+
+/// Thumbnails, patches and `examples.json` in the layer folder `dir` from a pass's result.
+fn finish(dir: &Path, f: &Found) -> Result<LayerExamples> {
+    // Thumbnails are named by their place among the images some top-k holds, so the same result
+    // gives the same files whatever the shard layout.
+    let mut wanted: Vec<&str> = f.tops.iter().flatten().map(|t| t.1.as_str()).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let thumb = |src: &str| {
+        let k = wanted.binary_search(&src).unwrap_or(0);
+        format!("examples/img_{k:06}.png")
+    };
+    let size = f.size;
+    wanted
+        .par_iter()
+        .map(|&src| -> Result<()> {
+            let px = prepare(&f.images.join(src), size, 3)?;
+            RgbImage::from_planar_f32(&px, size.0, size.1).save_png(&dir.join(thumb(src)))?;
+            let Some(field) = f.field else { return Ok(()) };
+            for (k, top) in f.tops.iter().enumerate() {
+                for (rank, (_, img, y, x)) in top.iter().enumerate() {
+                    if img != src {
+                        continue;
+                    }
+                    let (t, l, s) = patch_box((*y, *x), f.out_hw, size, field);
+                    let mut crop = Vec::with_capacity(3 * s * s);
+                    for c in 0..3 {
+                        for r in t..t + s {
+                            let row = (c * size.0 + r) * size.1;
+                            crop.extend_from_slice(&px[row + l..row + l + s]);
+                        }
+                    }
+                    // Small fields are enlarged (pixels repeated) to stay visible.
+                    let patch = RgbImage::from_planar_f32(&crop, s, s)
+                        .scale_nearest((64 / s as u32).max(1));
+                    patch.save_png(
+                        &dir.join(format!("examples/{}/patch_{rank}.png", f.filters[k])),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .collect::<Result<Vec<()>>>()?;
+    let record = LayerExamples {
+        model: f.model.clone(),
+        layer: f.layer.clone(),
+        images_seen: f.seen,
+        receptive_field: f.field,
+        units: f
+            .filters
+            .iter()
+            .zip(&f.tops)
+            .map(|(&unit, top)| UnitExamples {
+                unit,
+                top: top
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, (value, src, y, x))| Example {
+                        source: src.clone(),
+                        value: *value,
+                        at: (*y, *x),
+                        image: thumb(src),
+                        patch: f.field.map(|_| format!("examples/{unit}/patch_{rank}.png")),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&record)?;
+    bytes.push(b'\n');
+    write_atomic(&dir.join(EXAMPLES_FILE), &bytes)?;
+    Ok(record)
+}
+
+/// Combines the shards' parts of every layer under `out` into its `examples.json`, thumbnails
+/// and patches; returns the model of each layer it finished. Exact: each shard's top-k holds every image
+/// of its share that could be in the top-k of all images.
+pub fn merge_parts(out: &Path) -> Result<Vec<String>> {
+    let mut layers = Vec::new();
+    for model_dir in subdirs(out) {
+        for dir in subdirs(&model_dir) {
+            let parts_dir = dir.join(PARTS_DIR);
+            let mut parts: Vec<PathBuf> = std::fs::read_dir(&parts_dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if parts.is_empty() {
+                continue;
+            }
+            parts.sort();
+            let mut all: Option<Found> = None;
+            for p in &parts {
+                let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                let part: Found = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not an examples part", p.display()))?;
+                match &mut all {
+                    None => all = Some(part),
+                    Some(acc) => {
+                        if acc.fingerprint != part.fingerprint {
+                            bail!(
+                                "{} is of another examples run (other images, layer or settings) than {}; move one of them out",
+                                p.display(),
+                                parts[0].display()
+                            );
+                        }
+                        acc.seen += part.seen;
+                        acc.skipped.extend(part.skipped);
+                        for (t, more) in acc.tops.iter_mut().zip(part.tops) {
+                            t.extend(more);
+                        }
+                    }
+                }
+            }
+            let Some(mut all) = all else { continue };
+            // Best first, ties to the earlier image in the sorted list, as one process keeps them.
+            for t in &mut all.tops {
+                t.sort_by(|a, b| {
+                    b.0.total_cmp(&a.0)
+                        .then_with(|| Path::new(&a.1).cmp(Path::new(&b.1)))
+                });
+                t.truncate(all.top);
+            }
+            finish(&dir, &all)?;
+            layers.push(all.model);
+        }
+    }
+    Ok(layers)
+}
+
+fn subdirs(p: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn save_checkpoint(path: &Path, ck: &Checkpoint) -> Result<()> {

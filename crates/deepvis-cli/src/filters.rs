@@ -553,11 +553,12 @@ impl<'a> Ctx<'a> {
             rendered: rendering,
             skipped,
         };
-        if groups.is_empty() {
-            return Ok(outcome);
-        }
         let steps = plan.base_settings.total_steps();
         let progress = Progress::new(self.quiet, rendering * steps, skipped);
+        if groups.is_empty() {
+            progress.finish();
+            return Ok(outcome);
+        }
 
         let jobs = plan_jobs(model, plan.layer, size, plan.batch, self.jobs, groups.len())?;
         deepvis_engine::set_concurrent_passes(jobs.max(1));

@@ -19,21 +19,40 @@ pub struct MergeArgs {
 
 pub fn run(a: MergeArgs) -> Result<()> {
     let parts = Manifest::load_parts(&a.out)?;
-    if parts.is_empty() && !a.out.join(MANIFEST_FILE).is_file() {
-        bail!(
-            "{} holds neither {MANIFEST_FILE} nor manifest parts: nothing to merge (is --out the folder the shards wrote into?)",
-            a.out.display()
+    let examples = crate::examples::merge_parts(&a.out)?;
+    let has_manifest = a.out.join(MANIFEST_FILE).is_file();
+    if parts.is_empty() && !has_manifest {
+        let Some(model) = examples.first() else {
+            bail!(
+                "{} holds neither {MANIFEST_FILE} nor manifest or examples parts: nothing to merge (is --out the folder the shards wrote into?)",
+                a.out.display()
+            );
+        };
+        // Only dataset examples here: the site shows them alone.
+        let m = Manifest::new(
+            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
+            model,
+            None,
+            None,
         );
+        write_gallery(&m, &a.out)?;
+        deepvis_output::write_site(&m, &a.out)?;
+    } else {
+        let m = publish(&a.out)?;
+        if !a.quiet {
+            let filters: usize = m.runs.iter().map(|r| r.filters.len()).sum();
+            eprintln!(
+                "{} parts merged: {} runs, {filters} filters",
+                parts.len(),
+                m.runs.len()
+            );
+            eprintln!("manifest: {}", a.out.join(MANIFEST_FILE).display());
+        }
     }
-    let m = publish(&a.out)?;
     if !a.quiet {
-        let filters: usize = m.runs.iter().map(|r| r.filters.len()).sum();
-        eprintln!(
-            "{} parts merged: {} runs, {filters} filters",
-            parts.len(),
-            m.runs.len()
-        );
-        eprintln!("manifest: {}", a.out.join(MANIFEST_FILE).display());
+        if !examples.is_empty() {
+            eprintln!("dataset examples of {} layers merged", examples.len());
+        }
         eprintln!(
             "site:     {}",
             a.out.join(deepvis_output::GALLERY_FILE).display()

@@ -217,6 +217,27 @@ fn examples_match_single_image_passes_and_resume() {
         std::fs::read(out.join("efficientnet_lite0/_blocks.3/examples.json")).unwrap()
     );
     check_links(&out);
+
+    // Two shards (any order of images between them) and a merge give the same result.
+    let sharded = tmp.path().join("sharded");
+    let so = sharded.to_str().unwrap();
+    for shard in ["1/2", "0/2"] {
+        let mut args = args.to_vec();
+        let at = args.iter().position(|a| *a == o).unwrap();
+        args[at] = so;
+        args.extend(["--shard", shard]);
+        ok(deepvis(&args));
+    }
+    assert!(!sharded
+        .join("efficientnet_lite0/_blocks.3/examples.json")
+        .exists());
+    ok(deepvis(&["merge", "--out", so, "-q"]));
+    assert_eq!(
+        before,
+        std::fs::read(sharded.join("efficientnet_lite0/_blocks.3/examples.json")).unwrap()
+    );
+    check_links(&sharded);
+
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     fails_clearly(
