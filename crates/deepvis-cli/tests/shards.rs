@@ -101,7 +101,9 @@ fn any_shard_layout_gives_the_same_bytes() {
     ok(deepvis(&args));
 
     // Three shards by flag, two by a Slurm array (ids 1..2), four by a Kubernetes Indexed Job.
-    let layouts: Vec<(&str, Vec<(Vec<String>, Vec<(&str, String)>)>)> = vec![
+    // Per layout, per shard: extra flags and environment.
+    type Shards = Vec<(Vec<String>, Vec<(&'static str, String)>)>;
+    let layouts: Vec<(&str, Shards)> = vec![
         (
             "flag3",
             (0..3)
