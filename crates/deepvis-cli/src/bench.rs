@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Skip measuring the float32 GEMM peak (a 2048³ matmul) that GFLOP/s is compared with.
     #[arg(long)]
     pub no_peak: bool,
+    /// Time a forward pass only (no gradient, nothing kept for one: what `deepvis examples` runs),
+    /// instead of forward + input gradient.
+    #[arg(long)]
+    pub forward_only: bool,
     /// JSON line from `../shared/bench/torch_reference.py step` for the same case.
     #[arg(long)]
     pub reference: Option<PathBuf>,
@@ -43,7 +47,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (h, w) = a.size.unwrap_or(model.info.native_size);
     let shape = [a.batch, model.info.channels, h, w];
     let x = Tensor::full(&shape, 0.1);
-    let flops = 2 * model.graph.forward_flops(&shape, layer)?;
+    // Forward and input gradient cost about the same each.
+    let passes = if a.forward_only { 1 } else { 2 };
+    let flops = passes * model.graph.forward_flops(&shape, layer)?;
     let channels: Vec<usize> = vec![a.channel; a.batch];
     let norm = deepvis_models::Normalization {
         mean: std::borrow::Cow::Borrowed(&[0.0]),
@@ -52,8 +58,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut times = Vec::with_capacity(a.iters);
     for i in 0..a.warmup + a.iters.max(1) {
         let t = Instant::now();
-        let (_, g) = deepvis_render::objective_and_grad(&model.graph, &norm, layer, &x, &channels)?;
-        std::hint::black_box(g);
+        if a.forward_only {
+            std::hint::black_box(model.graph.infer(x.clone(), layer)?);
+        } else {
+            let (_, g) =
+                deepvis_render::objective_and_grad(&model.graph, &norm, layer, &x, &channels)?;
+            std::hint::black_box(g);
+        }
         if i >= a.warmup {
             times.push(t.elapsed().as_secs_f64());
         } else if i + 1 == a.warmup {
@@ -71,7 +82,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let ms = times[times.len() / 2] * 1e3;
     let gflops = flops as f64 / 1e9 / (ms / 1e3);
     let mut line = serde_json::json!({
-        "what": "deepvis fwd+input-grad step",
+        "what": if a.forward_only { "deepvis forward only" } else { "deepvis fwd+input-grad step" },
         "model": a.model.model,
         "layer": model.graph.nodes()[layer].name,
         "size": if h == w { serde_json::json!(h) } else { serde_json::json!(format!("{h}x{w}")) },

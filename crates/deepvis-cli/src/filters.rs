@@ -3,16 +3,17 @@
 //! interrupted run stopped.
 
 use crate::settings::RenderArgs;
+use crate::shard::{Shard, ShardArgs};
+use deepvis_render::{available_memory, check_fits, pass_bytes};
 use crate::source::{Loaded, ModelArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_models::{size_text, Model};
 use deepvis_output::{
-    grid_sheet, load_rgb, save_planar_image, write_gallery, FilterRecord, InputRecord, Manifest,
-    RgbImage, MANIFEST_FILE,
+    grid_sheet, load_rgb, save_planar_image, FilterRecord, InputRecord, Manifest, RgbImage,
+    MANIFEST_FILE, PARTS_DIR,
 };
 use deepvis_render::render::{render, seed_init_shaped, Init, RenderOutput};
-use deepvis_render::{available_memory, check_fits, pass_bytes};
 use deepvis_render::{BatchObjective, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -58,6 +59,8 @@ pub struct FiltersArgs {
     pub jobs: Option<usize>,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 /// Where results go and how a run is seeded; shared by `filters` and `render`.
@@ -122,7 +125,23 @@ fn filter_list(a: &FiltersArgs) -> Result<Vec<usize>> {
 /// set of weights, so that every record in it means what it says.
 pub fn open_manifest(out: &Path, model: &str, loaded: &Loaded) -> Result<(PathBuf, Manifest)> {
     let path = out.join(MANIFEST_FILE);
-    let manifest = match Manifest::load(&path)? {
+    let manifest = match check_manifest(out, model, loaded)? {
+        Some(m) => m,
+        None => Manifest::new(
+            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
+            model,
+            Some(loaded.weights_label.clone()),
+            loaded.weights_sha256.clone(),
+        ),
+    };
+    Ok((path, manifest))
+}
+
+/// What an output directory holds (its manifest and every shard's part), after checking that it
+/// is of this model and these weights.
+pub fn check_manifest(out: &Path, model: &str, loaded: &Loaded) -> Result<Option<Manifest>> {
+    let path = out.join(MANIFEST_FILE);
+    match Manifest::load_dir(out)? {
         Some(m) if m.model != model => bail!(
             "{} holds results of model '{}'; choose another --out for '{model}'",
             path.display(),
@@ -133,15 +152,8 @@ pub fn open_manifest(out: &Path, model: &str, loaded: &Loaded) -> Result<(PathBu
             path.display(),
             m.weights_sha256.as_deref().unwrap_or("unknown")
         ),
-        Some(m) => m,
-        None => Manifest::new(
-            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
-            model,
-            Some(loaded.weights_label.clone()),
-            loaded.weights_sha256.clone(),
-        ),
-    };
-    Ok((path, manifest))
+        m => Ok(m),
+    }
 }
 
 /// Images per batch by default, at most: batching pays only while one image is little work.
@@ -260,220 +272,452 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let filters = filter_list(&a)?;
+    let shard = a.shard.resolve()?;
     let loaded = a.model.load_at(a.render.size)?;
-    let model = &loaded.model;
-    let input = input_record(model, crate::source::is_onnx_path(&a.model.model))?;
-    let layer = model.layer(&a.layer)?;
-    let layer_name = model.layer_name(&a.layer, layer);
-    let size = a.render.size_or(model.info.native_size);
-    let in_channels = model.info.channels;
-    let channels = model.channels_at(layer, size)?;
-    if let Some(&bad) = filters.iter().find(|&&f| f >= channels) {
-        bail!(
-            "filter {bad} is out of range: layer {layer_name} of {} has {channels} filters (0..{channels})",
-            a.model.model
-        );
+    let ctx = Ctx::new(
+        &a.model.model,
+        &loaded,
+        &a.render,
+        a.batch,
+        a.jobs,
+        &a.run,
+        shard,
+    )?;
+    let plan = ctx.plan_layer(&a.layer, Some(filters))?;
+    let mut units = 0;
+    let outcome = ctx.render_layer(&plan, &mut units)?;
+    if shard.is_some() {
+        ctx.report_shard(&[outcome]);
+        return Ok(());
     }
-    let batch = plan_batch(model, layer, size, a.batch, filters.len())?;
-    let base_settings = a.render.settings(a.run.seed, size)?;
-    let seed_method = a.render.is_seed_method(&base_settings);
-
-    let out = &a.run.out;
-    let (manifest_path, mut manifest) = open_manifest(out, &a.model.model, &loaded)?;
-    let mut settings = a.render.manifest_settings(&base_settings);
-    if !seed_method {
-        // Transforms draw per batch, so the grouping is part of what reproduces an image.
-        settings["batch"] = json!(batch);
-    }
-    // Layer names of ONNX models contain slashes: one path component each, inside --out.
-    let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
-        .join(deepvis_output::path_component(&layer_name));
-    deepvis_output::ensure_writable_dir(&out.join(&layer_dir))?;
-    let png_rel = |f: usize| layer_dir.join(format!("filter_{f:04}.png"));
-    // A run's images are for its input: another normalization of the same settings is redone.
-    let is_done = |m: &Manifest, f: usize| {
-        m.find(&layer_name, &settings, a.run.seed, f).is_some()
-            && m.run(&layer_name, &settings, a.run.seed)
-                .is_some_and(|r| r.input == input)
-            && out.join(png_rel(f)).is_file()
-    };
-
-    // The seed method treats every image on its own, so any grouping gives the same images.
-    // Other methods share random transforms within a batch: groups are fixed slices of the
-    // whole filter list, and a group with anything missing is rendered again as a whole.
-    let groups: Vec<Vec<usize>> = if seed_method {
-        let todo: Vec<usize> = filters
-            .iter()
-            .copied()
-            .filter(|&f| !is_done(&manifest, f))
-            .collect();
-        todo.chunks(batch).map(<[usize]>::to_vec).collect()
-    } else {
-        filters
-            .chunks(batch)
-            .filter(|g| g.iter().any(|&f| !is_done(&manifest, f)))
-            .map(<[usize]>::to_vec)
-            .collect()
-    };
-    let rendering: usize = groups.iter().map(Vec::len).sum();
-    let skipped = filters.iter().filter(|&&f| is_done(&manifest, f)).count();
-    let steps = base_settings.total_steps();
-    let progress = Progress::new(a.run.quiet, rendering * steps, skipped);
-
-    let jobs = plan_jobs(model, layer, size, batch, a.jobs, groups.len())?;
-    if jobs > 1 {
-        deepvis_engine::set_concurrent_passes(jobs);
-    }
-    let done_steps = AtomicUsize::new(0);
-    let render_group = |group: &Vec<usize>| -> Result<RenderOutput> {
-        let objectives: Vec<Objective> = group
-            .iter()
-            .map(|&f| {
-                let o = Objective::channel(model, &layer_name, f)?;
-                Ok::<_, deepvis_render::RenderError>(if crate::outcome::poisoned(f) {
-                    Objective::Mul(Box::new(Objective::Const(f32::NAN)), Box::new(o))
-                } else {
-                    o
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let objective = BatchObjective::PerImage(objectives);
-        let mut settings_g = base_settings.clone();
-        let init = if seed_method {
-            Init::Images(seed_init_shaped(
-                [in_channels, size.0, size.1],
-                a.run.seed,
-                group,
-            ))
-        } else {
-            settings_g.seed = deepvis_render::options::group_seed(a.run.seed, group[0]);
-            Init::Random
-        };
-        let n = group.len();
-        let mut reported = 0;
-        Ok(render(model, &objective, n, &settings_g, init, |p| {
-            let done = done_steps.fetch_add((p.step - reported) * n, Ordering::Relaxed)
-                + (p.step - reported) * n;
-            reported = p.step;
-            progress.step(done, rendering * steps)
-        })?)
-    };
-    // From here Ctrl-C stops after the current step and saves (before, during loading or a
-    // download, it kills as usual).
-    crate::outcome::install_stop_handler();
-    // Groups are independent renders, so `jobs` of them may run side by side, one per thread;
-    // each image comes out the same either way.
-    for wave in groups.chunks(jobs) {
-        let start = Instant::now();
-        let results: Vec<Result<RenderOutput>> = wave.par_iter().map(render_group).collect();
-        let images: usize = wave.iter().map(Vec::len).sum();
-        let seconds = start.elapsed().as_secs_f64() / images as f64;
-        // A failed render leaves the others of its wave to be written first: what is done stays.
-        let mut failure = None;
-        for (group, result) in wave.iter().zip(results) {
-            let result = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    continue;
-                }
-            };
-            let (c, h, w) = (result.channels, result.height, result.width);
-            let per = c * h * w;
-            if let Some(input) = &input {
-                manifest.set_input(&layer_name, &settings, a.run.seed, input.clone());
-            }
-            for (b, &f) in group.iter().enumerate() {
-                let rel = png_rel(f);
-                let npy = save_planar_image(
-                    &out.join(&rel),
-                    &result.images[b * per..(b + 1) * per],
-                    c,
-                    h,
-                    w,
-                )?;
-                manifest.upsert_filter(
-                    &layer_name,
-                    &settings,
-                    a.run.seed,
-                    FilterRecord {
-                        filter: f,
-                        png: rel.to_string_lossy().into_owned(),
-                        npy: npy.map(|_| rel.with_extension("npy").to_string_lossy().into_owned()),
-                        initial_activation: result.initial[b],
-                        final_activation: result.final_values[b],
-                        seconds,
-                        diverged: result.diverged[b],
-                    },
-                );
-            }
-        }
-        // After each batch, so an interrupted run resumes from here.
-        manifest.save(&manifest_path)?;
-        if let Some(e) = failure {
-            progress.finish();
-            if matches!(
-                e.downcast_ref::<deepvis_render::RenderError>(),
-                Some(deepvis_render::RenderError::Interrupted)
-            ) {
-                let saved = filters.iter().filter(|&&f| is_done(&manifest, f)).count();
-                let total = filters.len();
-                return Err(crate::outcome::Interrupted { saved, total }.into());
-            }
-            return Err(e);
-        }
-    }
-    progress.finish();
-
-    let grid_rel = layer_dir.join("grid.png");
-    let mut tiles = Vec::with_capacity(filters.len());
-    for &f in &filters {
-        tiles.push((format!("filter {f}"), grid_tile(&out.join(png_rel(f)))?));
-    }
-    let refs: Vec<(String, &RgbImage)> = tiles.iter().map(|(l, t)| (l.clone(), t)).collect();
-    grid_sheet(&refs, None, None).save_png(&out.join(&grid_rel))?;
-    manifest.set_grid(
-        &layer_name,
-        &settings,
-        a.run.seed,
-        grid_rel.to_string_lossy(),
-    );
-    manifest.save(&manifest_path)?;
-    let gallery = write_gallery(&manifest, out)?;
-
+    let grid = ctx.write_grid(&plan)?;
+    let manifest = ctx.finish()?;
     let diverged: Vec<String> = manifest
-        .run(&layer_name, &settings, a.run.seed)
+        .run(&plan.layer_name, &plan.settings, a.run.seed)
         .map(|r| {
             r.filters
                 .iter()
-                .filter(|r| filters.contains(&r.filter))
+                .filter(|r| plan.filters.contains(&r.filter))
                 .filter_map(|r| Some(format!("filter {} (step {})", r.filter, r.diverged?)))
                 .collect()
         })
         .unwrap_or_default();
     if !a.run.quiet {
-        let run = manifest.run(&layer_name, &settings, a.run.seed);
+        let run = manifest.run(&plan.layer_name, &plan.settings, a.run.seed);
         if let Some(run) = run {
             let gains: Vec<f32> = run
                 .filters
                 .iter()
-                .filter(|r| filters.contains(&r.filter) && r.diverged.is_none())
+                .filter(|r| plan.filters.contains(&r.filter) && r.diverged.is_none())
                 .map(|r| r.final_activation - r.initial_activation)
                 .collect();
             let mean_gain = gains.iter().sum::<f32>() / gains.len().max(1) as f32;
             eprintln!(
-                "{} filters of {} {layer_name} ({rendering} rendered, {skipped} already done); mean activation gain {mean_gain:.3}",
-                filters.len(),
-                a.model.model
+                "{} filters of {} {} ({} rendered, {} already done); mean activation gain {mean_gain:.3}",
+                plan.filters.len(),
+                a.model.model,
+                plan.layer_name,
+                outcome.rendered,
+                outcome.skipped
             );
         }
-        eprintln!("grid:     {}", out.join(&grid_rel).display());
-        eprintln!("manifest: {}", manifest_path.display());
-        eprintln!("gallery:  {}", gallery.display());
+        eprintln!("grid:     {}", ctx.out.join(&grid).display());
+        eprintln!("manifest: {}", ctx.out.join(MANIFEST_FILE).display());
+        eprintln!(
+            "gallery:  {}",
+            ctx.out.join(deepvis_output::GALLERY_FILE).display()
+        );
     }
     if !diverged.is_empty() {
         return Err(crate::outcome::Diverged { which: diverged }.into());
     }
+    Ok(())
+}
+
+/// What one run (`filters`, or `atlas` over many layers) renders with: the model, settings and
+/// where results go. Shared so that a layer renders the same whichever command asks.
+pub struct Ctx<'a> {
+    pub model_arg: &'a str,
+    pub loaded: &'a Loaded,
+    pub render: &'a RenderArgs,
+    pub batch: Option<usize>,
+    pub jobs: Option<usize>,
+    pub seed: u64,
+    pub out: &'a Path,
+    pub quiet: bool,
+    pub shard: Option<Shard>,
+    input: Option<InputRecord>,
+    /// A new manifest's header, for a folder that has none yet.
+    fresh: Manifest,
+    /// What the folder held when this run started (manifest and every shard's part), to skip
+    /// what is done.
+    done: Manifest,
+    /// This shard's own part (sharded runs only): written by this process alone.
+    part: Mutex<Option<Manifest>>,
+}
+
+/// One layer's share of a run: which filters, with which settings, in which fixed groups.
+pub struct LayerPlan {
+    pub layer: usize,
+    pub layer_name: String,
+    pub layer_dir: PathBuf,
+    pub filters: Vec<usize>,
+    /// What identifies the results in the manifest.
+    pub settings: serde_json::Value,
+    base_settings: deepvis_render::RenderSettings,
+    seed_method: bool,
+    batch: usize,
+    size: (usize, usize),
+}
+
+/// What a layer's rendering did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LayerOutcome {
+    pub rendered: usize,
+    pub skipped: usize,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        model_arg: &'a str,
+        loaded: &'a Loaded,
+        render: &'a RenderArgs,
+        batch: Option<usize>,
+        jobs: Option<usize>,
+        run: &'a RunArgs,
+        shard: Option<Shard>,
+    ) -> Result<Self> {
+        let model = &loaded.model;
+        let input = input_record(model, crate::source::is_onnx_path(model_arg))?;
+        let out = run.out.as_path();
+        let fresh = Manifest::new(
+            format!("deepvis {}", env!("CARGO_PKG_VERSION")),
+            model_arg,
+            Some(loaded.weights_label.clone()),
+            loaded.weights_sha256.clone(),
+        );
+        let done = check_manifest(out, model_arg, loaded)?.unwrap_or_else(|| fresh.clone());
+        let part = match shard {
+            Some(s) => {
+                let path = out.join(PARTS_DIR).join(s.part_name());
+                Some(Manifest::load(&path)?.unwrap_or_else(|| fresh.clone()))
+            }
+            None => None,
+        };
+        Ok(Ctx {
+            model_arg,
+            loaded,
+            render,
+            batch,
+            jobs,
+            seed: run.seed,
+            out,
+            quiet: run.quiet,
+            shard,
+            input,
+            fresh,
+            done,
+            part: Mutex::new(part),
+        })
+    }
+
+    /// Resolves a layer and the filters to render there (None: every channel).
+    pub fn plan_layer(&self, spec: &str, filters: Option<Vec<usize>>) -> Result<LayerPlan> {
+        let model = &self.loaded.model;
+        let layer = model.layer(spec)?;
+        let layer_name = model.layer_name(spec, layer);
+        let size = self.render.size_or(model.info.native_size);
+        let channels = model.channels_at(layer, size)?;
+        let filters = filters.unwrap_or_else(|| (0..channels).collect());
+        if let Some(&bad) = filters.iter().find(|&&f| f >= channels) {
+            bail!(
+                "filter {bad} is out of range: layer {layer_name} of {} has {channels} filters (0..{channels})",
+                self.model_arg
+            );
+        }
+        let batch = plan_batch(model, layer, size, self.batch, filters.len())?;
+        let base_settings = self.render.settings(self.seed, size)?;
+        let seed_method = self.render.is_seed_method(&base_settings);
+        let mut settings = self.render.manifest_settings(&base_settings);
+        if !seed_method {
+            // Transforms draw per batch, so the grouping is part of what reproduces an image.
+            settings["batch"] = json!(batch);
+        }
+        // Layer names of ONNX models contain slashes: one path component each, inside --out.
+        let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
+            .join(deepvis_output::path_component(&layer_name));
+        deepvis_output::ensure_writable_dir(&self.out.join(&layer_dir))?;
+        Ok(LayerPlan {
+            layer,
+            layer_name,
+            layer_dir,
+            filters,
+            settings,
+            base_settings,
+            seed_method,
+            batch,
+            size,
+        })
+    }
+
+    fn png_rel(plan: &LayerPlan, f: usize) -> PathBuf {
+        plan.layer_dir.join(format!("filter_{f:04}.png"))
+    }
+
+    /// A run's images are for its input: another normalization of the same settings is redone.
+    fn is_done(&self, plan: &LayerPlan, f: usize) -> bool {
+        let m = &self.done;
+        m.find(&plan.layer_name, &plan.settings, self.seed, f)
+            .is_some()
+            && m.run(&plan.layer_name, &plan.settings, self.seed)
+                .is_some_and(|r| r.input == self.input)
+            && self.out.join(Self::png_rel(plan, f)).is_file()
+    }
+
+    /// Renders this process's share of a layer's filters and records each batch as it finishes.
+    /// `units` counts work units over the whole run (all layers), so that shards split an atlas
+    /// evenly: unit k belongs to shard k mod N.
+    pub fn render_layer(&self, plan: &LayerPlan, units: &mut usize) -> Result<LayerOutcome> {
+        let model = &self.loaded.model;
+        let in_channels = model.info.channels;
+        let (seed, size) = (self.seed, plan.size);
+        // The seed method treats every image on its own, so any grouping gives the same images:
+        // the unit is one filter. Other methods share random transforms within a batch: groups
+        // are fixed slices of the whole filter list, and a group with anything missing is
+        // rendered again as a whole.
+        let unit_groups: Vec<Vec<usize>> = if plan.seed_method {
+            plan.filters.iter().map(|&f| vec![f]).collect()
+        } else {
+            plan.filters
+                .chunks(plan.batch)
+                .map(<[usize]>::to_vec)
+                .collect()
+        };
+        let first_unit = *units;
+        *units += unit_groups.len();
+        let mine: Vec<Vec<usize>> = unit_groups
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| self.shard.is_none_or(|s| s.owns(first_unit + k)))
+            .map(|(_, g)| g)
+            .collect();
+        let groups: Vec<Vec<usize>> = if plan.seed_method {
+            let todo: Vec<usize> = mine
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|&f| !self.is_done(plan, f))
+                .collect();
+            todo.chunks(plan.batch).map(<[usize]>::to_vec).collect()
+        } else {
+            mine.into_iter()
+                .filter(|g| g.iter().any(|&f| !self.is_done(plan, f)))
+                .collect()
+        };
+        let rendering: usize = groups.iter().map(Vec::len).sum();
+        let skipped = plan
+            .filters
+            .iter()
+            .filter(|&&f| self.is_done(plan, f))
+            .count();
+        let outcome = LayerOutcome {
+            rendered: rendering,
+            skipped,
+        };
+        let steps = plan.base_settings.total_steps();
+        let progress = Progress::new(self.quiet, rendering * steps, skipped);
+        if groups.is_empty() {
+            progress.finish();
+            return Ok(outcome);
+        }
+
+        let jobs = plan_jobs(model, plan.layer, size, plan.batch, self.jobs, groups.len())?;
+        deepvis_engine::set_concurrent_passes(jobs.max(1));
+        let done_steps = AtomicUsize::new(0);
+        let render_group = |group: &Vec<usize>| -> Result<RenderOutput> {
+            let objectives: Vec<Objective> = group
+                .iter()
+                .map(|&f| {
+                    let o = Objective::channel(model, &plan.layer_name, f)?;
+                    Ok::<_, deepvis_render::RenderError>(if crate::outcome::poisoned(f) {
+                        Objective::Mul(Box::new(Objective::Const(f32::NAN)), Box::new(o))
+                    } else {
+                        o
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let objective = BatchObjective::PerImage(objectives);
+            let mut settings_g = plan.base_settings.clone();
+            let init = if plan.seed_method {
+                Init::Images(seed_init_shaped([in_channels, size.0, size.1], seed, group))
+            } else {
+                settings_g.seed = deepvis_render::options::group_seed(seed, group[0]);
+                Init::Random
+            };
+            let n = group.len();
+            let mut reported = 0;
+            Ok(render(model, &objective, n, &settings_g, init, |p| {
+                let done = done_steps.fetch_add((p.step - reported) * n, Ordering::Relaxed)
+                    + (p.step - reported) * n;
+                reported = p.step;
+                progress.step(done, rendering * steps)
+            })?)
+        };
+        // From here Ctrl-C stops after the current step and saves (before, during loading or a
+        // download, it kills as usual).
+        crate::outcome::install_stop_handler();
+        // Groups are independent renders, so `jobs` of them may run side by side, one per
+        // thread; each image comes out the same either way.
+        for wave in groups.chunks(jobs) {
+            let start = Instant::now();
+            let results: Vec<Result<RenderOutput>> = wave.par_iter().map(render_group).collect();
+            let images: usize = wave.iter().map(Vec::len).sum();
+            let seconds = start.elapsed().as_secs_f64() / images as f64;
+            // A failed render leaves the others of its wave to be written first: what is done
+            // stays.
+            let mut failure = None;
+            let mut new = self.fresh.clone();
+            for (group, result) in wave.iter().zip(results) {
+                let result = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        continue;
+                    }
+                };
+                let (c, h, w) = (result.channels, result.height, result.width);
+                let per = c * h * w;
+                if let Some(input) = &self.input {
+                    new.set_input(&plan.layer_name, &plan.settings, seed, input.clone());
+                }
+                for (b, &f) in group.iter().enumerate() {
+                    let rel = Self::png_rel(plan, f);
+                    let npy = save_planar_image(
+                        &self.out.join(&rel),
+                        &result.images[b * per..(b + 1) * per],
+                        c,
+                        h,
+                        w,
+                    )?;
+                    new.upsert_filter(
+                        &plan.layer_name,
+                        &plan.settings,
+                        seed,
+                        FilterRecord {
+                            filter: f,
+                            png: rel.to_string_lossy().into_owned(),
+                            npy: npy
+                                .map(|_| rel.with_extension("npy").to_string_lossy().into_owned()),
+                            initial_activation: result.initial[b],
+                            final_activation: result.final_values[b],
+                            seconds,
+                            diverged: result.diverged[b],
+                        },
+                    );
+                }
+            }
+            // After each batch, so an interrupted run resumes from here.
+            let recorded = self.record(&new)?;
+            if let Some(e) = failure {
+                progress.finish();
+                if matches!(
+                    e.downcast_ref::<deepvis_render::RenderError>(),
+                    Some(deepvis_render::RenderError::Interrupted)
+                ) {
+                    let saved = plan
+                        .filters
+                        .iter()
+                        .filter(|&&f| {
+                            recorded
+                                .find(&plan.layer_name, &plan.settings, seed, f)
+                                .is_some()
+                        })
+                        .count();
+                    let total = plan.filters.len();
+                    return Err(crate::outcome::Interrupted { saved, total }.into());
+                }
+                return Err(e);
+            }
+        }
+        progress.finish();
+        Ok(outcome)
+    }
+
+    /// Adds `new` records to this process's manifest: its own part for a shard, else the
+    /// folder's manifest, re-read and written under its lock so concurrent runs keep theirs.
+    fn record(&self, new: &Manifest) -> Result<Manifest> {
+        let mut part = self.part.lock().unwrap_or_else(|p| p.into_inner());
+        match (&mut *part, self.shard) {
+            (Some(part), Some(shard)) => {
+                part.merge_from(new);
+                part.save(&self.out.join(PARTS_DIR).join(shard.part_name()))?;
+                Ok(part.clone())
+            }
+            _ => Ok(Manifest::update(
+                &self.out.join(MANIFEST_FILE),
+                &self.fresh,
+                |m| m.merge_from(new),
+            )?),
+        }
+    }
+
+    /// The grid sheet of a layer's filters, recorded in the manifest; returns its path in --out.
+    pub fn write_grid(&self, plan: &LayerPlan) -> Result<PathBuf> {
+        let grid_rel = plan.layer_dir.join("grid.png");
+        write_grid_sheet(
+            self.out,
+            &grid_rel,
+            plan.filters.iter().map(|&f| (f, Self::png_rel(plan, f))),
+        )?;
+        let mut new = self.fresh.clone();
+        new.set_grid(
+            &plan.layer_name,
+            &plan.settings,
+            self.seed,
+            grid_rel.to_string_lossy(),
+        );
+        self.record(&new)?;
+        Ok(grid_rel)
+    }
+
+    /// Writes the gallery and site of everything the folder holds; returns the manifest.
+    pub fn finish(&self) -> Result<Manifest> {
+        crate::merge::publish(self.out)
+    }
+
+    /// What a shard did and what comes next.
+    pub fn report_shard(&self, outcomes: &[LayerOutcome]) {
+        if self.quiet {
+            return;
+        }
+        if let Some(s) = self.shard {
+            let rendered: usize = outcomes.iter().map(|o| o.rendered).sum();
+            eprintln!(
+                "shard {}/{}: {rendered} filters rendered; manifest part {}",
+                s.index,
+                s.count,
+                self.out.join(PARTS_DIR).join(s.part_name()).display()
+            );
+            eprintln!(
+                "when every shard is done: deepvis merge --out {}",
+                self.out.display()
+            );
+        }
+    }
+}
+
+/// A grid sheet of `(filter, png)` tiles (paths relative to `out`) at `grid_rel`.
+pub fn write_grid_sheet(
+    out: &Path,
+    grid_rel: &Path,
+    tiles: impl Iterator<Item = (usize, PathBuf)>,
+) -> Result<()> {
+    let mut images = Vec::new();
+    for (f, png) in tiles {
+        images.push((format!("filter {f}"), grid_tile(&out.join(png))?));
+    }
+    let refs: Vec<(String, &RgbImage)> = images.iter().map(|(l, t)| (l.clone(), t)).collect();
+    grid_sheet(&refs, None, None).save_png(&out.join(grid_rel))?;
     Ok(())
 }
 

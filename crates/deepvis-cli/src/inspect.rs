@@ -103,7 +103,7 @@ pub struct PredictArgs {
 }
 
 /// Resize (aspect kept) until the image covers `rh`×`rw`, then centre-crop `ch`×`cw`.
-fn resize_and_crop(
+pub(crate) fn resize_and_crop(
     chw: &[f32],
     h: usize,
     w: usize,

@@ -8,12 +8,16 @@ macro_rules! outln {
     }};
 }
 
+mod atlas;
 mod bench;
+mod examples;
 mod filters;
 mod inspect;
 mod outcome;
+mod merge;
 mod render_cmd;
 mod settings;
+mod shard;
 mod source;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +42,12 @@ struct Cli {
 enum Command {
     /// Render filters (channels) of a layer as images, a grid sheet, a gallery and a manifest.
     Filters(filters::FiltersArgs),
+    /// Render every channel of a model's block outputs (or chosen layers) and build its atlas site.
+    Atlas(atlas::AtlasArgs),
+    /// Find the images of a folder that excite each channel of a layer most, with patches.
+    Examples(examples::ExamplesArgs),
+    /// Assemble the manifest, grid sheets and site of a folder that sharded runs wrote into.
+    Merge(merge::MergeArgs),
     /// Render any objective: channels, neurons, classes, directions, sums, diversity.
     Render(render_cmd::RenderCmdArgs),
     /// DeepDream: amplify what a layer sees in a photo, at the photo's size.
@@ -100,6 +110,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Filters(a) => filters::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Examples(a) => examples::run(a),
+        Command::Atlas(a) => atlas::run(a),
         Command::Render(a) => render_cmd::render(a),
         Command::Dream(a) => render_cmd::dream(a),
         Command::Layers(a) => inspect::layers(a),

@@ -7,7 +7,7 @@ use crate::source::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_output::{
-    grid_sheet, load_rgb, save_planar_image, write_gallery, FilterRecord, RgbImage,
+    grid_sheet, load_rgb, save_planar_image, write_gallery, FilterRecord, Manifest, RgbImage,
 };
 use deepvis_render::render::{dream as deep_dream, render as run_render, DreamSettings, Init};
 use deepvis_render::{BatchObjective, Objective};
@@ -133,7 +133,8 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         a.run.seed,
         grid_rel.to_string_lossy(),
     );
-    manifest.save(&manifest_path)?;
+    // Re-read under the lock, so runs writing into this folder at the same time keep theirs.
+    let manifest = Manifest::update(&manifest_path, &manifest, |m| m.merge_from(&manifest))?;
     write_gallery(&manifest, out)?;
     if !a.run.quiet {
         for b in 0..a.batch {

@@ -314,6 +314,18 @@ impl Graph {
         self.forward_impl(x, targets, Some(channels))
     }
 
+    /// The value of `target` for input `x`, forward only (like PyTorch's `torch.no_grad`): no
+    /// value is kept for a backward pass and no op records codes for one, so each activation is
+    /// dropped as soon as its last reader has run.
+    pub fn infer(&self, x: Tensor, target: NodeId) -> Result<Tensor, EngineError> {
+        let mut plan = Plan::new(self, x.shape(), &[target], None)?;
+        plan.for_inference();
+        let mut trace = self.run_plan(x, plan)?;
+        trace.values[target]
+            .take()
+            .ok_or_else(|| EngineError::Graph(format!("node {target} was not computed")))
+    }
+
     fn forward_impl(
         &self,
         x: Tensor,
@@ -321,6 +333,10 @@ impl Graph {
         channels: Option<&[usize]>,
     ) -> Result<Trace, EngineError> {
         let plan = Plan::new(self, x.shape(), targets, channels)?;
+        self.run_plan(x, plan)
+    }
+
+    fn run_plan(&self, x: Tensor, plan: Plan) -> Result<Trace, EngineError> {
         let target = plan.target();
         let mut values: Vec<Option<Tensor>> = vec![None; target + 1];
         let mut codes: Vec<Option<Vec<u8>>> = vec![None; target + 1];

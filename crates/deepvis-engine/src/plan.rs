@@ -55,6 +55,16 @@ impl Plan {
             .unwrap_or(&[])
     }
 
+    /// Turns the plan into a forward-only one: only the targets are kept, and coded ops run
+    /// their plain forward (codes serve only the backward pass).
+    pub fn for_inference(&mut self) {
+        for (i, k) in self.keep.iter_mut().enumerate() {
+            *k = self.targets.contains(&i);
+        }
+        self.coded.iter_mut().for_each(|c| *c = false);
+        self.masked_by_reader.iter_mut().for_each(|m| *m = false);
+    }
+
     pub fn new(
         graph: &Graph,
         input_shape: &[usize],

@@ -47,6 +47,14 @@ pub enum OutputError {
         source: serde_json::Error,
     },
 
+    /// A shard's manifest part is of another model or other weights than the
+    /// folder's manifest.
+    #[error(
+        "manifest part {} holds results of model '{model}' or other weights than the folder's manifest; move it out of that folder",
+        path.display()
+    )]
+    ForeignPart { path: PathBuf, model: String },
+
     /// Serializing the manifest failed; only possible with unusual settings
     /// values (e.g. maps with non-string keys).
     #[error("could not serialize manifest for {}: {source}", path.display())]

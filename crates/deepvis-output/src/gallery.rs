@@ -59,6 +59,22 @@ pub fn render_gallery(manifest: &Manifest) -> String {
         esc(&manifest.tool)
     );
 
+    // The atlas pages of channel runs (unit pages with neighbours, examples, scores).
+    let mut atlases: Vec<std::path::PathBuf> = manifest
+        .runs
+        .iter()
+        .filter_map(crate::site::channel_dir)
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    atlases.sort();
+    atlases.dedup();
+    for a in &atlases {
+        let _ = writeln!(
+            h,
+            "<p class=\"meta\"><a href=\"{}/index.html\">atlas: every layer and unit</a></p>",
+            esc(&url_path(&a.to_string_lossy()))
+        );
+    }
     if manifest.runs.is_empty() {
         h.push_str("<p class=\"none\">No runs recorded yet.</p>\n");
     }
@@ -113,7 +129,7 @@ fn render_filter(h: &mut String, f: &FilterRecord) {
 
 /// One line describing the settings: `key=value` pairs for an object
 /// (keys sorted, as serde_json stores them), compact JSON otherwise.
-fn settings_summary(settings: &Value) -> String {
+pub(crate) fn settings_summary(settings: &Value) -> String {
     match settings {
         Value::Object(map) if !map.is_empty() => map
             .iter()
@@ -128,7 +144,7 @@ fn settings_summary(settings: &Value) -> String {
     }
 }
 
-fn fmt_activation(v: f32) -> String {
+pub(crate) fn fmt_activation(v: f32) -> String {
     if !v.is_finite() {
         return "n/a".to_string();
     }
@@ -159,7 +175,7 @@ pub fn esc(s: &str) -> String {
 /// Turns a relative file path into a relative URL: separators become '/',
 /// and anything that is not an unreserved character is percent-encoded, so
 /// names with spaces, '#' or '?' still link to the right file.
-fn url_path(p: &str) -> String {
+pub(crate) fn url_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
     for b in p.bytes() {
         match b {

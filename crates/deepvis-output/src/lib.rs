@@ -12,18 +12,24 @@ mod font;
 mod gallery;
 mod grid;
 mod image_io;
+mod lock;
 mod manifest;
 mod npy;
 mod resize;
+mod site;
 
 pub use atomic::{ensure_writable_dir, write_atomic};
 pub use error::OutputError;
 pub use gallery::{esc as html_escape, render_gallery, write_gallery, GALLERY_FILE};
 pub use grid::{grid_layout, grid_sheet, GridLayout, DEFAULT_MAX_TILE, SMALL_SHEET};
 pub use image_io::{decode_rgb, encode_gray_png, load_rgb, save_planar_image, RgbImage};
-pub use manifest::{FilterRecord, InputRecord, LayerRun, Manifest, MANIFEST_FILE};
+pub use lock::FileLock;
+pub use manifest::{
+    FilterRecord, InputRecord, LayerRun, Manifest, LOCK_FILE, MANIFEST_FILE, PARTS_DIR,
+};
 pub use npy::{encode_npy_f32, parse_npy_f32, write_npy_f32};
 pub use resize::{resize_area_planar, resize_bilinear_planar};
+pub use site::{score_text, write_site, Example, LayerExamples, UnitExamples, EXAMPLES_FILE};
 
 /// One safe path component from a model, layer or objective name: characters other than
 /// ASCII letters, digits, `.`, `_` and `-` become `_`, and `.`/`..`/empty become `_`, so a name

@@ -9,10 +9,20 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::lock::FileLock;
 use crate::{write_atomic, OutputError};
 
 /// Conventional manifest file name inside an output directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Folder beside the manifest holding one manifest part per shard
+/// (`shard-0003-of-0010.json`): a shard writes only its own part, so shards on
+/// a shared filesystem never write the same file and need no lock; readers
+/// (resuming, `deepvis merge`) see the manifest and every part merged.
+pub const PARTS_DIR: &str = "manifest.parts";
+
+/// The lock file guarding read-modify-write of the manifest (see `lock.rs`).
+pub const LOCK_FILE: &str = "manifest.json.lock";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -141,6 +151,93 @@ impl Manifest {
             })?;
         bytes.push(b'\n');
         write_atomic(path, &bytes)
+    }
+
+    /// Adds every record of `other` (same model) to this manifest: filters
+    /// this one lacks are inserted, and a filter both hold takes `other`'s
+    /// record (the later write). Grid and input are taken where `other` has
+    /// them. Merging is idempotent, so parts may be merged any number of times.
+    pub fn merge_from(&mut self, other: &Manifest) {
+        for run in &other.runs {
+            let mine = self.run_mut(&run.layer, &run.settings, run.seed);
+            if run.grid.is_some() {
+                mine.grid.clone_from(&run.grid);
+            }
+            if run.input.is_some() {
+                mine.input.clone_from(&run.input);
+            }
+            for rec in &run.filters {
+                match mine.filters.binary_search_by_key(&rec.filter, |f| f.filter) {
+                    Ok(i) => mine.filters[i] = rec.clone(),
+                    Err(i) => mine.filters.insert(i, rec.clone()),
+                }
+            }
+        }
+    }
+
+    /// Read-modify-write of the manifest at `path` under its lock: re-reads
+    /// what other processes recorded meanwhile (or starts from `fresh`),
+    /// applies `change`, writes it back atomically and returns it. Every
+    /// writer goes through here, so concurrent runs into one folder never
+    /// drop each other's records.
+    pub fn update(
+        path: &Path,
+        fresh: &Manifest,
+        change: impl FnOnce(&mut Manifest),
+    ) -> Result<Manifest, OutputError> {
+        let _lock = FileLock::exclusive(&path.with_file_name(LOCK_FILE))?;
+        let mut m = Manifest::load(path)?.unwrap_or_else(|| fresh.clone());
+        change(&mut m);
+        m.save(path)?;
+        Ok(m)
+    }
+
+    /// The manifest parts of shards in `dir` (the output folder), in name order.
+    pub fn load_parts(dir: &Path) -> Result<Vec<(std::path::PathBuf, Manifest)>, OutputError> {
+        let parts = dir.join(PARTS_DIR);
+        let entries = match fs::read_dir(&parts) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(OutputError::io("read", &parts, e)),
+        };
+        let mut paths: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            if let Some(m) = Manifest::load(&p)? {
+                out.push((p, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What an output folder holds: its manifest with every shard's part
+    /// merged in; `None` when there is neither.
+    pub fn load_dir(dir: &Path) -> Result<Option<Manifest>, OutputError> {
+        let mut main = Manifest::load(&dir.join(MANIFEST_FILE))?;
+        for (path, part) in Manifest::load_parts(dir)? {
+            match &mut main {
+                Some(m) => {
+                    if m.model != part.model || m.weights_sha256 != part.weights_sha256 {
+                        return Err(OutputError::ForeignPart {
+                            path,
+                            model: part.model,
+                        });
+                    }
+                    m.merge_from(&part)
+                }
+                None => main = Some(part),
+            }
+        }
+        Ok(main)
     }
 
     /// The run with exactly this layer, settings and seed.
@@ -305,6 +402,76 @@ mod tests {
         assert!(m.find("l", &settings(), 2, 4).is_none());
         assert!(m.find("x", &settings(), 1, 4).is_none());
         assert!(m.find("l", &json!({}), 1, 4).is_none());
+    }
+
+    #[test]
+    fn merge_keeps_both_sides_and_is_idempotent() {
+        let s = settings();
+        let mut a = Manifest::new("deepvis", "m", None, None);
+        a.upsert_filter("l", &s, 1, rec(0, "a0.png", 1.0));
+        a.upsert_filter("l", &s, 1, rec(4, "a4.png", 1.0));
+        let mut b = Manifest::new("deepvis", "m", None, None);
+        b.upsert_filter("l", &s, 1, rec(2, "b2.png", 2.0));
+        b.upsert_filter("l", &s, 1, rec(4, "b4.png", 2.0));
+        b.set_grid("l", &s, 1, "g.png");
+        b.upsert_filter("k", &s, 1, rec(7, "k7.png", 3.0));
+        a.merge_from(&b);
+        let once = a.clone();
+        a.merge_from(&b);
+        assert_eq!(a, once);
+        let order: Vec<&str> = a.runs[0].filters.iter().map(|f| f.png.as_str()).collect();
+        assert_eq!(order, ["a0.png", "b2.png", "b4.png"]);
+        assert_eq!(a.runs[0].grid.as_deref(), Some("g.png"));
+        assert_eq!(a.find("k", &s, 1, 7).map(|r| r.final_activation), Some(3.0));
+    }
+
+    #[test]
+    fn threads_updating_one_manifest_lose_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(MANIFEST_FILE);
+        let fresh = Manifest::new("deepvis", "m", None, None);
+        // Each update re-reads under the lock: without it most of these records would be lost
+        // (every writer replaces the whole file).
+        std::thread::scope(|sc| {
+            for t in 0..8usize {
+                let (path, fresh) = (&path, &fresh);
+                sc.spawn(move || {
+                    for k in 0..10 {
+                        let f = t * 10 + k;
+                        Manifest::update(path, fresh, |m| {
+                            m.upsert_filter("l", &settings(), 0, rec(f, "x.png", 0.0))
+                        })
+                        .expect("update");
+                    }
+                });
+            }
+        });
+        let m = Manifest::load(&path).expect("load").expect("present");
+        let got: Vec<usize> = m.runs[0].filters.iter().map(|f| f.filter).collect();
+        assert_eq!(got, (0..80).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn parts_are_merged_on_read() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(Manifest::load_dir(tmp.path()).expect("empty"), None);
+        let s = settings();
+        let mut p0 = Manifest::new("deepvis", "m", None, None);
+        p0.upsert_filter("l", &s, 0, rec(0, "0.png", 0.0));
+        let mut p1 = Manifest::new("deepvis", "m", None, None);
+        p1.upsert_filter("l", &s, 0, rec(1, "1.png", 0.0));
+        let parts = tmp.path().join(PARTS_DIR);
+        p0.save(&parts.join("shard-0000-of-0002.json")).expect("p0");
+        p1.save(&parts.join("shard-0001-of-0002.json")).expect("p1");
+        let m = Manifest::load_dir(tmp.path()).expect("load").expect("some");
+        assert_eq!(m.runs[0].filters.len(), 2);
+        // A part of another model is refused rather than mixed in.
+        let other = Manifest::new("deepvis", "other", None, None);
+        other
+            .save(&parts.join("shard-0002-of-0002.json"))
+            .expect("p2");
+        let err = Manifest::load_dir(tmp.path()).expect_err("foreign part");
+        assert!(err.to_string().contains("other"), "{err}");
     }
 
     #[test]
