@@ -700,26 +700,7 @@ impl MaxPool2d {
         let out_shape = self.output_shape(x.shape())?;
         let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], out_shape[2], out_shape[3]);
         let mut y = Tensor::for_overwrite(&out_shape);
-        if !self.is_2x2(h, w, oh, ow) && self.folds_relu(x.shape()) {
-            let mut codes = vec![0u8; y.data().len()];
-            let geometry = General::new(self, h, w, oh, ow);
-            let planes = (CHUNK / (h * w).max(1)).max(1);
-            y.data_mut()
-                .par_chunks_mut(oh * ow * planes)
-                .zip(codes.par_chunks_mut(oh * ow * planes))
-                .zip(x.data().par_chunks(h * w * planes))
-                .for_each(|((yp, cp), xp)| {
-                    for ((yp, cp), xp) in yp
-                        .chunks_mut(oh * ow)
-                        .zip(cp.chunks_mut(oh * ow))
-                        .zip(xp.chunks(h * w))
-                    {
-                        general_pool_loops(&geometry, xp, yp, cp);
-                    }
-                });
-            return Ok((y, Some(codes)));
-        }
-        if !self.is_2x2(h, w, oh, ow) {
+        if !self.folds_relu(x.shape()) {
             // scan_plane visits every output element once.
             y.data_mut()
                 .par_chunks_mut(oh * ow)
@@ -730,6 +711,7 @@ impl MaxPool2d {
             return Ok((y, None));
         }
         let mut codes = vec![0u8; y.data().len()];
+        let general = (!self.is_2x2(h, w, oh, ow)).then(|| General::new(self, h, w, oh, ow));
         let planes = (CHUNK / (h * w).max(1)).max(1);
         y.data_mut()
             .par_chunks_mut(oh * ow * planes)
@@ -741,6 +723,10 @@ impl MaxPool2d {
                     .zip(cp.chunks_mut(oh * ow))
                     .zip(xp.chunks(h * w))
                 {
+                    if let Some(g) = &general {
+                        general_pool_loops(g, xp, yp, cp);
+                        continue;
+                    }
                     #[cfg(target_arch = "x86_64")]
                     if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
                         // SAFETY: the CPU has the features; accesses stay inside the rows the
@@ -778,23 +764,7 @@ impl MaxPool2d {
         let (h, w, oh, ow) = (input[2], input[3], out_shape[2], out_shape[3]);
         let mut dx = Tensor::for_overwrite(input);
         let planes = (CHUNK / (h * w).max(1)).max(1);
-        if !self.is_2x2(h, w, oh, ow) {
-            let geometry = General::new(self, h, w, oh, ow);
-            dx.data_mut()
-                .par_chunks_mut(h * w * planes)
-                .zip(codes.par_chunks(oh * ow * planes))
-                .zip(grad_out.data().par_chunks(oh * ow * planes))
-                .for_each(|((dp, cp), gp)| {
-                    for ((dp, cp), gp) in dp
-                        .chunks_mut(h * w)
-                        .zip(cp.chunks(oh * ow))
-                        .zip(gp.chunks(oh * ow))
-                    {
-                        general_unpool_plane(&geometry, cp, gp, through_relu, dp);
-                    }
-                });
-            return Ok(dx);
-        }
+        let general = (!self.is_2x2(h, w, oh, ow)).then(|| General::new(self, h, w, oh, ow));
         dx.data_mut()
             .par_chunks_mut(h * w * planes)
             .zip(codes.par_chunks(oh * ow * planes))
@@ -805,6 +775,10 @@ impl MaxPool2d {
                     .zip(cp.chunks(oh * ow))
                     .zip(gp.chunks(oh * ow))
                 {
+                    if let Some(g) = &general {
+                        general_unpool_plane(g, cp, gp, through_relu, dp);
+                        continue;
+                    }
                     #[cfg(target_arch = "x86_64")]
                     if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
                         // SAFETY: as in `forward_with_codes`.
