@@ -31,6 +31,7 @@ pub mod objective;
 pub mod optim;
 pub mod param;
 pub mod render;
+pub mod score;
 pub mod transform;
 
 pub use objective::{BatchObjective, Objective, SpecError};
@@ -41,6 +42,7 @@ pub use render::{
     seed_settings, seed_settings_hw, DreamSettings, Init, Octave, Preset, Progress, RenderOutput,
     RenderSettings,
 };
+pub use score::{robust_scores, sample_views, ScoreSettings, View};
 pub use transform::{PadMode, Regularizer, Transform};
 
 use deepvis_engine::{EngineError, Graph, NodeId, Tensor};
