@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_models::{size_text, Model};
 use deepvis_output::{
-    grid_sheet, load_rgb, save_planar_image, write_gallery, FilterRecord, InputRecord, Manifest,
-    RgbImage, MANIFEST_FILE,
+    grid_sheet, load_rgb, save_planar_image, write_gallery, DiversityRecord, FilterRecord,
+    InputRecord, Manifest, RgbImage, ScoreRecord, MANIFEST_FILE,
 };
 use deepvis_render::render::{render, seed_init_shaped, Init, RenderOutput};
 use deepvis_render::{BatchObjective, Objective};
@@ -55,6 +55,13 @@ pub struct FiltersArgs {
     /// either way.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Render N distinct images per filter together, with Lucid's diversity term (their
+    /// mutual similarity goes into the manifest).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub diversity: usize,
+    /// Weight of the diversity term, in Lucid's scale (its `channel − 100·diversity`).
+    #[arg(long, default_value_t = 100.0, value_name = "W")]
+    pub diversity_weight: f32,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -302,6 +309,16 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let filters = filter_list(&a)?;
+    if a.diversity == 0 || a.diversity > 64 {
+        bail!("--diversity takes 1 to 64 images per filter");
+    }
+    if !(a.diversity_weight.is_finite() && a.diversity_weight >= 0.0) {
+        bail!("--diversity-weight must be a non-negative number");
+    }
+    let diverse = a.diversity > 1;
+    if diverse && a.batch.is_some() {
+        bail!("--diversity N renders each filter's N images as one batch; drop --batch");
+    }
     let loaded = a.model.load_at(a.render.size)?;
     let model = &loaded.model;
     let input = input_record(model, crate::source::is_onnx_path(&a.model.model))?;
@@ -316,9 +333,27 @@ pub fn run(a: FiltersArgs) -> Result<()> {
             a.model.model
         );
     }
-    let batch = plan_batch(model, layer, size, a.batch, filters.len())?;
+    let batch = if diverse {
+        plan_batch(model, layer, size, Some(a.diversity), a.diversity)?;
+        1
+    } else {
+        plan_batch(model, layer, size, a.batch, filters.len())?
+    };
     let base_settings = a.render.settings(a.run.seed, size)?;
     let seed_method = a.render.is_seed_method(&base_settings);
+    if diverse && seed_method {
+        bail!("--diversity needs an optimizer that sees the batch; use a Fourier preset, not the seed method");
+    }
+    // Per image, the model's input at the output size (the first octave's when octaves differ).
+    let photo = match &a.render.init {
+        Some(p) => Some(crate::quality::load_photo(
+            p,
+            model,
+            base_settings.octaves[0].hw(),
+        )?),
+        None => None,
+    };
+    let per_filter = a.diversity;
 
     let out = &a.run.out;
     let (manifest_path, mut manifest) = open_manifest(out, &a.model.model, &loaded)?;
@@ -326,6 +361,12 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     if !seed_method {
         // Transforms draw per batch, so the grouping is part of what reproduces an image.
         settings["batch"] = json!(batch);
+    }
+    if diverse {
+        settings["diversity"] = json!({"images": a.diversity, "weight": a.diversity_weight});
+    }
+    if a.render.frames > 0 {
+        settings["frames"] = json!(a.render.frames);
     }
     // Layer names of ONNX models contain slashes: one path component each, inside --out.
     let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
@@ -359,22 +400,54 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     };
     let rendering: usize = groups.iter().map(Vec::len).sum();
     let skipped = filters.iter().filter(|&&f| is_done(&manifest, f)).count();
-    let steps = base_settings.total_steps();
-    let progress = Progress::new(a.run.quiet, rendering * steps, skipped);
+    // Adaptive steps are counted at their most for the progress bar.
+    let steps = base_settings.total_steps()
+        + base_settings.adaptive.as_ref().map_or(0, |ad| {
+            ad.max_steps - base_settings.octaves.last().map_or(0, |o| o.steps)
+        });
+    let progress = Progress::new(a.run.quiet, rendering * per_filter * steps, skipped);
 
     let jobs = plan_jobs(model, layer, size, batch, a.jobs, groups.len())?;
     if jobs > 1 {
         deepvis_engine::set_concurrent_passes(jobs);
     }
     let done_steps = AtomicUsize::new(0);
-    let render_group = |group: &Vec<usize>| -> Result<RenderOutput> {
-        let objectives: Vec<Objective> = group
+    type Rendered = (RenderOutput, Vec<Option<ScoreRecord>>);
+    let render_group = |group: &Vec<usize>| -> Result<Rendered> {
+        // Each filter's images: one, or --diversity of them.
+        let targets: Vec<usize> = group
+            .iter()
+            .flat_map(|&f| std::iter::repeat_n(f, per_filter))
+            .collect();
+        let objectives: Vec<Objective> = targets
             .iter()
             .map(|&f| Objective::channel(model, &layer_name, f))
             .collect::<Result<_, _>>()?;
-        let objective = BatchObjective::PerImage(objectives);
+        let scored = BatchObjective::PerImage(objectives.clone());
+        let objective = if diverse {
+            // Lucid's `channel − 100·diversity` summed its mean-over-pairs term over the batch;
+            // ours is per image over the n−1 others, hence the factor.
+            let w = a.diversity_weight * (per_filter - 1) as f32;
+            let div = Objective::parse(&format!("diversity(\"{layer_name}\")"), model)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            BatchObjective::PerImage(
+                objectives
+                    .into_iter()
+                    .map(|o| o + Objective::Const(w) * div.clone())
+                    .collect(),
+            )
+        } else {
+            scored.clone()
+        };
         let mut settings_g = base_settings.clone();
-        let init = if seed_method {
+        let n = targets.len();
+        let init = if let Some(p) = &photo {
+            if !seed_method {
+                settings_g.seed =
+                    a.run.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+            Init::Images(crate::quality::repeat(p, n))
+        } else if seed_method {
             Init::Images(seed_init_shaped(
                 [in_channels, size.0, size.1],
                 a.run.seed,
@@ -385,26 +458,27 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                 a.run.seed ^ (group[0] as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             Init::Random
         };
-        let n = group.len();
         let mut reported = 0;
-        Ok(render(model, &objective, n, &settings_g, init, |p| {
+        let out = render(model, &objective, n, &settings_g, init, |p| {
             let done = done_steps.fetch_add((p.step - reported) * n, Ordering::Relaxed)
                 + (p.step - reported) * n;
             reported = p.step;
-            progress.step(done, rendering * steps)
-        })?)
+            progress.step(done, rendering * per_filter * steps)
+        })?;
+        let scores = crate::quality::score_records(model, &scored, &out, a.render.score_views)?;
+        Ok((out, scores))
     };
     // Groups are independent renders, so `jobs` of them may run side by side, one per thread;
     // each image comes out the same either way.
     for wave in groups.chunks(jobs) {
         let start = Instant::now();
-        let results: Vec<Result<RenderOutput>> = wave.par_iter().map(render_group).collect();
+        let results: Vec<Result<Rendered>> = wave.par_iter().map(render_group).collect();
         let images: usize = wave.iter().map(Vec::len).sum();
         let seconds = start.elapsed().as_secs_f64() / images as f64;
         // A failed render leaves the others of its wave to be written first: what is done stays.
         let mut failure = None;
         for (group, result) in wave.iter().zip(results) {
-            let result = match result {
+            let (result, scores) = match result {
                 Ok(r) => r,
                 Err(e) => {
                     failure.get_or_insert(e);
@@ -416,7 +490,8 @@ pub fn run(a: FiltersArgs) -> Result<()> {
             if let Some(input) = &input {
                 manifest.set_input(&layer_name, &settings, a.run.seed, input.clone());
             }
-            for (b, &f) in group.iter().enumerate() {
+            for (g, &f) in group.iter().enumerate() {
+                let b = g * per_filter;
                 let rel = png_rel(f);
                 let npy = save_planar_image(
                     &out.join(&rel),
@@ -425,6 +500,42 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                     h,
                     w,
                 )?;
+                let gif = crate::quality::write_frames(out, &rel, &result, b)?;
+                let diversity = if diverse {
+                    let mut images = vec![rel.to_string_lossy().into_owned()];
+                    for k in 1..per_filter {
+                        let r = layer_dir.join(format!("filter_{f:04}_d{k}.png"));
+                        let i = b + k;
+                        save_planar_image(
+                            &out.join(&r),
+                            &result.images[i * per..(i + 1) * per],
+                            c,
+                            h,
+                            w,
+                        )?;
+                        crate::quality::write_frames(out, &r, &result, i)?;
+                        images.push(r.to_string_lossy().into_owned());
+                    }
+                    let all = &result.images[b * per..(b + per_filter) * per];
+                    let similarity = deepvis_render::score::gram_similarity(
+                        model,
+                        layer,
+                        all,
+                        per_filter,
+                        (h, w),
+                    )?;
+                    let pairs: Vec<f32> = (0..per_filter)
+                        .flat_map(|i| (i + 1..per_filter).map(move |j| (i, j)))
+                        .map(|(i, j)| similarity[i][j])
+                        .collect();
+                    Some(DiversityRecord {
+                        images,
+                        mean_similarity: pairs.iter().sum::<f32>() / pairs.len().max(1) as f32,
+                        similarity,
+                    })
+                } else {
+                    None
+                };
                 manifest.upsert_filter(
                     &layer_name,
                     &settings,
@@ -436,6 +547,10 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                         initial_activation: result.initial[b],
                         final_activation: result.final_values[b],
                         seconds,
+                        score: scores[b].clone(),
+                        steps: base_settings.adaptive.as_ref().map(|_| result.steps[b]),
+                        gif,
+                        diversity,
                     },
                 );
             }

@@ -11,6 +11,7 @@ macro_rules! outln {
 mod bench;
 mod filters;
 mod inspect;
+mod quality;
 mod render_cmd;
 mod settings;
 mod source;

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use deepvis_render::render::{
-    default_octaves_hw, seed_settings_hw, Octave, Preset, RenderSettings,
+    default_octaves_hw, seed_settings_hw, Adaptive, Octave, Preset, RenderSettings,
 };
 use deepvis_render::transform::lucid_standard;
 use deepvis_render::{OptimizerKind, ParamKind, Regularizer};
@@ -93,6 +93,42 @@ pub struct RenderArgs {
     /// Grey out pixels whose contribution to the objective is below this percentile: PCT:K.
     #[arg(long)]
     pub clip_contribution: Option<String>,
+    /// Adaptive steps: stop when the robust score stops improving, within this much time per
+    /// image (`2s`, `1.5`, `500ms`). The default preset adapts with 2 s unless --steps is given.
+    #[arg(long, value_parser = parse_seconds, value_name = "TIME")]
+    pub budget: Option<f64>,
+    /// Random views of the robust score recorded for each image (0: no score).
+    #[arg(long, default_value_t = crate::settings::DEFAULT_SCORE_VIEWS)]
+    pub score_views: usize,
+    /// Start from this photo (PNG or JPEG, resized to the image size) instead of noise.
+    #[arg(long, value_name = "IMAGE")]
+    pub init: Option<std::path::PathBuf>,
+    /// Save N intermediate images per result (`NAME_frames/`) and an animated GIF (`NAME.gif`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub frames: usize,
+}
+
+/// Views of the recorded robust score, as the issue that defined it asked.
+pub const DEFAULT_SCORE_VIEWS: usize = deepvis_render::score::DEFAULT_VIEWS;
+/// Seconds per image the default preset's adaptive steps may take.
+pub const DEFAULT_BUDGET: f64 = 2.0;
+
+/// `--budget`: `2s`, `1.5`, `500ms`.
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (num, scale) = if let Some(v) = t.strip_suffix("ms") {
+        (v, 1e-3)
+    } else if let Some(v) = t.strip_suffix('s') {
+        (v, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale),
+        _ => Err(format!(
+            "'{text}' is not a time; write seconds like 2s, 1.5 or 500ms"
+        )),
+    }
 }
 
 fn pair(flag: &str, v: &str) -> Result<(f32, usize)> {
@@ -192,6 +228,20 @@ impl RenderArgs {
         if self.octaves == Some(0) {
             bail!("--octaves must be at least 1");
         }
+        if self.budget.is_some() && self.steps.is_some() {
+            bail!("--budget lets the steps adapt and --steps fixes them; give one of the two");
+        }
+        if self.budget.is_some() && self.preset == PresetName::Seed {
+            bail!(
+                "--budget adapts the steps of the Fourier presets; the seed method takes --steps"
+            );
+        }
+        if self.frames > 1000 {
+            bail!(
+                "--frames {} is more than anyone can watch; choose at most 1000",
+                self.frames
+            );
+        }
         if self.step_size.is_some()
             && (self.optimizer == Some(OptimizerName::Adam) || self.lr.is_some())
         {
@@ -280,7 +330,21 @@ impl RenderArgs {
             s.regularizers
                 .push(Regularizer::ClipContribution { percentile, every });
         }
+        if self.adapts() {
+            s.adaptive = Some(Adaptive::with_budget(Some(
+                self.budget.unwrap_or(DEFAULT_BUDGET),
+            )));
+        }
+        s.frames = self.frames;
         Ok(s)
+    }
+
+    /// Whether the steps adapt to the robust score: the default preset, or --budget, without
+    /// --steps.
+    fn adapts(&self) -> bool {
+        self.steps.is_none()
+            && (self.preset == PresetName::Default || self.budget.is_some())
+            && self.preset != PresetName::Seed
     }
 
     /// What identifies a result in the manifest: everything but the seed and the batch.
@@ -292,6 +356,13 @@ impl RenderArgs {
             "steps": s.total_steps(),
             "method": s.describe(),
         });
+        if let Some(a) = &s.adaptive {
+            v["steps"] = json!("adaptive");
+            v["budget_s"] = json!(a.budget);
+        }
+        if let Some(init) = &self.init {
+            v["init"] = json!(init.to_string_lossy());
+        }
         if let OptimizerKind::Normalized { lr } = s.optimizer {
             v["step_size"] = json!((lr * 255.0 * 1e4).round() / 1e4);
         }

@@ -42,6 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 initial_activation: 0.01 * i as f32,
                 final_activation: 1.5 * i as f32,
                 seconds: 0.1,
+                score: None,
+                steps: None,
+                gif: None,
+                diversity: None,
             },
         );
         tiles.push((format!("filter {i}"), img));

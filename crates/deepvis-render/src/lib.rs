@@ -31,6 +31,7 @@ pub mod objective;
 pub mod optim;
 pub mod param;
 pub mod render;
+pub mod saturate;
 pub mod score;
 pub mod transform;
 

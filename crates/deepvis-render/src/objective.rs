@@ -724,6 +724,16 @@ pub enum Objective {
     },
     /// −(mean over the other images of the cosine similarity of their Gram matrices).
     Diversity(Layer),
+    /// What [`Objective::uncapped`] optimizes for a channel (`neuron: None`) or neuron
+    /// (`Some(at)`) of a capped activation `layer`: computed from its input `pre`, with the
+    /// gradient redirected through the cap (see `saturate.rs`). Its value is `layer`'s.
+    Capped {
+        layer: Layer,
+        pre: Layer,
+        cap: crate::saturate::Cap,
+        channel: usize,
+        neuron: Option<Option<(usize, usize)>>,
+    },
     Add(Box<Objective>, Box<Objective>),
     Sub(Box<Objective>, Box<Objective>),
     Mul(Box<Objective>, Box<Objective>),
@@ -1026,6 +1036,7 @@ impl Objective {
             | Objective::Class { layer, .. }
             | Objective::Direction { layer, .. }
             | Objective::Diversity(layer) => out.push(layer.node),
+            Objective::Capped { pre, .. } => out.push(pre.node),
             Objective::Add(a, b) | Objective::Sub(a, b) | Objective::Mul(a, b) => {
                 a.collect_nodes(out);
                 b.collect_nodes(out);
@@ -1051,6 +1062,9 @@ impl Objective {
             Objective::Const(_) => Some(Reads::Nothing),
             Objective::Channel { layer, channel } | Objective::Neuron { layer, channel, .. } => {
                 Some(Reads::Channels(layer.node, vec![*channel]))
+            }
+            Objective::Capped { pre, channel, .. } => {
+                Some(Reads::Channels(pre.node, vec![*channel]))
             }
             Objective::Add(a, b) | Objective::Sub(a, b) | Objective::Mul(a, b) => {
                 Reads::union(a.reads()?, b.reads()?)
@@ -1178,6 +1192,30 @@ impl Objective {
                 let d = Diversity::new(t);
                 for b in images(n, only) {
                     v[b] = d.value(b);
+                }
+            }
+            Objective::Capped {
+                pre,
+                cap,
+                channel,
+                neuron,
+                ..
+            } => {
+                let t = traced(trace, pre)?;
+                let (_, c, plane) = dims(t);
+                let p = neuron.map(|at| neuron_offset(t, at)).transpose()?;
+                for b in images(n, only) {
+                    let off = (b * c + channel) * plane;
+                    v[b] = match p {
+                        Some(p) => cap.value(t.data()[off + p]),
+                        None => {
+                            let sum: f64 = t.data()[off..off + plane]
+                                .iter()
+                                .map(|&x| cap.value(x) as f64)
+                                .sum();
+                            (sum / plane as f64) as f32
+                        }
+                    };
                 }
             }
             Objective::Add(a, b) => {
@@ -1319,6 +1357,38 @@ impl Objective {
                 let g = grads.slot(layer.node, t.shape());
                 d.accumulate_grad(t, &w, g);
             }
+            Objective::Capped {
+                pre,
+                cap,
+                channel,
+                neuron,
+                ..
+            } => {
+                let t = traced(trace, pre)?;
+                let (_, c, plane) = dims(t);
+                let p = neuron.map(|at| neuron_offset(t, at)).transpose()?;
+                let g = grads.slot(pre.node, t.shape());
+                for b in images(n, only) {
+                    let off = (b * c + channel) * plane;
+                    let x = &t.data()[off..off + plane];
+                    let gx = &mut g.data_mut()[off..off + plane];
+                    let read = match p {
+                        Some(p) => p..p + 1,
+                        None => 0..plane,
+                    };
+                    let k = scale[b] / read.len() as f32;
+                    // Nothing comes through a dead unit: push it up through the floor.
+                    let revive = scale[b] > 0.0 && x[read.clone()].iter().all(|&v| cap.dead(v));
+                    for i in read {
+                        let slope = if revive {
+                            cap.linear_slope()
+                        } else {
+                            cap.redirected_slope(x[i])
+                        };
+                        gx[i] += k * slope;
+                    }
+                }
+            }
             Objective::Add(a, b) => {
                 a.accumulate_grad(trace, n, only, scale, grads)?;
                 b.accumulate_grad(trace, n, only, scale, grads)?;
@@ -1391,6 +1461,16 @@ impl Objective {
                 write!(f, ")")?
             }
             Objective::Diversity(layer) => write!(f, "diversity({})", layer.name)?,
+            Objective::Capped {
+                layer,
+                channel,
+                neuron,
+                ..
+            } => match neuron {
+                None => write!(f, "{}:{channel}", layer.name)?,
+                Some(None) => write!(f, "neuron({}:{channel})", layer.name)?,
+                Some(Some((x, y))) => write!(f, "neuron({}:{channel}, {x}, {y})", layer.name)?,
+            },
             Objective::Add(a, b) => {
                 a.fmt_prec(f, 1)?;
                 write!(f, " + ")?;

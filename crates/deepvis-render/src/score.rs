@@ -266,3 +266,53 @@ fn score_one(
     }
     Ok((total / views.len() as f64) as f32)
 }
+
+/// How alike images `[n, C, h, w]` are at `layer`: the cosine similarity of the Gram matrices
+/// of their activations (the measure Lucid's diversity term lowers), `[i][j]`, 1 on the diagonal.
+pub fn gram_similarity(
+    model: &Model,
+    layer: deepvis_engine::NodeId,
+    images: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+) -> Result<Vec<Vec<f32>>, RenderError> {
+    let norm = model_normalization(model)?;
+    let x = normalized(images, [n, model.info.channels, h, w], &norm)?;
+    let trace = deepvis_engine::on_pool(|| model.graph.forward(x, layer))?;
+    let t = trace.output();
+    let s = t.shape();
+    let (c, plane) = (s[1], s[2..].iter().product::<usize>());
+    let grams: Vec<Vec<f64>> = (0..n)
+        .map(|b| {
+            let a = &t.data()[b * c * plane..(b + 1) * c * plane];
+            let mut g = vec![0.0f64; c * c];
+            for i in 0..c {
+                for j in i..c {
+                    let v: f64 = a[i * plane..(i + 1) * plane]
+                        .iter()
+                        .zip(&a[j * plane..(j + 1) * plane])
+                        .map(|(x, y)| *x as f64 * *y as f64)
+                        .sum();
+                    g[i * c + j] = v;
+                    g[j * c + i] = v;
+                }
+            }
+            let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-30);
+            g.iter_mut().for_each(|v| *v /= norm);
+            g
+        })
+        .collect();
+    Ok((0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| {
+                    grams[i]
+                        .iter()
+                        .zip(&grams[j])
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>() as f32
+                })
+                .collect()
+        })
+        .collect())
+}
