@@ -26,6 +26,7 @@
 // workspace's rust-version.
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
+pub mod caricature;
 pub mod fft;
 pub mod objective;
 pub mod optim;

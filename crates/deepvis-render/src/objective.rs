@@ -25,6 +25,8 @@
 //!                                                     (Lucid's `direction_neuron`)
 //!          | 'diversity' '(' LAYER ')'              −(mean pairwise cosine similarity of the
 //!                                                     Gram matrices of LAYER across the batch)
+//!          | 'caricature' '(' LAYER ',' PHOTO ')'   ⟨activation vector, p⟩ averaged over
+//!                                                     positions, p the photo's own (see below)
 //! ```
 //!
 //! LAYER is a node name as `deepvis layers` lists it (`features.28`, `_blocks.8`, `_fc`) or a
@@ -33,6 +35,13 @@
 //! FILE holds the direction vector, one float per channel: a text file of numbers separated by
 //! whitespace or commas (so a JSON list works), or `FILE.safetensors:TENSOR` /
 //! `FILE.pth:TENSOR` for a tensor of a weights file.
+//!
+//! `caricature(LAYER, PHOTO)` is Lucid's caricature objective `dot_compare(LAYER)` (with
+//! `cossim_pow` 0) in its spatially pooled form: p is the PNG/JPEG photo's activation at LAYER
+//! averaged over positions (the photo resized to the model's native size), so the image is
+//! pushed toward what the layer sees in the photo, wherever it appears; start from the photo
+//! (`--init`) for a caricature of it. Pooling makes it independent of the image size and of the
+//! random transforms' offsets, which Lucid's per-position comparison is not.
 //!
 //! X and Y index the layer's output grid (column, row from the top left), whose size depends
 //! on the image size: binding checks them at the model's native size, evaluation at the size
@@ -294,6 +303,10 @@ pub enum ExprKind {
         at: PosRef,
     },
     Class(ClassRef),
+    Caricature {
+        layer: LayerRef,
+        photo: String,
+    },
     Direction {
         layer: LayerRef,
         file: String,
@@ -510,7 +523,7 @@ impl<'a> Parser<'a> {
                 }
                 self.err(
                     format!(
-                        "'{word}' is neither a number nor a term; write LAYER:CHANNEL for a channel, or one of neuron(…), layer(…), dream(…), position(…), class(…), direction(…), diversity(…)"
+                        "'{word}' is neither a number nor a term; write LAYER:CHANNEL for a channel, or one of neuron(…), layer(…), dream(…), position(…), class(…), direction(…), diversity(…), caricature(…)"
                     ),
                     t.span,
                 )
@@ -584,6 +597,21 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
+            "caricature" => {
+                let layer = self.layer()?;
+                self.expect(Tok::Comma, "',' and a photo file")?;
+                let t = self.next();
+                let photo = match t.tok {
+                    Tok::Word(w) | Tok::Str(w) => w,
+                    other => {
+                        return self.err(
+                            format!("expected a photo file, found {}", Self::describe(&other)),
+                            t.span,
+                        )
+                    }
+                };
+                ExprKind::Caricature { layer, photo }
+            }
             "direction" => {
                 let layer = self.layer()?;
                 self.expect(Tok::Comma, "',' and a file")?;
@@ -626,7 +654,7 @@ impl<'a> Parser<'a> {
             _ => {
                 return self.err(
                     format!(
-                        "unknown function '{name}'; known: channel, neuron, layer, dream, position, class, direction, diversity"
+                        "unknown function '{name}'; known: channel, neuron, layer, dream, position, class, direction, diversity, caricature"
                     ),
                     name_span,
                 )
@@ -721,6 +749,8 @@ pub enum Objective {
         vector: Vec<f32>,
         source: String,
         at: Option<(usize, usize)>,
+        /// Written as `caricature(LAYER, source)`: the vector is the photo `source`'s.
+        caricature: bool,
     },
     /// −(mean over the other images of the cosine similarity of their Gram matrices).
     Diversity(Layer),
@@ -932,6 +962,19 @@ impl Expr {
                     vector,
                     source: file.clone(),
                     at,
+                    caricature: false,
+                }
+            }
+            ExprKind::Caricature { layer, photo } => {
+                let l = model_layer(model, layer, src)?;
+                let vector = crate::caricature::photo_vector(model, l.node, photo)
+                    .map_err(|e| SpecError::new(e, self.span, src))?;
+                Objective::Direction {
+                    layer: l,
+                    vector,
+                    source: photo.clone(),
+                    at: None,
+                    caricature: true,
                 }
             }
             ExprKind::Add(a, b) => {
@@ -1451,6 +1494,12 @@ impl Objective {
                 Some(n) => write!(f, "class(\"{n}\")")?,
                 None => write!(f, "class({index})")?,
             },
+            Objective::Direction {
+                layer,
+                source,
+                caricature: true,
+                ..
+            } => write!(f, "caricature({}, \"{source}\")", layer.name)?,
             Objective::Direction {
                 layer, source, at, ..
             } => {
