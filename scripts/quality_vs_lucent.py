@@ -145,7 +145,14 @@ def cached_lucent(model, module, layer, channel, cache, hw):
 def deepvis_layer(name, layer):
     # In an ONNX export the head's ReLU6 is the last call of the module `_swish` (deepvis
     # names a module called several times by its last call, as a hook sees it).
-    return "_swish" if layer == "_conv_head.act" and name != "lite0" else layer
+    if name in ("lite1", "lite2"):
+        if layer == "_conv_head.act":
+            return "_swish"
+        if layer.startswith("_blocks."):
+            # The exporter's value for a block's output (its residual add); deepvis recovers
+            # the module path of these blocks as the bare index, so the value name is used.
+            return f"/{layer}/Add_output_0"
+    return layer
 
 
 def deepvis_render(exe, flags, layer, channel, out, extra):
