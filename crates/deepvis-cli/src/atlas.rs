@@ -2,7 +2,7 @@
 //! logits), rendered with one preset into one folder, with the site to browse them. Resumable and
 //! shardable like `filters`, whose rendering it shares.
 
-use crate::filters::{parse_filters, Ctx, LayerOutcome, RunArgs};
+use crate::filters::{parse_filters, Ctx, DiversityArgs, LayerOutcome, RunArgs};
 use crate::settings::RenderArgs;
 use crate::shard::ShardArgs;
 use crate::source::ModelArgs;
@@ -33,6 +33,8 @@ pub struct AtlasArgs {
     /// Batches rendered at the same time, one per thread (as for `filters`).
     #[arg(long)]
     pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub diversity: DiversityArgs,
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
@@ -138,6 +140,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let filters = a.filters.as_deref().map(parse_filters).transpose()?;
+    a.diversity.validate(a.batch)?;
     let shard = a.shard.resolve()?;
     let loaded = a.model.load_at(a.render.size)?;
     let model = &loaded.model;
@@ -174,7 +177,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
             v
         }
     };
-    let ctx = Ctx::new(
+    let mut ctx = Ctx::new(
         &a.model.model,
         &loaded,
         &a.render,
@@ -183,6 +186,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
         &a.run,
         shard,
     )?;
+    ctx.diversity = a.diversity;
     let size = a.render.size_or(model.info.native_size);
     // Every layer is checked before anything renders, so a bad name fails at once.
     let mut plans = Vec::with_capacity(specs.len());

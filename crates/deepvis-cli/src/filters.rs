@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_models::{size_text, Model};
 use deepvis_output::{
-    grid_sheet, load_rgb, save_planar_image, FilterRecord, InputRecord, Manifest, RgbImage,
-    MANIFEST_FILE, PARTS_DIR,
+    grid_sheet, load_rgb, save_planar_image, DiversityRecord, FilterRecord, InputRecord,
+    Manifest, RgbImage, ScoreRecord, MANIFEST_FILE, PARTS_DIR,
 };
 use deepvis_render::render::{render, seed_init_shaped, Init, RenderOutput};
 use deepvis_render::{BatchObjective, Objective};
@@ -58,9 +58,47 @@ pub struct FiltersArgs {
     #[arg(long)]
     pub jobs: Option<usize>,
     #[command(flatten)]
+    pub diversity: DiversityArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub shard: ShardArgs,
+}
+
+/// Several distinct images per filter; shared by `filters` and `atlas`.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct DiversityArgs {
+    /// Render N distinct images per filter together, with Lucid's diversity term (their
+    /// mutual similarity goes into the manifest).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub diversity: usize,
+    /// Weight of the diversity term, in Lucid's scale (its `channel − 100·diversity`).
+    #[arg(long, default_value_t = 100.0, value_name = "W")]
+    pub diversity_weight: f32,
+}
+
+impl Default for DiversityArgs {
+    fn default() -> Self {
+        DiversityArgs {
+            diversity: 1,
+            diversity_weight: 100.0,
+        }
+    }
+}
+
+impl DiversityArgs {
+    pub fn validate(&self, batch: Option<usize>) -> Result<()> {
+        if self.diversity == 0 || self.diversity > 64 {
+            bail!("--diversity takes 1 to 64 images per filter");
+        }
+        if !(self.diversity_weight.is_finite() && self.diversity_weight >= 0.0) {
+            bail!("--diversity-weight must be a non-negative number");
+        }
+        if self.diversity > 1 && batch.is_some() {
+            bail!("--diversity N renders each filter's N images as one batch; drop --batch");
+        }
+        Ok(())
+    }
 }
 
 /// Where results go and how a run is seeded; shared by `filters` and `render`.
@@ -272,9 +310,10 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let filters = filter_list(&a)?;
+    a.diversity.validate(a.batch)?;
     let shard = a.shard.resolve()?;
     let loaded = a.model.load_at(a.render.size)?;
-    let ctx = Ctx::new(
+    let mut ctx = Ctx::new(
         &a.model.model,
         &loaded,
         &a.render,
@@ -283,6 +322,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
         &a.run,
         shard,
     )?;
+    ctx.diversity = a.diversity;
     let plan = ctx.plan_layer(&a.layer, Some(filters))?;
     let mut units = 0;
     let outcome = ctx.render_layer(&plan, &mut units)?;
@@ -346,6 +386,8 @@ pub struct Ctx<'a> {
     pub out: &'a Path,
     pub quiet: bool,
     pub shard: Option<Shard>,
+    /// Images per filter, and the weight of the term that keeps them apart.
+    pub diversity: DiversityArgs,
     input: Option<InputRecord>,
     /// A new manifest's header, for a folder that has none yet.
     fresh: Manifest,
@@ -366,8 +408,11 @@ pub struct LayerPlan {
     pub settings: serde_json::Value,
     base_settings: deepvis_render::RenderSettings,
     seed_method: bool,
+    /// Filters per batch (with diversity: one filter, its images together).
     batch: usize,
     size: (usize, usize),
+    /// `--init`: the photo as the model's input at the first octave's size.
+    photo: Option<Vec<f32>>,
 }
 
 /// What a layer's rendering did.
@@ -414,6 +459,7 @@ impl<'a> Ctx<'a> {
             out,
             quiet: run.quiet,
             shard,
+            diversity: DiversityArgs::default(),
             input,
             fresh,
             done,
@@ -435,13 +481,38 @@ impl<'a> Ctx<'a> {
                 self.model_arg
             );
         }
-        let batch = plan_batch(model, layer, size, self.batch, filters.len())?;
+        let d = self.diversity.diversity;
+        let diverse = d > 1;
+        let batch = if diverse {
+            plan_batch(model, layer, size, Some(d), d)?;
+            1
+        } else {
+            plan_batch(model, layer, size, self.batch, filters.len())?
+        };
         let base_settings = self.render.settings(self.seed, size)?;
         let seed_method = self.render.is_seed_method(&base_settings);
+        if diverse && seed_method {
+            bail!("--diversity needs an optimizer that sees the batch; use a Fourier preset, not the seed method");
+        }
+        let photo = match &self.render.init {
+            Some(p) => Some(crate::quality::load_photo(
+                p,
+                model,
+                base_settings.octaves[0].hw(),
+            )?),
+            None => None,
+        };
         let mut settings = self.render.manifest_settings(&base_settings);
         if !seed_method {
             // Transforms draw per batch, so the grouping is part of what reproduces an image.
             settings["batch"] = json!(batch);
+        }
+        if diverse {
+            settings["diversity"] =
+                json!({"images": d, "weight": self.diversity.diversity_weight});
+        }
+        if self.render.frames > 0 {
+            settings["frames"] = json!(self.render.frames);
         }
         // Layer names of ONNX models contain slashes: one path component each, inside --out.
         let layer_dir = Path::new(&deepvis_output::path_component(&model.info.name))
@@ -457,6 +528,7 @@ impl<'a> Ctx<'a> {
             seed_method,
             batch,
             size,
+            photo,
         })
     }
 
@@ -524,7 +596,14 @@ impl<'a> Ctx<'a> {
             rendered: rendering,
             skipped,
         };
-        let steps = plan.base_settings.total_steps();
+        let per_filter = self.diversity.diversity;
+        // Adaptive steps are counted at their most for the progress bar.
+        let steps = per_filter
+            * (plan.base_settings.total_steps()
+                + plan.base_settings.adaptive.as_ref().map_or(0, |ad| {
+                    ad.max_steps
+                        .saturating_sub(plan.base_settings.octaves.last().map_or(0, |o| o.steps))
+                }));
         let progress = Progress::new(self.quiet, rendering * steps, skipped);
         if groups.is_empty() {
             progress.finish();
@@ -534,8 +613,14 @@ impl<'a> Ctx<'a> {
         let jobs = plan_jobs(model, plan.layer, size, plan.batch, self.jobs, groups.len())?;
         deepvis_engine::set_concurrent_passes(jobs.max(1));
         let done_steps = AtomicUsize::new(0);
-        let render_group = |group: &Vec<usize>| -> Result<RenderOutput> {
-            let objectives: Vec<Objective> = group
+        type Rendered = (RenderOutput, Vec<Option<ScoreRecord>>);
+        let render_group = |group: &Vec<usize>| -> Result<Rendered> {
+            // Each filter's images: one, or --diversity of them.
+            let targets: Vec<usize> = group
+                .iter()
+                .flat_map(|&f| std::iter::repeat_n(f, per_filter))
+                .collect();
+            let objectives: Vec<Objective> = targets
                 .iter()
                 .map(|&f| {
                     let o = Objective::channel(model, &plan.layer_name, f)?;
@@ -546,22 +631,45 @@ impl<'a> Ctx<'a> {
                     })
                 })
                 .collect::<Result<_, _>>()?;
-            let objective = BatchObjective::PerImage(objectives);
-            let mut settings_g = plan.base_settings.clone();
-            let init = if plan.seed_method {
-                Init::Images(seed_init_shaped([in_channels, size.0, size.1], seed, group))
+            let scored = BatchObjective::PerImage(objectives.clone());
+            let objective = if per_filter > 1 {
+                // Lucid's `channel − 100·diversity` summed its mean-over-pairs term over the
+                // batch; ours is per image over the n−1 others, hence the factor.
+                let w = self.diversity.diversity_weight * (per_filter - 1) as f32;
+                let div = Objective::parse(&format!("diversity({:?})", plan.layer_name), model)
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                BatchObjective::PerImage(
+                    objectives
+                        .into_iter()
+                        .map(|o| o + Objective::Const(w) * div.clone())
+                        .collect(),
+                )
             } else {
-                settings_g.seed = deepvis_render::options::group_seed(seed, group[0]);
-                Init::Random
+                scored.clone()
             };
-            let n = group.len();
+            let mut settings_g = plan.base_settings.clone();
+            let n = targets.len();
+            if !plan.seed_method {
+                settings_g.seed = deepvis_render::options::group_seed(seed, group[0]);
+            }
+            let init = match &plan.photo {
+                Some(p) => Init::Images(crate::quality::repeat(p, n)),
+                None if plan.seed_method => {
+                    Init::Images(seed_init_shaped([in_channels, size.0, size.1], seed, group))
+                }
+                None => Init::Random,
+            };
+            // Steps reported count every image of the group (a filter's diversity images too).
             let mut reported = 0;
-            Ok(render(model, &objective, n, &settings_g, init, |p| {
+            let out = render(model, &objective, n, &settings_g, init, |p| {
                 let done = done_steps.fetch_add((p.step - reported) * n, Ordering::Relaxed)
                     + (p.step - reported) * n;
                 reported = p.step;
                 progress.step(done, rendering * steps)
-            })?)
+            })?;
+            let scores =
+                crate::quality::score_records(model, &scored, &out, self.render.score_views)?;
+            Ok((out, scores))
         };
         // From here Ctrl-C stops after the current step and saves (before, during loading or a
         // download, it kills as usual).
@@ -570,7 +678,7 @@ impl<'a> Ctx<'a> {
         // thread; each image comes out the same either way.
         for wave in groups.chunks(jobs) {
             let start = Instant::now();
-            let results: Vec<Result<RenderOutput>> = wave.par_iter().map(render_group).collect();
+            let results: Vec<Result<Rendered>> = wave.par_iter().map(render_group).collect();
             let images: usize = wave.iter().map(Vec::len).sum();
             let seconds = start.elapsed().as_secs_f64() / images as f64;
             // A failed render leaves the others of its wave to be written first: what is done
@@ -578,7 +686,7 @@ impl<'a> Ctx<'a> {
             let mut failure = None;
             let mut new = self.fresh.clone();
             for (group, result) in wave.iter().zip(results) {
-                let result = match result {
+                let (result, scores) = match result {
                     Ok(r) => r,
                     Err(e) => {
                         failure.get_or_insert(e);
@@ -590,7 +698,8 @@ impl<'a> Ctx<'a> {
                 if let Some(input) = &self.input {
                     new.set_input(&plan.layer_name, &plan.settings, seed, input.clone());
                 }
-                for (b, &f) in group.iter().enumerate() {
+                for (g, &f) in group.iter().enumerate() {
+                    let b = g * per_filter;
                     let rel = Self::png_rel(plan, f);
                     let npy = save_planar_image(
                         &self.out.join(&rel),
@@ -599,6 +708,12 @@ impl<'a> Ctx<'a> {
                         h,
                         w,
                     )?;
+                    let gif = crate::quality::write_frames(self.out, &rel, &result, b)?;
+                    let diversity = if per_filter > 1 {
+                        Some(self.diversity_record(plan, f, &rel, &result, b)?)
+                    } else {
+                        None
+                    };
                     new.upsert_filter(
                         &plan.layer_name,
                         &plan.settings,
@@ -612,6 +727,10 @@ impl<'a> Ctx<'a> {
                             final_activation: result.final_values[b],
                             seconds,
                             diverged: result.diverged[b],
+                            score: scores[b].clone(),
+                            steps: plan.base_settings.adaptive.as_ref().map(|_| result.steps[b]),
+                            gif,
+                            diversity,
                         },
                     );
                 }
@@ -641,6 +760,52 @@ impl<'a> Ctx<'a> {
         }
         progress.finish();
         Ok(outcome)
+    }
+
+    /// Saves a filter's other diversity images (`filter_NNNN_dK.png`) beside its first, `rel`,
+    /// and measures how alike the `per_filter` images from `b` on are.
+    fn diversity_record(
+        &self,
+        plan: &LayerPlan,
+        f: usize,
+        rel: &Path,
+        result: &RenderOutput,
+        b: usize,
+    ) -> Result<DiversityRecord> {
+        let per_filter = self.diversity.diversity;
+        let (c, h, w) = (result.channels, result.height, result.width);
+        let per = c * h * w;
+        let mut images = vec![rel.to_string_lossy().into_owned()];
+        for k in 1..per_filter {
+            let r = plan.layer_dir.join(format!("filter_{f:04}_d{k}.png"));
+            let i = b + k;
+            save_planar_image(
+                &self.out.join(&r),
+                &result.images[i * per..(i + 1) * per],
+                c,
+                h,
+                w,
+            )?;
+            crate::quality::write_frames(self.out, &r, result, i)?;
+            images.push(r.to_string_lossy().into_owned());
+        }
+        let all = &result.images[b * per..(b + per_filter) * per];
+        let similarity = deepvis_render::score::gram_similarity(
+            &self.loaded.model,
+            plan.layer,
+            all,
+            per_filter,
+            (h, w),
+        )?;
+        let pairs: Vec<f32> = (0..per_filter)
+            .flat_map(|i| (i + 1..per_filter).map(move |j| (i, j)))
+            .map(|(i, j)| similarity[i][j])
+            .collect();
+        Ok(DiversityRecord {
+            images,
+            mean_similarity: pairs.iter().sum::<f32>() / pairs.len().max(1) as f32,
+            similarity,
+        })
     }
 
     /// Adds `new` records to this process's manifest: its own part for a shard, else the

@@ -15,7 +15,9 @@ mod filters;
 mod inspect;
 mod outcome;
 mod merge;
+mod quality;
 mod render_cmd;
+mod score_cmd;
 mod settings;
 mod shard;
 mod source;
@@ -62,6 +64,8 @@ enum Command {
     Convert(inspect::ConvertArgs),
     /// Download a zoo model's weights into the cache (checksum-verified).
     Download(inspect::DownloadArgs),
+    /// Robust score of images (any PNGs, Lucent's too) for channels of a layer or an objective.
+    Score(score_cmd::ScoreArgs),
     /// Time one optimization step (forward to a layer + input gradient) per image.
     Bench(bench::BenchArgs),
     /// List the models of the zoo.
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => inspect::convert(a),
         Command::Download(a) => inspect::download(a),
         Command::Bench(a) => bench::run(a),
+        Command::Score(a) => score_cmd::run(a),
         Command::Models => inspect::models(),
     };
     match result {

@@ -70,15 +70,18 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
     deepvis_output::ensure_writable_dir(&out.join(&dir))?;
     let start = Instant::now();
     let bar = crate::filters::Progress::new(a.run.quiet, settings.total_steps() * a.batch, 0);
+    let init = match &a.render.init {
+        Some(p) => Init::Images(crate::quality::repeat(
+            &crate::quality::load_photo(p, model, settings.octaves[0].hw())?,
+            a.batch,
+        )),
+        None => Init::Random,
+    };
+    let objective = BatchObjective::Shared(objective);
     crate::outcome::install_stop_handler();
-    let result = run_render(
-        model,
-        &BatchObjective::Shared(objective),
-        a.batch,
-        &settings,
-        Init::Random,
-        |p| bar.step(p.step * a.batch, p.total * a.batch),
-    )
+    let result = run_render(model, &objective, a.batch, &settings, init, |p| {
+        bar.step(p.step * a.batch, p.total * a.batch)
+    })
     .map_err(|e| match e {
         // Nothing of a shared-objective render is saved before it ends.
         deepvis_render::RenderError::Interrupted => crate::outcome::Interrupted {
@@ -89,6 +92,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         e => anyhow::Error::from(e),
     })?;
     bar.finish();
+    let scores = crate::quality::score_records(model, &objective, &result, a.render.score_views)?;
     let seconds = start.elapsed().as_secs_f64() / a.batch as f64;
     let (c, h, w) = (result.channels, result.height, result.width);
     let per = c * h * w;
@@ -117,6 +121,10 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
                 final_activation: result.final_values[b],
                 seconds,
                 diverged: result.diverged[b],
+                score: scores[b].clone(),
+                steps: settings.adaptive.as_ref().map(|_| result.steps[b]),
+                gif: crate::quality::write_frames(out, &rel, &result, b)?,
+                diversity: None,
             },
         );
         tiles.push((

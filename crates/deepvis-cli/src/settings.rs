@@ -91,6 +91,26 @@ pub struct RenderArgs {
     /// Grey out pixels whose contribution to the objective is below this percentile: PCT:K.
     #[arg(long)]
     pub clip_contribution: Option<String>,
+    /// Adaptive steps: stop when the robust score stops improving, within this much time per
+    /// image (`2s`, `1.5`, `500ms`). The default preset adapts with 2 s unless --steps is given.
+    #[arg(long, value_parser = parse_seconds, value_name = "TIME")]
+    pub budget: Option<f64>,
+    /// Random views of the robust score recorded for each image (0: no score).
+    #[arg(long, default_value_t = crate::settings::DEFAULT_SCORE_VIEWS)]
+    pub score_views: usize,
+    /// Start from this photo (PNG or JPEG, resized to the image size) instead of noise.
+    #[arg(long, value_name = "IMAGE")]
+    pub init: Option<std::path::PathBuf>,
+    /// Save N intermediate images per result (`NAME_frames/`) and an animated GIF (`NAME.gif`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub frames: usize,
+}
+
+/// Views of the recorded robust score, as the issue that defined it asked.
+pub const DEFAULT_SCORE_VIEWS: usize = deepvis_render::score::DEFAULT_VIEWS;
+/// `--budget`: `2s`, `1.5`, `500ms`.
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    options::parse_seconds(text)
 }
 
 /// `--size`: `N` (square) or `HxW`, as (height, width).
@@ -136,6 +156,8 @@ impl RenderArgs {
             blur: self.blur.clone(),
             clip_norm: self.clip_norm.clone(),
             clip_contribution: self.clip_contribution.clone(),
+            budget: self.budget,
+            frames: self.frames,
         }
     }
 
@@ -159,6 +181,13 @@ impl RenderArgs {
             "steps": s.total_steps(),
             "method": s.describe(),
         });
+        if let Some(a) = &s.adaptive {
+            v["steps"] = json!("adaptive");
+            v["budget_s"] = json!(a.budget);
+        }
+        if let Some(init) = &self.init {
+            v["init"] = json!(init.to_string_lossy());
+        }
         if let OptimizerKind::Normalized { lr } = s.optimizer {
             v["step_size"] = json!((lr * 255.0 * 1e4).round() / 1e4);
         }

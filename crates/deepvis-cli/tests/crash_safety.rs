@@ -161,22 +161,37 @@ fn sigkill_at_random_moments_then_rerun_gives_identical_results() {
     eprintln!("kills (ms, finished anyway, filters saved, inside a write): {kills:?}");
 }
 
-/// Kills aimed at writes: every write pauses half way (`DEEPVIS_FAULT_SLOW_WRITE`), so most
-/// kills land with a PNG or the manifest half written in its temporary file. The finished
-/// files stay whole and the rerun (at full speed) gives the same images.
+/// Kills aimed at writes: every write pauses half way (`DEEPVIS_FAULT_SLOW_WRITE`), and the
+/// test watches the folder and kills the run as soon as the k-th temporary file of the atomic
+/// writer appears (k = 1, 2, 3 … by round), so kills land with a PNG or the manifest half
+/// written whatever the machine's speed. The finished files stay whole and the rerun (at full
+/// speed) gives the same images.
 #[test]
 fn sigkill_inside_png_and_manifest_writes_loses_nothing() {
     let (_ref_dir, reference, _) = reference();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
     let mut inside = Vec::new();
-    for (round, delay_ms) in [150u64, 260, 330, 450, 520, 610, 700, 910].into_iter().enumerate() {
+    for round in 0..8usize {
         let temps_before: std::collections::HashSet<PathBuf> = leftovers(out).into_iter().collect();
         let mut child = command(out)
             .env("DEEPVIS_FAULT_SLOW_WRITE", "40")
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        // Temporaries of this run, in the order they appeared.
+        let mut seen: Vec<PathBuf> = Vec::new();
+        let start = Instant::now();
+        while seen.len() <= round && start.elapsed() < Duration::from_secs(60) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            for t in leftovers(out) {
+                if !temps_before.contains(&t) && !seen.contains(&t) {
+                    seen.push(t);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let _ = child.kill();
         let finished = child.wait().unwrap().success();
         let saved = check_consistent(out, &reference, &format!("slow round {round}"));
@@ -185,17 +200,16 @@ fn sigkill_inside_png_and_manifest_writes_loses_nothing() {
             .filter(|p| !temps_before.contains(*p))
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        inside.push((delay_ms, finished, saved, new_temps));
+        inside.push((round, finished, saved, new_temps));
     }
-    // Writes take most of the slowed run, so kills land inside them on any machine (here 6 of
-    // 8: 4 in a manifest write, 2 in a PNG write); which files they hit depends on its speed.
+    // Each write holds its temporary for 40 ms, so nearly every kill lands inside one.
     let hits = inside.iter().filter(|k| !k.3.is_empty()).count();
-    assert!(hits >= 2, "fewer than 2 kills inside a write: {inside:?}");
+    assert!(hits >= 4, "fewer than 4 kills inside a write: {inside:?}");
     let o = command(out).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(pngs(out), reference);
     assert_eq!(manifest_filters(out), (0..12).collect::<Vec<u64>>());
-    eprintln!("kills inside writes (ms, finished, saved, temporaries left): {inside:?}");
+    eprintln!("kills inside writes (round, finished, saved, temporaries left): {inside:?}");
 }
 
 #[cfg(unix)]

@@ -43,6 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 final_activation: 1.5 * i as f32,
                 seconds: 0.1,
                 diverged: None,
+                score: None,
+                steps: None,
+                gif: None,
+                diversity: None,
             },
         );
         tiles.push((format!("filter {i}"), img));

@@ -117,10 +117,18 @@ fn render_filter(h: &mut String, f: &FilterRecord) {
     let raw = f.npy.as_ref().map_or(String::new(), |n| {
         format!(" <a href=\"{}\">raw</a>", esc(&url_path(n)))
     });
+    // The robust score says how much of the final value survives other views of the image.
+    let score = f.score.as_ref().map_or(String::new(), |s| {
+        format!(
+            "<br><span title=\"mean over {} random views\">robust {}</span>",
+            s.views,
+            fmt_activation(s.robust)
+        )
+    });
     let _ = writeln!(
         h,
         "<figure><a href=\"{url}\"><img src=\"{url}\" loading=\"lazy\" alt=\"filter {n}\"></a>\
-         <figcaption>filter {n}{raw}<br>{} &rarr; {}</figcaption></figure>",
+         <figcaption>filter {n}{raw}<br>{} &rarr; {}{score}</figcaption></figure>",
         fmt_activation(f.initial_activation),
         fmt_activation(f.final_activation),
         n = f.filter,
@@ -212,6 +220,14 @@ mod tests {
                     final_activation: 12.5,
                     seconds: 3.0,
                     diverged: None,
+                    score: Some(crate::ScoreRecord {
+                        robust: 9.75,
+                        final_value: 12.5,
+                        views: 32,
+                    }),
+                    steps: None,
+                    gif: None,
+                    diversity: None,
                 },
             );
         }
@@ -241,6 +257,7 @@ mod tests {
         assert!(html.contains("seed 42"));
         assert!(html.contains("lr=0.05, steps=200"));
         assert!(html.contains("0.0100 &rarr; 12.5000"));
+        assert!(html.contains("robust 9.7500"), "{html}");
         // Self-contained: no external resources.
         assert!(!html.contains("http://") && !html.contains("https://"));
         // Each run is a section.

@@ -460,3 +460,42 @@ mod tests {
         assert!(err.to_string().contains("garbage.png"), "{err}");
     }
 }
+
+/// Encodes `frames` (all the same size) as a looping animated GIF, `delay_ms` per frame and the
+/// last one held for a second, and writes it with [`write_atomic`]. Each frame gets its own
+/// palette (NeuQuant at speed 10): optimized images are smooth colour fields that one global
+/// palette would band.
+pub fn save_gif(path: &Path, frames: &[RgbImage], delay_ms: u32) -> Result<(), OutputError> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    use image::{Delay, Frame, RgbaImage};
+    let mut buf = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut buf, 10);
+        let encode = |source| OutputError::Encode {
+            path: path.to_path_buf(),
+            source,
+        };
+        enc.set_repeat(Repeat::Infinite).map_err(encode)?;
+        for (i, f) in frames.iter().enumerate() {
+            let rgba: Vec<u8> = f
+                .data
+                .chunks(3)
+                .flat_map(|p| [p[0], p[1], p[2], 255])
+                .collect();
+            let img = RgbaImage::from_raw(f.width, f.height, rgba).expect("3 bytes per pixel");
+            let ms = if i + 1 == frames.len() {
+                1000
+            } else {
+                delay_ms
+            };
+            enc.encode_frame(Frame::from_parts(
+                img,
+                0,
+                0,
+                Delay::from_numer_denom_ms(ms, 1),
+            ))
+            .map_err(encode)?;
+        }
+    }
+    write_atomic(path, &buf)
+}

@@ -22,10 +22,11 @@ pub use atomic::{ensure_writable_dir, write_atomic};
 pub use error::OutputError;
 pub use gallery::{esc as html_escape, render_gallery, write_gallery, GALLERY_FILE};
 pub use grid::{grid_layout, grid_sheet, GridLayout, DEFAULT_MAX_TILE, SMALL_SHEET};
-pub use image_io::{decode_rgb, encode_gray_png, load_rgb, save_planar_image, RgbImage};
+pub use image_io::{decode_rgb, encode_gray_png, load_rgb, save_gif, save_planar_image, RgbImage};
 pub use lock::FileLock;
 pub use manifest::{
-    FilterRecord, InputRecord, LayerRun, Manifest, LOCK_FILE, MANIFEST_FILE, PARTS_DIR,
+    DiversityRecord, FilterRecord, InputRecord, LayerRun, Manifest, ScoreRecord, LOCK_FILE,
+    MANIFEST_FILE, PARTS_DIR,
 };
 pub use npy::{encode_npy_f32, parse_npy_f32, write_npy_f32};
 pub use resize::{resize_area_planar, resize_bilinear_planar};

@@ -90,6 +90,42 @@ pub struct FilterRecord {
     /// and this image stopped; absent for images that did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diverged: Option<usize>,
+    /// The image's robust score (`deepvis_render::score`); absent where none was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreRecord>,
+    /// Optimization steps taken, where they adapted to the score (absent: the run's `steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// The optimization as an animated GIF (`--frames`), relative to the manifest's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gif: Option<String>,
+    /// With `--diversity N`: the N images rendered together and how alike they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diversity: Option<DiversityRecord>,
+}
+
+/// The images of one filter rendered with Lucid's diversity term, and their mutual similarity:
+/// the cosine similarity of the Gram matrices of their activations at the layer (1: same
+/// style of feature; the term pushes it down).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiversityRecord {
+    /// PNG paths, the filter's own `png` first.
+    pub images: Vec<String>,
+    /// `similarity[i][j]` for images i and j.
+    pub similarity: Vec<Vec<f32>>,
+    /// Mean over pairs i < j.
+    pub mean_similarity: f32,
+}
+
+/// `"score": {"robust": …, "final": …, "views": n}`: the objective's mean over `views` random
+/// views, and its value on the image as it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRecord {
+    #[serde(with = "non_finite_as_null")]
+    pub robust: f32,
+    #[serde(rename = "final", with = "non_finite_as_null")]
+    pub final_value: f32,
+    pub views: usize,
 }
 
 mod non_finite_as_null {
@@ -321,6 +357,10 @@ mod tests {
             final_activation,
             seconds: 1.5,
             diverged: None,
+            score: None,
+            steps: None,
+            gif: None,
+            diversity: None,
         }
     }
 

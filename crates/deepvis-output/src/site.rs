@@ -433,6 +433,27 @@ fn unit_page(
                 run.seed,
                 esc(&settings_summary(&run.settings)),
             );
+            // The other images of a diversity run, and the optimization as it went.
+            if let Some(d) = &f.diversity {
+                for (k, img) in d.images.iter().enumerate().skip(1) {
+                    let src = local(img);
+                    let _ = writeln!(
+                        h,
+                        "<figure><a href=\"{src}\"><img src=\"{src}\" loading=\"lazy\" alt=\"unit {unit} diverse {k}\"></a>\
+                         <figcaption>diverse image {k} of {} &middot; mean similarity {:.3}</figcaption></figure>",
+                        d.images.len(),
+                        d.mean_similarity
+                    );
+                }
+            }
+            if let Some(g) = &f.gif {
+                let src = local(g);
+                let _ = writeln!(
+                    h,
+                    "<figure><img src=\"{src}\" loading=\"lazy\" alt=\"unit {unit} optimization\">\
+                     <figcaption>the optimization, step by step</figcaption></figure>"
+                );
+            }
         }
         h.push_str("</div>\n</section>\n");
     }
@@ -499,6 +520,10 @@ mod tests {
             final_activation: 9.0,
             seconds: 1.0,
             diverged: None,
+            score: None,
+            steps: None,
+            gif: None,
+            diversity: None,
         }
     }
 
@@ -550,6 +575,49 @@ mod tests {
         for page in [&unit2, &layer, &model] {
             assert!(!page.contains("http://") && !page.contains("https://"));
         }
+    }
+
+    #[test]
+    fn diversity_images_scores_and_frames_show_on_unit_pages() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut m = Manifest::new("deepvis", "m", None, None);
+        let s = json!({"steps": 3, "diversity": {"images": 3, "weight": 100.0}});
+        m.upsert_filter(
+            "l.1",
+            &s,
+            0,
+            FilterRecord {
+                score: Some(crate::ScoreRecord {
+                    robust: 4.25,
+                    final_value: 5.0,
+                    views: 32,
+                }),
+                gif: Some("m/l.1/filter_0007.gif".into()),
+                diversity: Some(crate::DiversityRecord {
+                    images: (0..3)
+                        .map(|k| match k {
+                            0 => "m/l.1/filter_0007.png".to_string(),
+                            k => format!("m/l.1/filter_0007_d{k}.png"),
+                        })
+                        .collect(),
+                    similarity: vec![vec![1.0; 3]; 3],
+                    mean_similarity: 0.375,
+                }),
+                ..rec(7)
+            },
+        );
+        write_site(&m, tmp.path()).expect("site");
+        let unit = fs::read_to_string(tmp.path().join("m/l.1/7.html")).expect("unit page");
+        for src in [
+            "filter_0007.png",
+            "filter_0007_d1.png",
+            "filter_0007_d2.png",
+            "filter_0007.gif",
+        ] {
+            assert!(unit.contains(&format!("src=\"{src}\"")), "{src}: {unit}");
+        }
+        assert!(unit.contains("mean similarity 0.375"), "{unit}");
+        assert!(unit.contains("robust 4.2500"), "{unit}");
     }
 
     #[test]

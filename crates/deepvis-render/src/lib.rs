@@ -26,12 +26,15 @@
 // workspace's rust-version.
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
+pub mod caricature;
 pub mod fft;
 pub mod objective;
 pub mod optim;
 pub mod options;
 pub mod param;
 pub mod render;
+pub mod saturate;
+pub mod score;
 pub mod transform;
 
 pub use objective::{BatchObjective, Objective, SpecError};
@@ -42,6 +45,7 @@ pub use render::{
     render_until, request_stop, seed_init, seed_init_shaped, seed_settings, seed_settings_hw,
     stop_requested, DreamSettings, Init, Octave, Preset, Progress, RenderOutput, RenderSettings,
 };
+pub use score::{robust_scores, sample_views, ScoreSettings, View};
 pub use transform::{PadMode, Regularizer, Transform};
 
 use deepvis_engine::{EngineError, Graph, NodeId, Tensor};

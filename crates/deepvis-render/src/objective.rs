@@ -25,6 +25,8 @@
 //!                                                     (Lucid's `direction_neuron`)
 //!          | 'diversity' '(' LAYER ')'              −(mean pairwise cosine similarity of the
 //!                                                     Gram matrices of LAYER across the batch)
+//!          | 'caricature' '(' LAYER ',' PHOTO ')'   ⟨activation vector, p⟩ averaged over
+//!                                                     positions, p the photo's own (see below)
 //! ```
 //!
 //! LAYER is a node name as `deepvis layers` lists it (`features.28`, `_blocks.8`, `_fc`) or a
@@ -33,6 +35,13 @@
 //! FILE holds the direction vector, one float per channel: a text file of numbers separated by
 //! whitespace or commas (so a JSON list works), or `FILE.safetensors:TENSOR` /
 //! `FILE.pth:TENSOR` for a tensor of a weights file.
+//!
+//! `caricature(LAYER, PHOTO)` is Lucid's caricature objective `dot_compare(LAYER)` (with
+//! `cossim_pow` 0) in its spatially pooled form: p is the PNG/JPEG photo's activation at LAYER
+//! averaged over positions (the photo resized to the model's native size), so the image is
+//! pushed toward what the layer sees in the photo, wherever it appears; start from the photo
+//! (`--init`) for a caricature of it. Pooling makes it independent of the image size and of the
+//! random transforms' offsets, which Lucid's per-position comparison is not.
 //!
 //! X and Y index the layer's output grid (column, row from the top left), whose size depends
 //! on the image size: binding checks them at the model's native size, evaluation at the size
@@ -294,6 +303,10 @@ pub enum ExprKind {
         at: PosRef,
     },
     Class(ClassRef),
+    Caricature {
+        layer: LayerRef,
+        photo: String,
+    },
     Direction {
         layer: LayerRef,
         file: String,
@@ -535,7 +548,7 @@ impl<'a> Parser<'a> {
                 }
                 self.err(
                     format!(
-                        "'{word}' is neither a number nor a term; write LAYER:CHANNEL for a channel, or one of neuron(…), layer(…), dream(…), position(…), class(…), direction(…), diversity(…)"
+                        "'{word}' is neither a number nor a term; write LAYER:CHANNEL for a channel, or one of neuron(…), layer(…), dream(…), position(…), class(…), direction(…), diversity(…), caricature(…)"
                     ),
                     t.span,
                 )
@@ -609,6 +622,21 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
+            "caricature" => {
+                let layer = self.layer()?;
+                self.expect(Tok::Comma, "',' and a photo file")?;
+                let t = self.next();
+                let photo = match t.tok {
+                    Tok::Word(w) | Tok::Str(w) => w,
+                    other => {
+                        return self.err(
+                            format!("expected a photo file, found {}", Self::describe(&other)),
+                            t.span,
+                        )
+                    }
+                };
+                ExprKind::Caricature { layer, photo }
+            }
             "direction" => {
                 let layer = self.layer()?;
                 self.expect(Tok::Comma, "',' and a file")?;
@@ -651,7 +679,7 @@ impl<'a> Parser<'a> {
             _ => {
                 return self.err(
                     format!(
-                        "unknown function '{name}'; known: channel, neuron, layer, dream, position, class, direction, diversity"
+                        "unknown function '{name}'; known: channel, neuron, layer, dream, position, class, direction, diversity, caricature"
                     ),
                     name_span,
                 )
@@ -758,9 +786,21 @@ pub enum Objective {
         vector: Vec<f32>,
         source: String,
         at: Option<(usize, usize)>,
+        /// Written as `caricature(LAYER, source)`: the vector is the photo `source`'s.
+        caricature: bool,
     },
     /// −(mean over the other images of the cosine similarity of their Gram matrices).
     Diversity(Layer),
+    /// What [`Objective::uncapped`] optimizes for a channel (`neuron: None`) or neuron
+    /// (`Some(at)`) of a capped activation `layer`: computed from its input `pre`, with the
+    /// gradient redirected through the cap (see `saturate.rs`). Its value is `layer`'s.
+    Capped {
+        layer: Layer,
+        pre: Layer,
+        cap: crate::saturate::Cap,
+        channel: usize,
+        neuron: Option<Option<(usize, usize)>>,
+    },
     Add(Box<Objective>, Box<Objective>),
     Sub(Box<Objective>, Box<Objective>),
     Mul(Box<Objective>, Box<Objective>),
@@ -986,6 +1026,19 @@ impl Expr {
                     vector,
                     source: file.clone(),
                     at,
+                    caricature: false,
+                }
+            }
+            ExprKind::Caricature { layer, photo } => {
+                let l = model_layer(model, layer, src)?;
+                let vector = crate::caricature::photo_vector(model, l.node, photo)
+                    .map_err(|e| SpecError::new(e, self.span, src))?;
+                Objective::Direction {
+                    layer: l,
+                    vector,
+                    source: photo.clone(),
+                    at: None,
+                    caricature: true,
                 }
             }
             ExprKind::Add(a, b) => {
@@ -1090,6 +1143,7 @@ impl Objective {
             | Objective::Class { layer, .. }
             | Objective::Direction { layer, .. }
             | Objective::Diversity(layer) => out.push(layer.node),
+            Objective::Capped { pre, .. } => out.push(pre.node),
             Objective::Add(a, b) | Objective::Sub(a, b) | Objective::Mul(a, b) => {
                 a.collect_nodes(out);
                 b.collect_nodes(out);
@@ -1115,6 +1169,9 @@ impl Objective {
             Objective::Const(_) => Some(Reads::Nothing),
             Objective::Channel { layer, channel } | Objective::Neuron { layer, channel, .. } => {
                 Some(Reads::Channels(layer.node, vec![*channel]))
+            }
+            Objective::Capped { pre, channel, .. } => {
+                Some(Reads::Channels(pre.node, vec![*channel]))
             }
             Objective::Add(a, b) | Objective::Sub(a, b) | Objective::Mul(a, b) => {
                 Reads::union(a.reads()?, b.reads()?)
@@ -1242,6 +1299,30 @@ impl Objective {
                 let d = Diversity::new(t);
                 for b in images(n, only) {
                     v[b] = d.value(b);
+                }
+            }
+            Objective::Capped {
+                pre,
+                cap,
+                channel,
+                neuron,
+                ..
+            } => {
+                let t = traced(trace, pre)?;
+                let (_, c, plane) = dims(t);
+                let p = neuron.map(|at| neuron_offset(t, at)).transpose()?;
+                for b in images(n, only) {
+                    let off = (b * c + channel) * plane;
+                    v[b] = match p {
+                        Some(p) => cap.value(t.data()[off + p]),
+                        None => {
+                            let sum: f64 = t.data()[off..off + plane]
+                                .iter()
+                                .map(|&x| cap.value(x) as f64)
+                                .sum();
+                            (sum / plane as f64) as f32
+                        }
+                    };
                 }
             }
             Objective::Add(a, b) => {
@@ -1383,6 +1464,38 @@ impl Objective {
                 let g = grads.slot(layer.node, t.shape());
                 d.accumulate_grad(t, &w, g);
             }
+            Objective::Capped {
+                pre,
+                cap,
+                channel,
+                neuron,
+                ..
+            } => {
+                let t = traced(trace, pre)?;
+                let (_, c, plane) = dims(t);
+                let p = neuron.map(|at| neuron_offset(t, at)).transpose()?;
+                let g = grads.slot(pre.node, t.shape());
+                for b in images(n, only) {
+                    let off = (b * c + channel) * plane;
+                    let x = &t.data()[off..off + plane];
+                    let gx = &mut g.data_mut()[off..off + plane];
+                    let read = match p {
+                        Some(p) => p..p + 1,
+                        None => 0..plane,
+                    };
+                    let k = scale[b] / read.len() as f32;
+                    // Nothing comes through a dead unit: push it up through the floor.
+                    let revive = scale[b] > 0.0 && x[read.clone()].iter().all(|&v| cap.dead(v));
+                    for i in read {
+                        let slope = if revive {
+                            cap.linear_slope()
+                        } else {
+                            cap.redirected_slope(x[i])
+                        };
+                        gx[i] += k * slope;
+                    }
+                }
+            }
             Objective::Add(a, b) => {
                 a.accumulate_grad(trace, n, only, scale, grads)?;
                 b.accumulate_grad(trace, n, only, scale, grads)?;
@@ -1446,6 +1559,12 @@ impl Objective {
                 None => write!(f, "class({index})")?,
             },
             Objective::Direction {
+                layer,
+                source,
+                caricature: true,
+                ..
+            } => write!(f, "caricature({}, \"{source}\")", layer.name)?,
+            Objective::Direction {
                 layer, source, at, ..
             } => {
                 write!(f, "direction({}, \"{source}\"", layer.name)?;
@@ -1455,6 +1574,16 @@ impl Objective {
                 write!(f, ")")?
             }
             Objective::Diversity(layer) => write!(f, "diversity({})", layer.name)?,
+            Objective::Capped {
+                layer,
+                channel,
+                neuron,
+                ..
+            } => match neuron {
+                None => write!(f, "{}:{channel}", layer.name)?,
+                Some(None) => write!(f, "neuron({}:{channel})", layer.name)?,
+                Some(Some((x, y))) => write!(f, "neuron({}:{channel}, {x}, {y})", layer.name)?,
+            },
             Objective::Add(a, b) => {
                 a.fmt_prec(f, 1)?;
                 write!(f, " + ")?;

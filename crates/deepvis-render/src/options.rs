@@ -4,7 +4,9 @@
 
 use crate::optim::OptimizerKind;
 use crate::param::ParamKind;
-use crate::render::{default_octaves_hw, seed_settings_hw, Octave, Preset, RenderSettings};
+use crate::render::{
+    default_octaves_hw, seed_settings_hw, Adaptive, Octave, Preset, RenderSettings,
+};
 use crate::transform::{lucid_standard, Regularizer};
 
 /// Which transforms run before each forward pass.
@@ -42,6 +44,32 @@ pub struct RenderOptions {
     pub blur: Option<String>,
     pub clip_norm: Option<String>,
     pub clip_contribution: Option<String>,
+    /// Adaptive steps within this many seconds per image; the default preset adapts with
+    /// [`DEFAULT_BUDGET`] unless `steps` is given.
+    pub budget: Option<f64>,
+    /// Intermediate images kept per result (0: none).
+    pub frames: usize,
+}
+
+/// Seconds per image the default preset's adaptive steps may take.
+pub const DEFAULT_BUDGET: f64 = 2.0;
+
+/// A time budget as the user writes it: `2s`, `1.5`, `500ms`, in seconds.
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (num, scale) = if let Some(v) = t.strip_suffix("ms") {
+        (v, 1e-3)
+    } else if let Some(v) = t.strip_suffix('s') {
+        (v, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale),
+        _ => Err(format!(
+            "'{text}' is not a time; write seconds like 2s, 1.5 or 500ms"
+        )),
+    }
 }
 
 impl Default for RenderOptions {
@@ -61,6 +89,8 @@ impl Default for RenderOptions {
             blur: None,
             clip_norm: None,
             clip_contribution: None,
+            budget: None,
+            frames: 0,
         }
     }
 }
@@ -192,6 +222,28 @@ impl RenderOptions {
         if self.octaves == Some(0) {
             return Err("--octaves must be at least 1".into());
         }
+        if self.budget.is_some() && self.steps.is_some() {
+            return Err(
+                "--budget lets the steps adapt and --steps fixes them; give one of the two".into(),
+            );
+        }
+        if self.budget.is_some() && self.preset == Preset::Seed {
+            return Err(
+                "--budget adapts the steps of the Fourier presets; the seed method takes --steps"
+                    .into(),
+            );
+        }
+        if let Some(b) = self.budget {
+            if !(b.is_finite() && b > 0.0) {
+                return Err("--budget must be a positive time, e.g. 2s".into());
+            }
+        }
+        if self.frames > 1000 {
+            return Err(format!(
+                "--frames {} is more than anyone can watch; choose at most 1000",
+                self.frames
+            ));
+        }
         if self.step_size.is_some()
             && (self.optimizer == Some(OptimizerChoice::Adam) || self.lr.is_some())
         {
@@ -276,7 +328,21 @@ impl RenderOptions {
             s.regularizers
                 .push(Regularizer::ClipContribution { percentile, every });
         }
+        if self.adapts() {
+            s.adaptive = Some(Adaptive::with_budget(Some(
+                self.budget.unwrap_or(DEFAULT_BUDGET),
+            )));
+        }
+        s.frames = self.frames;
         Ok(s)
+    }
+
+    /// Whether the steps adapt to the robust score: the default preset, or a budget, without
+    /// fixed steps.
+    pub fn adapts(&self) -> bool {
+        self.steps.is_none()
+            && (self.preset == Preset::Default || self.budget.is_some())
+            && self.preset != Preset::Seed
     }
 }
 

@@ -66,7 +66,46 @@ pub struct RenderSettings {
     pub optimizer: OptimizerKind,
     pub regularizers: Vec<Regularizer>,
     pub seed: u64,
+    /// Steps that adapt to the robust score (None: exactly the octaves' steps).
+    pub adaptive: Option<Adaptive>,
+    /// Intermediate images to keep ([`RenderOutput::frames`]); 0: none.
+    pub frames: usize,
 }
+
+/// Adaptive steps: the last octave runs at least `min_steps`, then every `check_every` steps
+/// the robust score ([`crate::score`], `views` views, at the image's size) of each image is
+/// taken; the render stops when no image gained more than `min_gain` (relative) since its best,
+/// after `max_steps`, or when `budget` seconds per image are spent. Each image ends as its
+/// best-scoring check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adaptive {
+    pub min_steps: usize,
+    pub max_steps: usize,
+    pub check_every: usize,
+    pub views: usize,
+    pub min_gain: f32,
+    /// Wall-clock seconds per image (a batch of n gets n times this).
+    pub budget: Option<f64>,
+}
+
+impl Adaptive {
+    /// The defaults measured for the default preset (BENCHMARKS.md, issue 15): a shallow
+    /// EfficientNet-Lite0 layer still climbs at 300 steps where deep ones level off by ~100.
+    pub fn with_budget(budget: Option<f64>) -> Adaptive {
+        Adaptive {
+            min_steps: 64,
+            max_steps: 1024,
+            check_every: 32,
+            views: 8,
+            min_gain: 0.01,
+            budget,
+        }
+    }
+}
+
+/// Seed of the views the adaptive checks score with: other views than a final score's
+/// (seed 0), so that stopping does not select on the views the result is judged by.
+const CHECK_SEED: u64 = 0xC0FF_EE15;
 
 impl RenderSettings {
     /// The output's larger side (its side, for square images).
@@ -86,7 +125,18 @@ impl RenderSettings {
 
     /// A one-line description for logs.
     pub fn describe(&self) -> String {
-        let oct: Vec<String> = self.octaves.iter().map(Octave::describe).collect();
+        let mut oct: Vec<String> = self.octaves.iter().map(Octave::describe).collect();
+        if let (Some(a), Some(last)) = (&self.adaptive, self.octaves.last()) {
+            let budget = a
+                .budget
+                .map_or(String::new(), |b| format!(", budget {b}s/image"));
+            *oct.last_mut().expect("an octave") = format!(
+                "{}px×adaptive({}..{} by the robust score{budget})",
+                deepvis_models::size_text(last.height, last.width),
+                a.min_steps,
+                a.max_steps
+            );
+        }
         let tr: Vec<String> = self.transforms.iter().map(|t| t.to_string()).collect();
         let reg: Vec<String> = self.regularizers.iter().map(|r| r.to_string()).collect();
         format!(
@@ -172,6 +222,8 @@ impl Preset {
                 optimizer: OptimizerKind::adam(0.1),
                 regularizers: Vec::new(),
                 seed,
+                adaptive: None,
+                frames: 0,
             },
             Preset::Lucid => RenderSettings {
                 octaves: vec![Octave::new(size, steps)],
@@ -181,6 +233,8 @@ impl Preset {
                 optimizer: OptimizerKind::adam(0.05),
                 regularizers: Vec::new(),
                 seed,
+                adaptive: None,
+                frames: 0,
             },
             Preset::Maco => RenderSettings {
                 octaves: vec![Octave::new(size, steps)],
@@ -190,6 +244,8 @@ impl Preset {
                 optimizer: OptimizerKind::adam(0.3),
                 regularizers: Vec::new(),
                 seed,
+                adaptive: None,
+                frames: 0,
             },
         }
     }
@@ -243,6 +299,8 @@ pub fn seed_settings_hw(
         },
         regularizers: Vec::new(),
         seed,
+        adaptive: None,
+        frames: 0,
     }
 }
 
@@ -317,6 +375,11 @@ pub struct RenderOutput {
     /// Per image, the step (1-based) at which its objective or gradient stopped being finite
     /// (NaN or infinite); such an image stopped changing there while the others went on.
     pub diverged: Vec<Option<usize>>,
+    /// Steps that led to each image (with adaptive steps, to its best check).
+    pub steps: Vec<usize>,
+    /// Intermediate images (with `frames` > 0): (steps done, `[N, C, height, width]`), upsampled
+    /// to the output size, evenly spaced, the last one the result.
+    pub frames: Vec<(usize, Vec<f32>)>,
 }
 
 /// Evaluates the objective on untransformed images `[n, C, h, w]` (C: the model's input
@@ -433,6 +496,10 @@ fn scaled_transforms(settings: &RenderSettings, size: usize) -> Vec<Transform> {
 }
 
 /// Optimizes `n` images for `objective` (one for all images, or one per image).
+///
+/// Channels and neurons of capped activations are optimized through their input with the
+/// gradient redirected at the cap ([`crate::saturate`]); every value reported is the
+/// objective's own.
 pub fn render(
     model: &Model,
     objective: &BatchObjective,
@@ -465,6 +532,7 @@ pub fn render_until(
             "a render needs at least one image and octaves of at least 8 pixels".into(),
         ));
     }
+    let started = std::time::Instant::now();
     let norm = model_normalization(model)?;
     let c = model.info.channels;
     if let Some(len) = objective.image_count() {
@@ -474,6 +542,12 @@ pub fn render_until(
             )));
         }
     }
+    let optimized = match objective {
+        BatchObjective::Shared(o) => BatchObjective::Shared(o.uncapped(&model.graph)),
+        BatchObjective::PerImage(v) => {
+            BatchObjective::PerImage(v.iter().map(|o| o.uncapped(&model.graph)).collect())
+        }
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let (fh, fw) = settings.octaves[0].hw();
     let mut param = settings.param.build_shaped([n, c, fh, fw], &mut rng);
@@ -488,7 +562,7 @@ pub fn render_until(
     }
     let mut stepper = Stepper {
         model,
-        objective,
+        objective: &optimized,
         norm,
         n,
         image: vec![0.0; n * c * fh * fw],
@@ -500,17 +574,26 @@ pub fn render_until(
     param.forward(&mut stepper.image);
     // Without transforms the first step's forward pass is on the start images themselves, so
     // its values are the initial objective (as in `ascend_channels`): one forward pass less.
-    let first_step_is_start =
-        settings.octaves[0].steps > 0 && scaled_transforms(settings, fh.min(fw)).is_empty();
+    // (Not where the optimized objective differs from the reported one.)
+    let first_step_is_start = settings.octaves[0].steps > 0
+        && scaled_transforms(settings, fh.min(fw)).is_empty()
+        && (0..n).all(|b| objective.of(b) == optimized.of(b));
     let mut initial = if first_step_is_start {
         Vec::new()
     } else {
         evaluate(model, objective, &stepper.image, n, fh, fw)?
     };
     let mut optimizer = Optimizer::new(settings.optimizer);
-    let total = settings.total_steps();
+    let last = settings.octaves.len() - 1;
+    let adaptive = settings.adaptive.as_ref();
+    let total = match adaptive {
+        Some(a) => settings.total_steps() - settings.octaves[last].steps + a.max_steps,
+        None => settings.total_steps(),
+    };
+    let mut frames = Frames::new(settings.frames);
     let mut done = 0;
     let mut diverged = vec![None; n];
+    let mut steps_taken = vec![0; n];
     for (oi, octave) in settings.octaves.iter().enumerate() {
         let (oh, ow) = octave.hw();
         if param.size() != (oh, ow) {
@@ -521,7 +604,10 @@ pub fn render_until(
             optimizer.reset();
         }
         let mut pipeline = Pipeline::new(scaled_transforms(settings, oh.min(ow)));
-        for step in 0..octave.steps {
+        let adaptive = adaptive.filter(|_| oi == last);
+        let steps = adaptive.map_or(octave.steps, |a| a.max_steps.max(a.min_steps));
+        let mut best: Option<Best> = None;
+        for step in 0..steps {
             if stop_requested() {
                 return Err(RenderError::Interrupted);
             }
@@ -572,12 +658,55 @@ pub fn render_until(
             }) {
                 return Err(RenderError::Interrupted);
             }
+            if frames.due(done) {
+                param.forward(&mut stepper.image);
+                frames.keep(done, &stepper.image, n, (oh, ow), settings.size_hw());
+            }
+            if let Some(a) = adaptive {
+                let out_of_time = a
+                    .budget
+                    .is_some_and(|b| started.elapsed().as_secs_f64() >= b * n as f64);
+                let check =
+                    step + 1 >= a.min_steps && (step + 1 - a.min_steps) % a.check_every.max(1) == 0;
+                if check || out_of_time || step + 1 == steps {
+                    param.forward(&mut stepper.image);
+                    let scores = crate::score::robust_scores(
+                        model,
+                        objective,
+                        &stepper.image,
+                        n,
+                        (oh, ow),
+                        &crate::score::ScoreSettings {
+                            views: a.views,
+                            seed: CHECK_SEED,
+                            size: Some((oh, ow)),
+                        },
+                    )?;
+                    let b = best.get_or_insert_with(|| Best::new(n));
+                    let improved =
+                        b.update(&scores, param.params(), param.per_image(), done, a.min_gain);
+                    if out_of_time || !improved {
+                        break;
+                    }
+                }
+            }
+        }
+        match best {
+            Some(b) => {
+                let per = param.per_image();
+                b.restore(param.params_mut(), per);
+                steps_taken.clone_from(&b.step);
+            }
+            None => steps_taken.iter_mut().for_each(|s| *s = done),
         }
     }
     let (h, w) = param.size();
     stepper.image.resize(n * c * h * w, 0.0);
     param.forward(&mut stepper.image);
     let final_values = evaluate(model, objective, &stepper.image, n, h, w)?;
+    if settings.frames > 0 {
+        frames.finish(done, &stepper.image);
+    }
     Ok(RenderOutput {
         images: std::mem::take(&mut stepper.image),
         size: h.max(w),
@@ -587,7 +716,128 @@ pub fn render_until(
         initial,
         final_values,
         diverged,
+        steps: steps_taken,
+        frames: frames.into_frames(settings.frames),
     })
+}
+
+/// Each image's best-scoring parameters so far (adaptive steps).
+struct Best {
+    score: Vec<f32>,
+    params: Vec<f32>,
+    step: Vec<usize>,
+}
+
+impl Best {
+    fn new(n: usize) -> Best {
+        Best {
+            score: vec![f32::NEG_INFINITY; n],
+            params: Vec::new(),
+            step: vec![0; n],
+        }
+    }
+
+    /// Keeps the images that scored better; true if any gained more than `min_gain` of its
+    /// best (all do at the first check).
+    fn update(
+        &mut self,
+        scores: &[f32],
+        params: &[f32],
+        per: usize,
+        step: usize,
+        min_gain: f32,
+    ) -> bool {
+        if self.params.is_empty() {
+            self.params = params.to_vec();
+        }
+        let mut gained = false;
+        for (b, &s) in scores.iter().enumerate() {
+            let old = self.score[b];
+            if !s.is_finite() || s <= old {
+                continue;
+            }
+            gained |= !old.is_finite() || s - old > min_gain * old.abs().max(1e-6);
+            self.score[b] = s;
+            self.step[b] = step;
+            self.params[b * per..(b + 1) * per].copy_from_slice(&params[b * per..(b + 1) * per]);
+        }
+        gained
+    }
+
+    fn restore(&self, params: &mut [f32], per: usize) {
+        for b in 0..self.score.len() {
+            if self.score[b].is_finite() {
+                params[b * per..(b + 1) * per]
+                    .copy_from_slice(&self.params[b * per..(b + 1) * per]);
+            }
+        }
+    }
+}
+
+/// Intermediate images at evenly spaced steps: one every `every` steps, and when twice the
+/// asked number have gathered, every other one is dropped and the spacing doubles, so any
+/// number of steps (adaptive ones are not known ahead) ends with between N and 2N frames.
+struct Frames {
+    want: usize,
+    every: usize,
+    kept: Vec<(usize, Vec<f32>)>,
+}
+
+impl Frames {
+    fn new(want: usize) -> Frames {
+        Frames {
+            want,
+            every: 1,
+            kept: Vec::new(),
+        }
+    }
+
+    fn due(&self, step: usize) -> bool {
+        self.want > 0 && step % self.every == 0
+    }
+
+    fn keep(
+        &mut self,
+        step: usize,
+        image: &[f32],
+        n: usize,
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) {
+        self.kept.push((step, resize(image, n, h, w, oh, ow)));
+        if self.kept.len() >= 2 * self.want.max(1) {
+            let mut i = 0;
+            self.kept.retain(|_| {
+                i += 1;
+                i % 2 == 0
+            });
+            self.every *= 2;
+        }
+    }
+
+    /// The final images are the last frame.
+    fn finish(&mut self, step: usize, image: &[f32]) {
+        if self.kept.last().is_some_and(|(s, _)| *s == step) {
+            self.kept.pop();
+        }
+        self.kept.push((step, image.to_vec()));
+    }
+
+    /// `want` frames evenly spread over those kept, ending with the result.
+    fn into_frames(self, want: usize) -> Vec<(usize, Vec<f32>)> {
+        let k = self.kept.len();
+        if want == 0 || k <= want {
+            return self.kept;
+        }
+        let picks: Vec<usize> = (1..=want).map(|i| (i * k).div_ceil(want) - 1).collect();
+        let mut out = Vec::with_capacity(want);
+        for (j, frame) in self.kept.into_iter().enumerate() {
+            if picks.contains(&j) {
+                out.push(frame);
+            }
+        }
+        out
+    }
 }
 
 fn apply_image_ops(

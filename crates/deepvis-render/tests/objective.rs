@@ -147,6 +147,7 @@ fn direction_files() {
         o,
         Objective::Direction {
             at: Some((2, 13)),
+            caricature: false,
             ..
         }
     ));
@@ -222,6 +223,7 @@ fn values_match_hand_computation() {
         vector: vec![2.0, -1.0],
         source: "t".into(),
         at: None,
+        caricature: false,
     };
     // mean over positions of 2·a0 − a1 = 2·mean(a0) − mean(a1).
     assert_close(&v(&dir), &[2.0 * 0.15 - 0.55, 2.0 * 1.15 - 1.55]);
@@ -293,6 +295,7 @@ fn position_values_match_hand_computation() {
         vector: vec![2.0, -1.0],
         source: "t".into(),
         at: Some((0, 1)),
+        caricature: false,
     };
     assert_close(&v(&dir).unwrap(), &[2.0 * 0.2 - 0.6, 2.0 * 1.2 - 1.6]);
     assert_close(&pos.values(&trace, 2, Some(1)).unwrap(), &[0.0, 1.73]);
@@ -312,6 +315,7 @@ fn position_values_match_hand_computation() {
         vector: vec![1.0; 8],
         source: "t".into(),
         at: Some((0, 0)),
+        caricature: false,
     };
     let msg = v(&flat).unwrap_err().to_string();
     assert!(msg.contains("spatial positions"), "{msg}");
@@ -388,6 +392,7 @@ fn gradients_match_finite_differences() {
         vector: vec![0.3, -1.0, 2.0],
         source: "t".into(),
         at: None,
+        caricature: false,
     };
     let class = Objective::Class {
         layer: layer(2),
@@ -404,6 +409,7 @@ fn gradients_match_finite_differences() {
         vector: vec![0.7, 1.5, -0.4],
         source: "t".into(),
         at: Some((3, 1)),
+        caricature: false,
     };
     let combo = 2.0 * ch(0) - Objective::Const(0.5) * dream.clone() + ch(1) * neuron.clone()
         - dir.clone()
