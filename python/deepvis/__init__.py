@@ -560,6 +560,7 @@ def render(
     blur: Optional[str] = None,
     clip_norm: Optional[str] = None,
     clip_contribution: Optional[str] = None,
+    budget: Optional[float] = None,
     progress: bool = True,
 ) -> Image:
     """Optimizes an image for `objective` (the CLI's grammar: `"layer4.1:7"`,
@@ -567,8 +568,9 @@ def render(
 
     Returns an HxWxC float32 `Image` in [0, 1] (NxHxWxC for `batch` > 1). `preset` is
     default, seed, lucid or maco; the other keywords override its parts as the CLI's flags
-    of the same names do. `init` starts from an image (a file or an HxWxC array, resized to
-    the first scale). `precision="bf16"` uses bfloat16 convolution inputs where the CPU has
+    of the same names do (`budget`: seconds of wall time per image for adaptive steps, as
+    `--budget`; without it the default preset's steps adapt reproducibly). `init` starts
+    from an image (a file or an HxWxC array, resized to the first scale). `precision="bf16"` uses bfloat16 convolution inputs where the CPU has
     AVX512-BF16.
     """
     _check_model(model)
@@ -588,6 +590,7 @@ def render(
             blur=blur,
             clip_norm=clip_norm,
             clip_contribution=clip_contribution,
+            budget=budget,
         ),
     )
     _precision(precision)
@@ -817,6 +820,7 @@ _OVERRIDES = (
     "blur",
     "clip_norm",
     "clip_contribution",
+    "budget",
 )
 
 

@@ -241,7 +241,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
                 rendered as f64 * 3600.0 / seconds
             );
         }
-        ctx.report_shard(&outcomes);
+        ctx.report_shard(&outcomes)?;
         return Ok(());
     }
     for plan in &plans {

@@ -327,7 +327,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let mut units = 0;
     let outcome = ctx.render_layer(&plan, &mut units)?;
     if shard.is_some() {
-        ctx.report_shard(&[outcome]);
+        ctx.report_shard(&[outcome])?;
         return Ok(());
     }
     let grid = ctx.write_grid(&plan)?;
@@ -444,6 +444,13 @@ impl<'a> Ctx<'a> {
         let done = check_manifest(out, model_arg, loaded)?.unwrap_or_else(|| fresh.clone());
         let part = match shard {
             Some(s) => {
+                // Not done again until this run finishes (a rerun after a kill, or new work).
+                let marker = out.join(PARTS_DIR).join(s.done_name());
+                if marker.exists() {
+                    std::fs::remove_file(&marker).with_context(|| {
+                        format!("could not remove {}; check the folder's permissions", marker.display())
+                    })?;
+                }
                 let path = out.join(PARTS_DIR).join(s.part_name());
                 Some(Manifest::load(&path)?.unwrap_or_else(|| fresh.clone()))
             }
@@ -850,24 +857,45 @@ impl<'a> Ctx<'a> {
         crate::merge::publish(self.out)
     }
 
-    /// What a shard did and what comes next.
-    pub fn report_shard(&self, outcomes: &[LayerOutcome]) {
-        if self.quiet {
-            return;
+    /// Marks this shard done and reports it. The shard that finds every shard of its layout
+    /// done assembles the manifest, grids and site as `deepvis merge` would, so a job array
+    /// needs no step after it. Each shard writes its marker before it looks at the others', so
+    /// however they interleave at least the last to finish sees them all (two that finish
+    /// together may both merge: merging is idempotent and runs under the folder's lock).
+    pub fn report_shard(&self, outcomes: &[LayerOutcome]) -> Result<()> {
+        let Some(s) = self.shard else {
+            return Ok(());
+        };
+        let dir = self.out.join(PARTS_DIR);
+        deepvis_output::write_atomic(&dir.join(s.done_name()), b"done\n")?;
+        let all_done = (0..s.count).all(|index| {
+            dir.join(Shard { index, ..s }.done_name()).is_file()
+        });
+        if all_done {
+            crate::merge::publish(self.out)?;
         }
-        if let Some(s) = self.shard {
-            let rendered: usize = outcomes.iter().map(|o| o.rendered).sum();
+        if self.quiet {
+            return Ok(());
+        }
+        let rendered: usize = outcomes.iter().map(|o| o.rendered).sum();
+        eprintln!(
+            "shard {}/{}: {rendered} filters rendered; manifest part {}",
+            s.index,
+            s.count,
+            dir.join(s.part_name()).display()
+        );
+        if all_done {
             eprintln!(
-                "shard {}/{}: {rendered} filters rendered; manifest part {}",
-                s.index,
-                s.count,
-                self.out.join(PARTS_DIR).join(s.part_name()).display()
+                "every shard is done: manifest, grids and site assembled in {}",
+                self.out.display()
             );
+        } else {
             eprintln!(
-                "when every shard is done: deepvis merge --out {}",
+                "the last shard to finish assembles the manifest and site (or run: deepvis merge --out {})",
                 self.out.display()
             );
         }
+        Ok(())
     }
 }
 

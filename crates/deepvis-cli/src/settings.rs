@@ -91,8 +91,9 @@ pub struct RenderArgs {
     /// Grey out pixels whose contribution to the objective is below this percentile: PCT:K.
     #[arg(long)]
     pub clip_contribution: Option<String>,
-    /// Adaptive steps: stop when the robust score stops improving, within this much time per
-    /// image (`2s`, `1.5`, `500ms`). The default preset adapts with 2 s unless --steps is given.
+    /// Also stop adaptive steps after this much wall time per image (`2s`, `1.5`, `500ms`), up
+    /// to 1024 steps. Without it the default preset's steps adapt to the score alone (at most
+    /// 128, reproducible from the seed on any machine) unless --steps fixes them.
     #[arg(long, value_parser = parse_seconds, value_name = "TIME")]
     pub budget: Option<f64>,
     /// Random views of the robust score recorded for each image (0: no score).

@@ -41,6 +41,11 @@ impl Shard {
         format!("shard-{:04}-of-{:04}.json", self.index, self.count)
     }
 
+    /// The file name of the marker this shard leaves once its share is finished.
+    pub fn done_name(&self) -> String {
+        format!("shard-{:04}-of-{:04}.done", self.index, self.count)
+    }
+
     fn new(index: usize, count: usize, from: &str) -> Result<Shard> {
         if count == 0 {
             bail!("{from}: the shard count must be at least 1");

@@ -229,7 +229,8 @@ impl PyOptions {
     #[new]
     #[pyo3(signature = (preset="default", size=None, steps=None, step_size=None, param=None,
                         transforms=None, optimizer=None, lr=None, octaves=None, l2=None,
-                        tv=None, blur=None, clip_norm=None, clip_contribution=None))]
+                        tv=None, blur=None, clip_norm=None, clip_contribution=None,
+                        budget=None, frames=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         preset: &str,
@@ -246,6 +247,8 @@ impl PyOptions {
         blur: Option<String>,
         clip_norm: Option<String>,
         clip_contribution: Option<String>,
+        budget: Option<f64>,
+        frames: usize,
     ) -> PyResult<Self> {
         let bad = |what: &str, v: &str, choices: &str| {
             to_py(ops::value(format!(
@@ -286,6 +289,8 @@ impl PyOptions {
             blur,
             clip_norm,
             clip_contribution,
+            budget,
+            frames,
         };
         if let Some(s) = size {
             deepvis_render::options::check_size(s, &format!("{}x{}", s.0, s.1))

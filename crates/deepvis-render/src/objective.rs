@@ -488,6 +488,20 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// `LAYER, FILE`: the arguments of `caricature(…)` and `direction(…)`.
+    fn layer_and_file(&mut self, what: &str) -> Result<(LayerRef, String), SpecError> {
+        let layer = self.layer()?;
+        self.expect(Tok::Comma, &format!("',' and {what}"))?;
+        let t = self.next();
+        match t.tok {
+            Tok::Word(w) | Tok::Str(w) => Ok((layer, w)),
+            other => self.err(
+                format!("expected {what}, found {}", Self::describe(&other)),
+                t.span,
+            ),
+        }
+    }
+
     fn layer(&mut self) -> Result<LayerRef, SpecError> {
         let t = self.next();
         match t.tok {
@@ -623,33 +637,11 @@ impl<'a> Parser<'a> {
                 }
             }
             "caricature" => {
-                let layer = self.layer()?;
-                self.expect(Tok::Comma, "',' and a photo file")?;
-                let t = self.next();
-                let photo = match t.tok {
-                    Tok::Word(w) | Tok::Str(w) => w,
-                    other => {
-                        return self.err(
-                            format!("expected a photo file, found {}", Self::describe(&other)),
-                            t.span,
-                        )
-                    }
-                };
+                let (layer, photo) = self.layer_and_file("a photo file")?;
                 ExprKind::Caricature { layer, photo }
             }
             "direction" => {
-                let layer = self.layer()?;
-                self.expect(Tok::Comma, "',' and a file")?;
-                let t = self.next();
-                let file = match t.tok {
-                    Tok::Word(w) | Tok::Str(w) => w,
-                    other => {
-                        return self.err(
-                            format!("expected a file name, found {}", Self::describe(&other)),
-                            t.span,
-                        )
-                    }
-                };
+                let (layer, file) = self.layer_and_file("a file name")?;
                 // FILE.safetensors:TENSOR written without quotes.
                 let file = if self.peek().tok == Tok::Colon {
                     self.next();

@@ -44,15 +44,13 @@ pub struct RenderOptions {
     pub blur: Option<String>,
     pub clip_norm: Option<String>,
     pub clip_contribution: Option<String>,
-    /// Adaptive steps within this many seconds per image; the default preset adapts with
-    /// [`DEFAULT_BUDGET`] unless `steps` is given.
+    /// Adaptive steps that also stop after this many seconds of wall time per image. Without
+    /// it the default preset's steps still adapt, to the score alone (reproducible), unless
+    /// `steps` is given.
     pub budget: Option<f64>,
     /// Intermediate images kept per result (0: none).
     pub frames: usize,
 }
-
-/// Seconds per image the default preset's adaptive steps may take.
-pub const DEFAULT_BUDGET: f64 = 2.0;
 
 /// A time budget as the user writes it: `2s`, `1.5`, `500ms`, in seconds.
 pub fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -329,9 +327,10 @@ impl RenderOptions {
                 .push(Regularizer::ClipContribution { percentile, every });
         }
         if self.adapts() {
-            s.adaptive = Some(Adaptive::with_budget(Some(
-                self.budget.unwrap_or(DEFAULT_BUDGET),
-            )));
+            s.adaptive = Some(match self.budget {
+                Some(b) => Adaptive::with_budget(Some(b)),
+                None => Adaptive::reproducible(),
+            });
         }
         s.frames = self.frames;
         Ok(s)

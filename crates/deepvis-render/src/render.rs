@@ -89,19 +89,37 @@ pub struct Adaptive {
 }
 
 impl Adaptive {
-    /// The defaults measured for the default preset (BENCHMARKS.md, issue 15): a shallow
+    /// The default preset's steps: they adapt to the score alone, so that a seed reproduces
+    /// an image on any machine under any load; at most [`DEFAULT_MAX_STEPS`] in the last
+    /// octave. Measured for the default preset (BENCHMARKS.md, issue 15): a shallow
     /// EfficientNet-Lite0 layer still climbs at 300 steps where deep ones level off by ~100.
-    pub fn with_budget(budget: Option<f64>) -> Adaptive {
+    pub fn reproducible() -> Adaptive {
         Adaptive {
             min_steps: 64,
-            max_steps: 1024,
+            max_steps: DEFAULT_MAX_STEPS,
             check_every: 32,
             views: 8,
             min_gain: 0.01,
+            budget: None,
+        }
+    }
+
+    /// Adaptive steps that also stop when `budget` seconds of wall time per image are spent
+    /// (then up to 1024 steps): a run bounded in time, whose step counts, and so its images,
+    /// depend on the machine and its load.
+    pub fn with_budget(budget: Option<f64>) -> Adaptive {
+        Adaptive {
+            max_steps: 1024,
             budget,
+            ..Adaptive::reproducible()
         }
     }
 }
+
+/// The most steps the default preset's last octave takes without a time budget. Measured on
+/// 40 channels of four trained models (BENCHMARKS.md, issue 15): capped at 256, deepvis beat
+/// Lucent's defaults on 38 at 27 % of Lucent's time; at 128, on the same 38 at 17 %.
+pub const DEFAULT_MAX_STEPS: usize = 128;
 
 /// Seed of the views the adaptive checks score with: other views than a final score's
 /// (seed 0), so that stopping does not select on the views the result is judged by.
