@@ -148,10 +148,6 @@ def deepvis_layer(name, layer):
     if name in ("lite1", "lite2"):
         if layer == "_conv_head.act":
             return "_swish"
-        if layer.startswith("_blocks."):
-            # The exporter's value for a block's output (its residual add); deepvis recovers
-            # the module path of these blocks as the bare index, so the value name is used.
-            return f"/{layer}/Add_output_0"
     return layer
 
 

@@ -133,12 +133,21 @@ pub fn ts_scope_with(node_name: &str, is_module: impl Fn(&str) -> bool) -> Optio
     let mut path = String::new();
     let mut call = 0;
     for comp in comps {
-        let atom = comp.rsplit('.').next().unwrap_or(comp);
+        // A component names its module from its last non-numeric atom on; where the atoms
+        // before its last are the end of the path so far (`layer4` then `layer4.1`) it adds
+        // only that last atom, else all of them: a child of a container that is never called
+        // itself (a ModuleList, `/_blocks.3/Add`) has no component for the container.
+        let (head, atom) = match comp.rsplit_once('.') {
+            Some((head, atom)) => (Some(head), atom),
+            None => (None, comp),
+        };
+        let nested = head.is_none_or(|h| path == h || path.ends_with(&format!(".{h}")));
+        let add = if nested { atom } else { comp };
         let prefix_len = path.len();
         if !path.is_empty() {
             path.push('.');
         }
-        path.push_str(atom);
+        path.push_str(add);
         let (base, k) = split_call_suffix(atom);
         if k > 0 || base.len() != atom.len() {
             if is_module(&path) {
@@ -148,7 +157,7 @@ pub fn ts_scope_with(node_name: &str, is_module: impl Fn(&str) -> bool) -> Optio
                 if !path.is_empty() {
                     path.push('.');
                 }
-                path.push_str(base);
+                path.push_str(&add[..add.len() - (atom.len() - base.len())]);
                 call = k;
             }
         } else {
@@ -447,6 +456,15 @@ mod tests {
             ts_scope("/features/features.12/features.12.2/Mul"),
             sc("features.12.2", 0)
         );
+        // Children of a ModuleList that is never called itself (EfficientNet-Lite's
+        // `_blocks`): no `/_blocks/` component, so the child's component carries the whole path.
+        assert_eq!(ts_scope("/_blocks.3/Add"), sc("_blocks.3", 0));
+        assert_eq!(
+            ts_scope("/_blocks.3/_depthwise_conv/Conv"),
+            sc("_blocks.3._depthwise_conv", 0)
+        );
+        assert_eq!(ts_scope("/net/stages.2/Add"), sc("net.stages.2", 0));
+        assert_eq!(ts_scope("/_blocks.3_1/Add"), sc("_blocks.3", 1));
         assert_eq!(ts_scope("/Flatten"), None);
         assert_eq!(ts_scope("Identity_0"), None);
         assert_eq!(ts_scope(""), None);
