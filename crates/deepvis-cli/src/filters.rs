@@ -4,16 +4,16 @@
 
 use crate::settings::RenderArgs;
 use crate::shard::{Shard, ShardArgs};
-use deepvis_render::{available_memory, check_fits, pass_bytes};
 use crate::source::{Loaded, ModelArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_models::{size_text, Model};
 use deepvis_output::{
-    grid_sheet, load_rgb, save_planar_image, DiversityRecord, FilterRecord, InputRecord,
-    Manifest, RgbImage, ScoreRecord, MANIFEST_FILE, PARTS_DIR,
+    grid_sheet, load_rgb, save_planar_image, DiversityRecord, FilterRecord, InputRecord, Manifest,
+    RgbImage, ScoreRecord, MANIFEST_FILE, PARTS_DIR,
 };
 use deepvis_render::render::{render, seed_init_shaped, Init, RenderOutput};
+use deepvis_render::{available_memory, check_fits, pass_bytes};
 use deepvis_render::{BatchObjective, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -448,7 +448,10 @@ impl<'a> Ctx<'a> {
                 let marker = out.join(PARTS_DIR).join(s.done_name());
                 if marker.exists() {
                     std::fs::remove_file(&marker).with_context(|| {
-                        format!("could not remove {}; check the folder's permissions", marker.display())
+                        format!(
+                            "could not remove {}; check the folder's permissions",
+                            marker.display()
+                        )
                     })?;
                 }
                 let path = out.join(PARTS_DIR).join(s.part_name());
@@ -515,8 +518,7 @@ impl<'a> Ctx<'a> {
             settings["batch"] = json!(batch);
         }
         if diverse {
-            settings["diversity"] =
-                json!({"images": d, "weight": self.diversity.diversity_weight});
+            settings["diversity"] = json!({"images": d, "weight": self.diversity.diversity_weight});
         }
         if self.render.frames > 0 {
             settings["frames"] = json!(self.render.frames);
@@ -735,7 +737,11 @@ impl<'a> Ctx<'a> {
                             seconds,
                             diverged: result.diverged[b],
                             score: scores[b].clone(),
-                            steps: plan.base_settings.adaptive.as_ref().map(|_| result.steps[b]),
+                            steps: plan
+                                .base_settings
+                                .adaptive
+                                .as_ref()
+                                .map(|_| result.steps[b]),
                             gif,
                             diversity,
                         },
@@ -868,9 +874,8 @@ impl<'a> Ctx<'a> {
         };
         let dir = self.out.join(PARTS_DIR);
         deepvis_output::write_atomic(&dir.join(s.done_name()), b"done\n")?;
-        let all_done = (0..s.count).all(|index| {
-            dir.join(Shard { index, ..s }.done_name()).is_file()
-        });
+        let all_done =
+            (0..s.count).all(|index| dir.join(Shard { index, ..s }.done_name()).is_file());
         if all_done {
             crate::merge::publish(self.out)?;
         }

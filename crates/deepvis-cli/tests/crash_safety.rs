@@ -12,8 +12,20 @@ use std::time::{Duration, Instant};
 /// 12 filters, one per batch and one batch at a time: a manifest save after each, so kills
 /// land before, during and after many writes.
 const ARGS: [&str; 14] = [
-    "filters", "--layer", "_blocks.2", "--filters", "0..12", "--size", "48", "--steps", "40",
-    "--batch", "1", "--jobs", "1", "--quiet",
+    "filters",
+    "--layer",
+    "_blocks.2",
+    "--filters",
+    "0..12",
+    "--size",
+    "48",
+    "--steps",
+    "40",
+    "--batch",
+    "1",
+    "--jobs",
+    "1",
+    "--quiet",
 ];
 const LAYER_DIR: &str = "efficientnet_lite0/_blocks.2";
 
@@ -55,7 +67,12 @@ fn leftovers(out: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.file_name().unwrap().to_string_lossy().contains(".deepvis-tmp.") {
+            } else if p
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains(".deepvis-tmp.")
+            {
                 found.push(p);
             }
         }
@@ -69,8 +86,8 @@ fn manifest_filters(out: &Path) -> Vec<u64> {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Vec::new();
     };
-    let m: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("manifest is not JSON ({e}): {text}"));
+    let m: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("manifest is not JSON ({e}): {text}"));
     let runs = m["runs"].as_array().expect("runs");
     assert!(runs.len() <= 1, "{text}");
     runs.iter()
@@ -89,11 +106,17 @@ fn check_consistent(out: &Path, reference: &BTreeMap<String, Vec<u8>>, what: &st
         let bytes = present
             .get(&name)
             .unwrap_or_else(|| panic!("{what}: manifest lists {name} but it is missing"));
-        assert!(bytes == &reference[&name], "{what}: {name} differs from the uninterrupted run");
+        assert!(
+            bytes == &reference[&name],
+            "{what}: {name} differs from the uninterrupted run"
+        );
     }
     // A PNG not (yet) in the manifest is complete too: it was renamed into place whole.
     for (name, bytes) in &present {
-        assert!(bytes == &reference[name], "{what}: {name} is not the finished image");
+        assert!(
+            bytes == &reference[name],
+            "{what}: {name} is not the finished image"
+        );
     }
     listed.len()
 }
@@ -147,7 +170,10 @@ fn sigkill_at_random_moments_then_rerun_gives_identical_results() {
         // A kill between a temporary's creation and its rename leaves it behind (nothing can
         // remove it then); it is hidden and recognisable, and disturbs nothing.
         for t in leftovers(out) {
-            assert!(t.file_name().unwrap().to_string_lossy().starts_with('.'), "{t:?}");
+            assert!(
+                t.file_name().unwrap().to_string_lossy().starts_with('.'),
+                "{t:?}"
+            );
         }
         // The same command again finishes the job: every filter, byte-identical.
         let o = command(out).output().unwrap();
@@ -157,7 +183,10 @@ fn sigkill_at_random_moments_then_rerun_gives_identical_results() {
     }
     // The kills must have hit runs in progress, not only finished ones.
     let interrupted = kills.iter().filter(|k| !k.1).count();
-    assert!(interrupted >= 4, "only {interrupted} kills interrupted a run: {kills:?}");
+    assert!(
+        interrupted >= 4,
+        "only {interrupted} kills interrupted a run: {kills:?}"
+    );
     eprintln!("kills (ms, finished anyway, filters saved, inside a write): {kills:?}");
 }
 
@@ -294,7 +323,10 @@ fn a_full_disk_fails_clearly_and_leaves_no_truncated_file() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.starts_with(&format!("error: could not write {}: No space left on device", out.join("manifest.json").display())),
+        err.starts_with(&format!(
+            "error: could not write {}: No space left on device",
+            out.join("manifest.json").display()
+        )),
         "{err}"
     );
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), before);
@@ -309,12 +341,27 @@ fn a_full_disk_fails_clearly_and_leaves_no_truncated_file() {
 #[test]
 fn a_diverging_image_stops_alone_and_the_manifest_records_it() {
     let args = [
-        "filters", "--layer", "_blocks.2", "--filters", "0..4", "--size", "32", "--steps", "6",
-        "--batch", "2", "--jobs", "1", "--quiet",
+        "filters",
+        "--layer",
+        "_blocks.2",
+        "--filters",
+        "0..4",
+        "--size",
+        "32",
+        "--steps",
+        "6",
+        "--batch",
+        "2",
+        "--jobs",
+        "1",
+        "--quiet",
     ];
     let run = |out: &Path, nan: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_deepvis"));
-        c.args(args).arg("--out").arg(out).env_remove("DEEPVIS_FAULT_NAN");
+        c.args(args)
+            .arg("--out")
+            .arg(out)
+            .env_remove("DEEPVIS_FAULT_NAN");
         if let Some(n) = nan {
             c.env("DEEPVIS_FAULT_NAN", n);
         }

@@ -69,14 +69,23 @@ fn make_files(t: &Path, w: &Path) {
     write("deep.pth", &deep_pickle(1_000_000));
     write(
         "deep_zip.pth",
-        &zip_with(&[("archive/data.pkl", &deep_pickle(1_000_000))], zip::CompressionMethod::Deflated),
+        &zip_with(
+            &[("archive/data.pkl", &deep_pickle(1_000_000))],
+            zip::CompressionMethod::Deflated,
+        ),
     );
     // 96 MiB of zeros deflate to about 100 KB: more than the archive could hold uncompressed.
     write(
         "bomb.pth",
-        &zip_with(&[("archive/data.pkl", &vec![0u8; 96 << 20])], zip::CompressionMethod::Deflated),
+        &zip_with(
+            &[("archive/data.pkl", &vec![0u8; 96 << 20])],
+            zip::CompressionMethod::Deflated,
+        ),
     );
-    write("notes.pth", b"These are not the weights you are looking for.\n");
+    write(
+        "notes.pth",
+        b"These are not the weights you are looking for.\n",
+    );
     // ONNX: a million `Relu` nodes appended to an empty model as a second graph field.
     let mut onnx = vec![0x08, 0x08, 0x3a, 0x02, 0x0a, 0x00];
     let nodes: Vec<u8> = [0x0a, 0x06, 0x22, 0x04, b'R', b'e', b'l', b'u'].repeat(1_000_000);
@@ -91,14 +100,20 @@ fn make_files(t: &Path, w: &Path) {
     write("million.onnx", &onnx);
     write("garbage.onnx", b"\xff\xff\xff\xff definitely not protobuf");
     std::fs::create_dir_all(t.join("folder.onnx")).unwrap();
-    write("garbage.png", b"\x89PNG\r\n\x1a\n but then nothing of a PNG");
+    write(
+        "garbage.png",
+        b"\x89PNG\r\n\x1a\n but then nothing of a PNG",
+    );
     let jpeg = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deepvis-fuzz/corpus/image/baseline.jpg"),
     )
     .unwrap();
     write("truncated.jpg", &jpeg[..jpeg.len() / 2]);
     std::fs::create_dir_all(t.join("damaged")).unwrap();
-    write("damaged/manifest.json", b"{\"tool\": \"deepvis 0.1.0\", \"runs\": [");
+    write(
+        "damaged/manifest.json",
+        b"{\"tool\": \"deepvis 0.1.0\", \"runs\": [",
+    );
     write("words.txt", b"0.5 1.5 two");
     write("short.txt", b"[0.5, 1.5, 2.5]");
 }

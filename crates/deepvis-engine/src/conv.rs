@@ -996,7 +996,10 @@ fn im2col(g: &Geometry, x: &[f32], y0: usize, y1: usize, col: &mut [f32]) {
                     if g.sw == 1 {
                         dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
                     } else if g.sw == 2 && hi > lo {
-                        crate::stride2::gather(&mut dst[lo..hi], &src[ix0..ix0 + 2 * (hi - lo) - 1]);
+                        crate::stride2::gather(
+                            &mut dst[lo..hi],
+                            &src[ix0..ix0 + 2 * (hi - lo) - 1],
+                        );
                     } else {
                         for (i, d) in dst[lo..hi].iter_mut().enumerate() {
                             *d = src[ix0 + i * g.sw];

@@ -411,7 +411,11 @@ impl Graph {
     /// The profiler's row for node `i`: its op (with its producer's, if fused) and shape.
     fn profile_key(&self, i: NodeId, plan: &Plan) -> String {
         let op = match plan.head[i] {
-            Some(h) => format!("{} + {}", self.nodes[h].op.describe(), self.nodes[i].op.describe()),
+            Some(h) => format!(
+                "{} + {}",
+                self.nodes[h].op.describe(),
+                self.nodes[i].op.describe()
+            ),
             None => self.nodes[i].op.describe(),
         };
         format!("{op} → {:?}", plan.shape(i))

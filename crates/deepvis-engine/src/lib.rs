@@ -14,8 +14,8 @@ mod narrow;
 mod op;
 mod ops;
 mod plan;
-pub mod profile;
 mod pool;
+pub mod profile;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 mod simd;

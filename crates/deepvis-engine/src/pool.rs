@@ -167,7 +167,9 @@ impl MaxPool2d {
     /// of at most [`GENERAL_TAPS`] taps), whose codes let the backward pass do without the
     /// input and fold in a ReLU before the pool (`backward_from_codes`).
     pub(crate) fn folds_relu(&self, x: &[usize]) -> bool {
-        x.len() == 4 && self.output_shape(x).is_ok() && self.kernel.0 * self.kernel.1 <= GENERAL_TAPS
+        x.len() == 4
+            && self.output_shape(x).is_ok()
+            && self.kernel.0 * self.kernel.1 <= GENERAL_TAPS
     }
 }
 
@@ -474,7 +476,13 @@ struct General {
 }
 
 /// The range of outputs `o < outputs` with `o·stride + offset − pad` in `0..input`.
-fn inside(outputs: usize, input: usize, stride: usize, offset: usize, pad: usize) -> (usize, usize) {
+fn inside(
+    outputs: usize,
+    input: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+) -> (usize, usize) {
     let lo = pad.saturating_sub(offset).div_ceil(stride);
     let hi = if input + pad > offset {
         ((input + pad - offset - 1) / stride + 1).min(outputs)
@@ -500,7 +508,9 @@ impl General {
         let flat_masks = (pool.stride == (1, 1) && ow == w).then(|| {
             columns
                 .iter()
-                .flat_map(|&(lo, hi)| (0..oh).flat_map(move |_| (0..ow).map(move |ox| (lo..hi).contains(&ox))))
+                .flat_map(|&(lo, hi)| {
+                    (0..oh).flat_map(move |_| (0..ow).map(move |ox| (lo..hi).contains(&ox)))
+                })
                 .collect()
         });
         General {
@@ -649,7 +659,10 @@ unsafe fn take_stride2_avx512(y: &mut [f32], codes: &mut [u8], x: &[f32], tap: u
         let (a, b) = (
             _mm512_maskz_loadu_ps(lanes(avail), x.as_ptr().add(2 * o)),
             // wrapping_add: past the end when no lane is read.
-            _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), x.as_ptr().wrapping_add(2 * o + 16)),
+            _mm512_maskz_loadu_ps(
+                lanes(avail.saturating_sub(16)),
+                x.as_ptr().wrapping_add(2 * o + 16),
+            ),
         );
         let xs = _mm512_permutex2var_ps(a, even, b);
         let best = _mm512_maskz_loadu_ps(outputs, y.as_ptr().add(o));
@@ -671,7 +684,13 @@ simd_fn!(fn general_pool_loops = general_pool_plane(
 /// The input gradient of one plane from the codes of `general_pool_plane`: each window's
 /// gradient to its winning element (summed where windows overlap), and through a ReLU before
 /// the pool not at all where the maximum was ≤ 0.
-fn general_unpool_plane(g: &General, codes: &[u8], grad: &[f32], through_relu: bool, dx: &mut [f32]) {
+fn general_unpool_plane(
+    g: &General,
+    codes: &[u8],
+    grad: &[f32],
+    through_relu: bool,
+    dx: &mut [f32],
+) {
     dx.fill(0.0);
     let kw = g.kernel.1;
     for oy in 0..g.oh {
@@ -1098,9 +1117,17 @@ mod tests {
             ((2, 2), (2, 2), (0, 0), (1, 1), true),
         ];
         for (kernel, stride, padding, dilation, ceil_mode) in pools {
-            let pool = MaxPool2d { kernel, stride, padding, dilation, ceil_mode };
+            let pool = MaxPool2d {
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+            };
             for (h, w) in [(7, 9), (14, 14), (5, 40), (6, 6), (4, 101)] {
-                let Ok(out) = pool.output_shape(&[1, 1, h, w]) else { continue };
+                let Ok(out) = pool.output_shape(&[1, 1, h, w]) else {
+                    continue;
+                };
                 let (oh, ow) = (out[2], out[3]);
                 let x: Vec<f32> = (0..h * w).map(|_| values[pick() % values.len()]).collect();
                 let g: Vec<f32> = (0..oh * ow).map(|_| (pick() % 100) as f32 - 50.0).collect();

@@ -51,7 +51,10 @@ pub fn take_report() -> String {
     let total: f64 = table.values().map(|r| r[0].0 + r[1].0).sum();
     let mut rows: Vec<_> = table.into_iter().collect();
     rows.sort_by(|a, b| (b.1[0].0 + b.1[1].0).total_cmp(&(a.1[0].0 + a.1[1].0)));
-    let mut out = format!("{:>7} {:>9} {:>9} {:>6}  op\n", "share", "fwd ms", "bwd ms", "calls");
+    let mut out = format!(
+        "{:>7} {:>9} {:>9} {:>6}  op\n",
+        "share", "fwd ms", "bwd ms", "calls"
+    );
     for (what, [f, b]) in rows {
         out += &format!(
             "{:>6.1}% {:>9.2} {:>9.2} {:>6}  {what}\n",

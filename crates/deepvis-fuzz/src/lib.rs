@@ -76,8 +76,8 @@ unsafe impl std::alloc::GlobalAlloc for PeakAlloc {
         let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
         if !p.is_null() {
             if new >= layout.size() {
-                let live = LIVE.fetch_add(new - layout.size(), Ordering::Relaxed) + new
-                    - layout.size();
+                let live =
+                    LIVE.fetch_add(new - layout.size(), Ordering::Relaxed) + new - layout.size();
                 PEAK.fetch_max(live, Ordering::Relaxed);
             } else {
                 LIVE.fetch_sub(layout.size() - new, Ordering::Relaxed);
@@ -290,7 +290,10 @@ fn mutate_zip(rng: &mut Rng, input: &[u8], dict: &[&[u8]], other: &[u8]) -> Vec<
         for i in 0..a.len().min(64) {
             let mut f = a.by_index(i).ok()?;
             let mut data = Vec::new();
-            (&mut f).take(MAX_INPUT as u64).read_to_end(&mut data).ok()?;
+            (&mut f)
+                .take(MAX_INPUT as u64)
+                .read_to_end(&mut data)
+                .ok()?;
             out.push((f.name().to_string(), data));
         }
         Some(out)
@@ -368,13 +371,19 @@ fn crc32(bytes: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
         t
     });
-    !bytes.iter().fold(!0u32, |c, &b| table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+    !bytes.iter().fold(!0u32, |c, &b| {
+        table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8)
+    })
 }
 
 /// Recomputes every chunk CRC of a PNG, so that mutated chunk contents reach the decoder.
@@ -406,7 +415,10 @@ fn mutate_image(rng: &mut Rng, input: &[u8], dict: &[&[u8]], other: &[u8]) -> Ve
         }
     } else if out.starts_with(b"\xff\xd8") && out.len() > 200 && rng.chance(4) {
         // A JPEG SOF's height/width: find the SOF0/SOF2 marker and set a dimension.
-        if let Some(i) = out.windows(2).position(|w| w == [0xff, 0xc0] || w == [0xff, 0xc2]) {
+        if let Some(i) = out
+            .windows(2)
+            .position(|w| w == [0xff, 0xc0] || w == [0xff, 0xc2])
+        {
             let v = [0u16, 1, 65535, 65500][rng.below(4)];
             let at = i + 5 + 2 * rng.below(2);
             if at + 2 <= out.len() {
@@ -439,37 +451,136 @@ pub struct Target {
 }
 
 const PICKLE_DICT: &[&[u8]] = &[
-    b"(", b"]", b"}", b")", b"t", b"\x85", b"\x86", b"\x87", b"a", b"e", b"s", b"u", b"R",
-    b"Q", b"q\x00", b"h\x00", b"r\xff\xff\xff\xff", b"j\xff\xff\xff\x7f", b"\x94", b"0", b"2",
-    b"N", b"\x88", b"X\xff\xff\xff\x7f", b"\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\x00",
-    b"\x8d\xff\xff\xff\xff\xff\xff\xff\x7f", b"ctorch._utils\n_rebuild_tensor_v2\n",
-    b"ctorch\nFloatStorage\n", b"ccollections\nOrderedDict\n", b"cos\nsystem\n",
-    b"X\x07\x00\x00\x00storage", b"J\xff\xff\xff\x7f", b"b", b"\x93", b".",
+    b"(",
+    b"]",
+    b"}",
+    b")",
+    b"t",
+    b"\x85",
+    b"\x86",
+    b"\x87",
+    b"a",
+    b"e",
+    b"s",
+    b"u",
+    b"R",
+    b"Q",
+    b"q\x00",
+    b"h\x00",
+    b"r\xff\xff\xff\xff",
+    b"j\xff\xff\xff\x7f",
+    b"\x94",
+    b"0",
+    b"2",
+    b"N",
+    b"\x88",
+    b"X\xff\xff\xff\x7f",
+    b"\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\x00",
+    b"\x8d\xff\xff\xff\xff\xff\xff\xff\x7f",
+    b"ctorch._utils\n_rebuild_tensor_v2\n",
+    b"ctorch\nFloatStorage\n",
+    b"ccollections\nOrderedDict\n",
+    b"cos\nsystem\n",
+    b"X\x07\x00\x00\x00storage",
+    b"J\xff\xff\xff\x7f",
+    b"b",
+    b"\x93",
+    b".",
 ];
 
 const SAFETENSORS_DICT: &[&[u8]] = &[
-    b"\"shape\":[", b"\"data_offsets\":[", b"\"dtype\":\"F32\"", b"\"dtype\":\"BF16\"",
-    b"\"dtype\":\"F64\"", b"\"dtype\":\"C64\"", b"1000000000000", b"{", b"}", b"[", b"]", b",",
-    b"\"__metadata__\":{", b"-1",
+    b"\"shape\":[",
+    b"\"data_offsets\":[",
+    b"\"dtype\":\"F32\"",
+    b"\"dtype\":\"BF16\"",
+    b"\"dtype\":\"F64\"",
+    b"\"dtype\":\"C64\"",
+    b"1000000000000",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b"\"__metadata__\":{",
+    b"-1",
 ];
 
 const ONNX_DICT: &[&[u8]] = &[
-    b"Conv", b"Reshape", b"Shape", b"Gather", b"Concat", b"Range", b"ConstantOfShape",
-    b"Constant", b"Slice", b"Resize", b"Expand", b"Tile", b"Loop", b"If", b"MatMul", b"Pad",
-    b"Split", b"Transpose", b"\x0a\x06\x22\x04Relu", b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\x7f",
-    b"\x3a\x00", b"external_data", b"location", b"../../etc/passwd", b"\x12\x00",
+    b"Conv",
+    b"Reshape",
+    b"Shape",
+    b"Gather",
+    b"Concat",
+    b"Range",
+    b"ConstantOfShape",
+    b"Constant",
+    b"Slice",
+    b"Resize",
+    b"Expand",
+    b"Tile",
+    b"Loop",
+    b"If",
+    b"MatMul",
+    b"Pad",
+    b"Split",
+    b"Transpose",
+    b"\x0a\x06\x22\x04Relu",
+    b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\x7f",
+    b"\x3a\x00",
+    b"external_data",
+    b"location",
+    b"../../etc/passwd",
+    b"\x12\x00",
 ];
 
 const IMAGE_DICT: &[&[u8]] = &[
-    b"IHDR", b"IDAT", b"IEND", b"PLTE", b"tRNS", b"acTL", b"fcTL", b"\xff\xd8", b"\xff\xc0",
-    b"\xff\xc2", b"\xff\xc4", b"\xff\xda", b"\xff\xdd", b"\xff\xd9", b"\x00\x00\x00\x00",
+    b"IHDR",
+    b"IDAT",
+    b"IEND",
+    b"PLTE",
+    b"tRNS",
+    b"acTL",
+    b"fcTL",
+    b"\xff\xd8",
+    b"\xff\xc0",
+    b"\xff\xc2",
+    b"\xff\xc4",
+    b"\xff\xda",
+    b"\xff\xdd",
+    b"\xff\xd9",
+    b"\x00\x00\x00\x00",
 ];
 
 const OBJECTIVE_DICT: &[&[u8]] = &[
-    b"(", b")", b":", b",", b"*", b"+", b"-", b"\"", b"neuron(", b"position(", b"layer(",
-    b"dream(", b"class(", b"direction(", b"diversity(", b"_blocks.8", b"_conv_head",
-    b"_blocks.15:319", b"99999999999999999999", b"1e39", b"-0", b"nan", b"\xc3\xa9", b"\\",
-    b"#", b" ", b"_blocks.8:", b"class(\"", b"0.5 * ",
+    b"(",
+    b")",
+    b":",
+    b",",
+    b"*",
+    b"+",
+    b"-",
+    b"\"",
+    b"neuron(",
+    b"position(",
+    b"layer(",
+    b"dream(",
+    b"class(",
+    b"direction(",
+    b"diversity(",
+    b"_blocks.8",
+    b"_conv_head",
+    b"_blocks.15:319",
+    b"99999999999999999999",
+    b"1e39",
+    b"-0",
+    b"nan",
+    b"\xc3\xa9",
+    b"\\",
+    b"#",
+    b" ",
+    b"_blocks.8:",
+    b"class(\"",
+    b"0.5 * ",
 ];
 
 const DIRECTION_DICT: &[&[u8]] = &[
@@ -533,8 +644,7 @@ fn objective(bytes: &[u8]) -> Outcome {
 }
 
 fn direction(bytes: &[u8]) -> Outcome {
-    deepvis_render::objective::parse_direction_text(bytes, "fuzz.txt")
-        .map(drop)
+    deepvis_render::objective::parse_direction_text(bytes, "fuzz.txt").map(drop)
 }
 
 fn npy(bytes: &[u8]) -> Outcome {
@@ -630,7 +740,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// The committed seeds of a target, sorted by name.
 pub fn seeds(t: &Target) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(t.name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(t.name);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -638,7 +750,10 @@ pub fn seeds(t: &Target) -> Vec<Vec<u8>> {
     paths.extend(t.extra_seeds.iter().map(|p| workspace_root().join(p)));
     let mut out: Vec<Vec<u8>> = paths.iter().filter_map(|p| std::fs::read(p).ok()).collect();
     if t.name == "npy" {
-        out.push(deepvis_output::encode_npy_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]));
+        out.push(deepvis_output::encode_npy_f32(
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            &[2, 3],
+        ));
     }
     out
 }
@@ -691,7 +806,10 @@ pub struct Report {
 }
 
 fn message_class(msg: &str) -> String {
-    msg.chars().filter(|c| !c.is_ascii_digit()).take(120).collect()
+    msg.chars()
+        .filter(|c| !c.is_ascii_digit())
+        .take(120)
+        .collect()
 }
 
 /// Where inputs that made a target misbehave are saved: `target/fuzz-findings/`.
@@ -705,9 +823,9 @@ pub fn findings_dir() -> PathBuf {
 fn save_finding(t: &Target, input: &[u8], what: &str) -> String {
     let dir = findings_dir();
     let _ = std::fs::create_dir_all(&dir);
-    let hash = input
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash = input.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let path = dir.join(format!("{}-{hash:016x}.bin", t.name));
     let _ = std::fs::write(&path, input);
     format!("{}: {what} (input saved as {})", t.name, path.display())
@@ -733,7 +851,9 @@ pub fn check_one(t: &Target, input: &[u8]) -> Result<Outcome, String> {
     }
     if let Err(m) = &outcome {
         if m.contains('\n') || m.trim().is_empty() {
-            return Err(format!("refused with a message that is not one line: {m:?}"));
+            return Err(format!(
+                "refused with a message that is not one line: {m:?}"
+            ));
         }
     }
     Ok(outcome)
@@ -742,7 +862,12 @@ pub fn check_one(t: &Target, input: &[u8]) -> Result<Outcome, String> {
 /// Fuzzes `t` from its seeds with the mutations of this crate, deterministically for `seed`.
 pub fn fuzz(t: &Target, budget: Budget, seed: u64) -> Report {
     let start = Instant::now();
-    let mut rng = Rng::new(seed ^ t.name.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ b as u64));
+    let mut rng = Rng::new(
+        seed ^ t
+            .name
+            .bytes()
+            .fold(0u64, |h, b| h.rotate_left(5) ^ b as u64),
+    );
     let mut corpus = seeds(t);
     assert!(!corpus.is_empty(), "{}: no seeds", t.name);
     let mut report = Report::default();
@@ -761,9 +886,10 @@ pub fn fuzz(t: &Target, budget: Budget, seed: u64) -> Report {
         let t0 = Instant::now();
         let result = check_one(t, &input);
         report.slowest = report.slowest.max(t0.elapsed());
-        report.peak_bytes = report
-            .peak_bytes
-            .max(PEAK.load(Ordering::Relaxed).saturating_sub(LIVE.load(Ordering::Relaxed)));
+        report.peak_bytes = report.peak_bytes.max(
+            PEAK.load(Ordering::Relaxed)
+                .saturating_sub(LIVE.load(Ordering::Relaxed)),
+        );
         report.execs += 1;
         match result {
             Ok(Ok(())) => report.accepted += 1,

@@ -35,7 +35,10 @@ fn main() {
             name if target(name).is_some() => names.push(name.to_string()),
             other => {
                 let all: Vec<&str> = targets().iter().map(|t| t.name).collect();
-                eprintln!("error: unknown target '{other}'; targets: {}", all.join(", "));
+                eprintln!(
+                    "error: unknown target '{other}'; targets: {}",
+                    all.join(", ")
+                );
                 std::process::exit(2);
             }
         }

@@ -34,7 +34,10 @@ fn run(name: &str) {
     assert!(r.findings.is_empty(), "{name}:\n{}", r.findings.join("\n"));
     // The seeds themselves must run, and the mutations must reach past the first check.
     assert!(r.execs >= 20, "{name}: only {} executions", r.execs);
-    assert!(r.messages >= 2, "{name}: mutations never changed the outcome");
+    assert!(
+        r.messages >= 2,
+        "{name}: mutations never changed the outcome"
+    );
 }
 
 #[test]

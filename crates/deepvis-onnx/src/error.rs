@@ -116,7 +116,11 @@ impl OnnxError {
                 escape_controls(tensor);
                 escape_controls(reason);
             }
-            ExternalData { tensor, reason, fix } => {
+            ExternalData {
+                tensor,
+                reason,
+                fix,
+            } => {
                 escape_controls(tensor);
                 escape_controls(reason);
                 escape_controls(fix);
@@ -131,7 +135,9 @@ impl OnnxError {
                     escape_controls(s);
                 }
             }
-            Node { node, op, reason, .. } => {
+            Node {
+                node, op, reason, ..
+            } => {
                 for s in [node, op, reason] {
                     escape_controls(s);
                 }

@@ -77,7 +77,9 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<OnnxModel, OnnxError> {
     let mut file = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
     let meta = file.metadata().map_err(|e| io(e.to_string()))?;
     if !meta.is_file() {
-        return Err(io("it is not a regular file (a directory, device or pipe)".into()));
+        return Err(io(
+            "it is not a regular file (a directory, device or pipe)".into()
+        ));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| io(e.to_string()))?;

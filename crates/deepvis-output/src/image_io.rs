@@ -252,7 +252,9 @@ pub fn load_rgb(path: &Path) -> Result<(Vec<f32>, usize, usize), OutputError> {
 fn read_regular_file(path: &Path) -> Result<Vec<u8>, OutputError> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| OutputError::io("open", path, e))?;
-    let meta = file.metadata().map_err(|e| OutputError::io("read", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| OutputError::io("read", path, e))?;
     if !meta.is_file() {
         let e = std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -75,9 +75,7 @@ fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
     };
     let mut len = 0usize;
     // Found by the fuzzer: a version-2 header needs 12 bytes, more than the 10 checked above.
-    let len_field = bytes
-        .get(8..8 + len_bytes)
-        .ok_or("truncated .npy header")?;
+    let len_field = bytes.get(8..8 + len_bytes).ok_or("truncated .npy header")?;
     for (i, b) in len_field.iter().enumerate() {
         len |= usize::from(*b) << (8 * i);
     }

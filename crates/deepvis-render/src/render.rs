@@ -1,6 +1,5 @@
 //! The optimization loop: parametrization → transforms → network → objective, and back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::objective::{BatchObjective, Objective};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::param::{Param, ParamKind, Pixel};
@@ -10,6 +9,7 @@ use deepvis_models::Model;
 use deepvis_models::Normalization;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One resolution of a multi-scale schedule.
 #[derive(Clone, Copy, Debug, PartialEq)]

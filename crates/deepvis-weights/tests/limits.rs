@@ -25,7 +25,10 @@ fn refused(bytes: &[u8], name: &str) -> String {
     );
     let msg = err.to_string();
     assert!(!msg.contains('\n'), "{name}: multi-line message: {msg}");
-    assert!(msg.contains(name), "{name}: message does not name the file: {msg}");
+    assert!(
+        msg.contains(name),
+        "{name}: message does not name the file: {msg}"
+    );
     msg
 }
 
@@ -48,7 +51,8 @@ fn safetensors_header_declaring_a_tera_element_tensor_is_refused() {
     let msg = refused(&safetensors(h, &data), "offsets.safetensors");
     assert!(msg.contains("corrupt or truncated"), "{msg}");
     // Dimensions whose product overflows.
-    let h = r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,16]}}"#;
+    let h =
+        r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,16]}}"#;
     refused(&safetensors(h, &data), "overflow.safetensors");
     // A header length of 2^62 bytes: not even recognised as safetensors, no allocation.
     let mut bytes = (1u64 << 62).to_le_bytes().to_vec();
@@ -70,7 +74,10 @@ fn pickle_declaring_a_tera_element_storage_or_shape_is_refused() {
     let shape = [1_000_000, 1_000_000];
     let stride = [1_000_000, 1];
     // Storage and shape both claim 10^12 elements; the file holds 4.
-    let zip = common::zip_file(&tensor_pickle(TERA, &shape, &stride, false), &[("0", &storage)]);
+    let zip = common::zip_file(
+        &tensor_pickle(TERA, &shape, &stride, false),
+        &[("0", &storage)],
+    );
     let msg = refused(&zip, "tera_zip.pth");
     assert!(msg.contains("tensor w"), "{msg}");
     let legacy = legacy_file(
@@ -81,9 +88,15 @@ fn pickle_declaring_a_tera_element_storage_or_shape_is_refused() {
     assert!(msg.contains("storage 0 is larger than"), "{msg}");
     // Storage honest, shape lying: 10^12 elements broadcast over 4 (stride 0) would pass a
     // bounds check; the element budget stops it.
-    let zip = common::zip_file(&tensor_pickle(4, &shape, &[0, 0], false), &[("0", &storage)]);
+    let zip = common::zip_file(
+        &tensor_pickle(4, &shape, &[0, 0], false),
+        &[("0", &storage)],
+    );
     let msg = refused(&zip, "broadcast.pth");
-    assert!(msg.contains("more elements than the file could contain"), "{msg}");
+    assert!(
+        msg.contains("more elements than the file could contain"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -103,7 +116,11 @@ fn pickle_nested_a_million_deep_is_an_error_not_a_stack_overflow() {
     marks.extend(std::iter::repeat_n(b'(', DEEP));
     marks.extend(std::iter::repeat_n(b't', DEEP));
     marks.push(b'.');
-    for (name, bytes) in [("lists.pth", lists), ("tuples.pth", tuples), ("marks.pth", marks)] {
+    for (name, bytes) in [
+        ("lists.pth", lists),
+        ("tuples.pth", tuples),
+        ("marks.pth", marks),
+    ] {
         // Run on a small stack: recursion proportional to depth would overflow it.
         let msg = std::thread::Builder::new()
             .stack_size(256 << 10)
