@@ -2,9 +2,7 @@
 //! logits), rendered with one preset into one folder, with the site to browse them. Resumable and
 //! shardable like `filters`, whose rendering it shares.
 
-use crate::filters::{parse_filters, Ctx, DiversityArgs, LayerOutcome, RunArgs};
-use crate::settings::RenderArgs;
-use crate::shard::ShardArgs;
+use crate::filters::{parse_filters, Ctx, JobArgs, LayerOutcome};
 use crate::source::ModelArgs;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -26,19 +24,7 @@ pub struct AtlasArgs {
     #[arg(long)]
     pub filters: Option<String>,
     #[command(flatten)]
-    pub render: RenderArgs,
-    /// Images optimized together (as for `filters`).
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Batches rendered at the same time, one per thread (as for `filters`).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    #[command(flatten)]
-    pub diversity: DiversityArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
-    pub shard: ShardArgs,
+    pub job: JobArgs,
 }
 
 /// The layers an atlas renders by default, by model family (zoo name), then the logits:
@@ -135,14 +121,9 @@ pub fn default_layers(model: &Model) -> Vec<NodeId> {
 }
 
 pub fn run(a: AtlasArgs) -> Result<()> {
-    a.render.validate()?;
-    if a.batch == Some(0) {
-        bail!("--batch must be at least 1");
-    }
     let filters = a.filters.as_deref().map(parse_filters).transpose()?;
-    a.diversity.validate(a.batch)?;
-    let shard = a.shard.resolve()?;
-    let loaded = a.model.load_at(a.render.size)?;
+    let shard = a.job.validate()?;
+    let loaded = a.model.load_at(a.job.render.size)?;
     let model = &loaded.model;
     let specs: Vec<String> = match a.layers.as_deref().map(str::trim) {
         None => {
@@ -177,17 +158,8 @@ pub fn run(a: AtlasArgs) -> Result<()> {
             v
         }
     };
-    let mut ctx = Ctx::new(
-        &a.model.model,
-        &loaded,
-        &a.render,
-        a.batch,
-        a.jobs,
-        &a.run,
-        shard,
-    )?;
-    ctx.diversity = a.diversity;
-    let size = a.render.size_or(model.info.native_size);
+    let ctx = Ctx::new(&a.model.model, &loaded, &a.job, shard)?;
+    let size = a.job.render.size_or(model.info.native_size);
     // Every layer is checked before anything renders, so a bad name fails at once.
     let mut plans = Vec::with_capacity(specs.len());
     for spec in &specs {
@@ -198,7 +170,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
             None => (0..channels).collect(),
         };
         if chosen.is_empty() {
-            if !a.run.quiet {
+            if !a.job.run.quiet {
                 eprintln!("note: {spec} has {channels} channels, none of --filters; left out");
             }
             continue;
@@ -206,7 +178,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
         plans.push(ctx.plan_layer(spec, Some(chosen))?);
     }
     let total: usize = plans.iter().map(|p| p.filters.len()).sum();
-    if !a.run.quiet {
+    if !a.job.run.quiet {
         eprintln!(
             "atlas of {}: {} layers, {total} channels{}",
             a.model.model,
@@ -221,7 +193,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
     let mut units = 0;
     let mut outcomes: Vec<LayerOutcome> = Vec::with_capacity(plans.len());
     for (k, plan) in plans.iter().enumerate() {
-        if !a.run.quiet {
+        if !a.job.run.quiet {
             eprintln!(
                 "[{}/{}] {} ({} channels)",
                 k + 1,
@@ -235,7 +207,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
     let rendered: usize = outcomes.iter().map(|o| o.rendered).sum();
     let seconds = start.elapsed().as_secs_f64();
     if shard.is_some() {
-        if !a.run.quiet && rendered > 0 {
+        if !a.job.run.quiet && rendered > 0 {
             eprintln!(
                 "{rendered} channels in {seconds:.0} s ({:.0} channels/hour)",
                 rendered as f64 * 3600.0 / seconds
@@ -248,7 +220,7 @@ pub fn run(a: AtlasArgs) -> Result<()> {
         ctx.write_grid(plan)?;
     }
     let manifest = ctx.finish()?;
-    if !a.run.quiet {
+    if !a.job.run.quiet {
         let skipped: usize = outcomes.iter().map(|o| o.skipped).sum();
         eprintln!(
             "{total} channels ({rendered} rendered in {seconds:.0} s{}, {skipped} already done)",

@@ -47,6 +47,13 @@ pub struct FiltersArgs {
     #[arg(long = "filter_end", alias = "filter-end", conflicts_with = "filters")]
     pub filter_end: Option<usize>,
     #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// How `filters` and `atlas` render their layers and where the results go.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    #[command(flatten)]
     pub render: RenderArgs,
     /// Images optimized together (default: up to 8 for small images, one for large ones, never
     /// more than fit in half the free memory).
@@ -65,6 +72,18 @@ pub struct FiltersArgs {
     pub shard: ShardArgs,
 }
 
+impl JobArgs {
+    /// Checks what needs no model, before anything loads; returns this process's shard.
+    pub fn validate(&self) -> Result<Option<Shard>> {
+        self.render.validate()?;
+        if self.batch == Some(0) {
+            bail!("--batch must be at least 1");
+        }
+        self.diversity.validate(self.batch)?;
+        self.shard.resolve()
+    }
+}
+
 /// Several distinct images per filter; shared by `filters` and `atlas`.
 #[derive(Args, Clone, Copy, Debug)]
 pub struct DiversityArgs {
@@ -75,15 +94,6 @@ pub struct DiversityArgs {
     /// Weight of the diversity term, in Lucid's scale (its `channel − 100·diversity`).
     #[arg(long, default_value_t = 100.0, value_name = "W")]
     pub diversity_weight: f32,
-}
-
-impl Default for DiversityArgs {
-    fn default() -> Self {
-        DiversityArgs {
-            diversity: 1,
-            diversity_weight: 100.0,
-        }
-    }
 }
 
 impl DiversityArgs {
@@ -305,24 +315,10 @@ fn default_batch(per_image: u64) -> usize {
 }
 
 pub fn run(a: FiltersArgs) -> Result<()> {
-    a.render.validate()?;
-    if a.batch == Some(0) {
-        bail!("--batch must be at least 1");
-    }
     let filters = filter_list(&a)?;
-    a.diversity.validate(a.batch)?;
-    let shard = a.shard.resolve()?;
-    let loaded = a.model.load_at(a.render.size)?;
-    let mut ctx = Ctx::new(
-        &a.model.model,
-        &loaded,
-        &a.render,
-        a.batch,
-        a.jobs,
-        &a.run,
-        shard,
-    )?;
-    ctx.diversity = a.diversity;
+    let shard = a.job.validate()?;
+    let loaded = a.model.load_at(a.job.render.size)?;
+    let ctx = Ctx::new(&a.model.model, &loaded, &a.job, shard)?;
     let plan = ctx.plan_layer(&a.layer, Some(filters))?;
     let mut units = 0;
     let outcome = ctx.render_layer(&plan, &mut units)?;
@@ -333,7 +329,7 @@ pub fn run(a: FiltersArgs) -> Result<()> {
     let grid = ctx.write_grid(&plan)?;
     let manifest = ctx.finish()?;
     let diverged: Vec<String> = manifest
-        .run(&plan.layer_name, &plan.settings, a.run.seed)
+        .run(&plan.layer_name, &plan.settings, a.job.run.seed)
         .map(|r| {
             r.filters
                 .iter()
@@ -342,8 +338,8 @@ pub fn run(a: FiltersArgs) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    if !a.run.quiet {
-        let run = manifest.run(&plan.layer_name, &plan.settings, a.run.seed);
+    if !a.job.run.quiet {
+        let run = manifest.run(&plan.layer_name, &plan.settings, a.job.run.seed);
         if let Some(run) = run {
             let gains: Vec<f32> = run
                 .filters
@@ -387,7 +383,7 @@ pub struct Ctx<'a> {
     pub quiet: bool,
     pub shard: Option<Shard>,
     /// Images per filter, and the weight of the term that keeps them apart.
-    pub diversity: DiversityArgs,
+    diversity: DiversityArgs,
     input: Option<InputRecord>,
     /// A new manifest's header, for a folder that has none yet.
     fresh: Manifest,
@@ -426,12 +422,10 @@ impl<'a> Ctx<'a> {
     pub fn new(
         model_arg: &'a str,
         loaded: &'a Loaded,
-        render: &'a RenderArgs,
-        batch: Option<usize>,
-        jobs: Option<usize>,
-        run: &'a RunArgs,
+        job: &'a JobArgs,
         shard: Option<Shard>,
     ) -> Result<Self> {
+        let run = &job.run;
         let model = &loaded.model;
         let input = input_record(model, crate::source::is_onnx_path(model_arg))?;
         let out = run.out.as_path();
@@ -462,14 +456,14 @@ impl<'a> Ctx<'a> {
         Ok(Ctx {
             model_arg,
             loaded,
-            render,
-            batch,
-            jobs,
+            render: &job.render,
+            batch: job.batch,
+            jobs: job.jobs,
             seed: run.seed,
             out,
             quiet: run.quiet,
             shard,
-            diversity: DiversityArgs::default(),
+            diversity: job.diversity,
             input,
             fresh,
             done,
@@ -606,13 +600,7 @@ impl<'a> Ctx<'a> {
             skipped,
         };
         let per_filter = self.diversity.diversity;
-        // Adaptive steps are counted at their most for the progress bar.
-        let steps = per_filter
-            * (plan.base_settings.total_steps()
-                + plan.base_settings.adaptive.as_ref().map_or(0, |ad| {
-                    ad.max_steps
-                        .saturating_sub(plan.base_settings.octaves.last().map_or(0, |o| o.steps))
-                }));
+        let steps = per_filter * plan.base_settings.most_steps();
         let progress = Progress::new(self.quiet, rendering * steps, skipped);
         if groups.is_empty() {
             progress.finish();

@@ -69,7 +69,7 @@ pub fn render(a: RenderCmdArgs) -> Result<()> {
         .join(slug(&described));
     deepvis_output::ensure_writable_dir(&out.join(&dir))?;
     let start = Instant::now();
-    let bar = crate::filters::Progress::new(a.run.quiet, settings.total_steps() * a.batch, 0);
+    let bar = crate::filters::Progress::new(a.run.quiet, settings.most_steps() * a.batch, 0);
     let init = match &a.render.init {
         Some(p) => Init::Images(crate::quality::repeat(
             &crate::quality::load_photo(p, model, settings.octaves[0].hw())?,

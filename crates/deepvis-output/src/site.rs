@@ -13,10 +13,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::gallery::{esc, fmt_activation, settings_summary, url_path};
-use crate::{write_atomic, FilterRecord, LayerRun, Manifest, OutputError};
+use crate::{write_atomic, FilterRecord, LayerRun, Manifest, OutputError, ScoreRecord};
 
 /// Dataset examples of one layer, `M/L/examples.json`: written by `deepvis examples`, read by
 /// the site. Paths are relative to the layer's folder.
@@ -363,21 +362,17 @@ fn layer_page(
     h
 }
 
-/// A quality score as the manifest records it (`{"robust", "final", "views"}`), in words.
-pub fn score_text(score: &Value) -> Option<String> {
-    let obj = score.as_object()?;
-    let num = |k: &str| obj.get(k).and_then(Value::as_f64);
+/// A quality score in words; parts that are not finite numbers (recorded as null) are left out.
+pub fn score_text(score: &ScoreRecord) -> String {
     let mut parts = Vec::new();
-    if let Some(r) = num("robust") {
-        parts.push(format!("robust {}", fmt_activation(r as f32)));
+    if score.robust.is_finite() {
+        parts.push(format!("robust {}", fmt_activation(score.robust)));
     }
-    if let Some(f) = num("final") {
-        parts.push(format!("final {}", fmt_activation(f as f32)));
+    if score.final_value.is_finite() {
+        parts.push(format!("final {}", fmt_activation(score.final_value)));
     }
-    if let Some(v) = obj.get("views").and_then(Value::as_u64) {
-        parts.push(format!("over {v} views"));
-    }
-    (!parts.is_empty()).then(|| format!("score: {}", parts.join(", ")))
+    parts.push(format!("over {} views", score.views));
+    format!("score: {}", parts.join(", "))
 }
 
 fn unit_page(
@@ -417,9 +412,7 @@ fn unit_page(
         h.push_str("<section>\n<h2>Optimized</h2>\n<div class=\"big\">\n");
         for (run, f) in &recs {
             let src = local(&f.png);
-            let score = serde_json::to_value(f)
-                .ok()
-                .and_then(|v| v.get("score").and_then(score_text));
+            let score = f.score.as_ref().map(score_text);
             let raw = f.npy.as_ref().map_or(String::new(), |n| {
                 format!(" &middot; <a href=\"{}\">raw values</a>", local(n))
             });
@@ -652,11 +645,19 @@ mod tests {
 
     #[test]
     fn scores_read_as_words() {
-        let s = json!({"robust": 1.5, "final": 2.0, "views": 8});
+        let s = ScoreRecord {
+            robust: 1.5,
+            final_value: 2.0,
+            views: 8,
+        };
         assert_eq!(
-            score_text(&s).as_deref(),
-            Some("score: robust 1.5000, final 2.0000, over 8 views")
+            score_text(&s),
+            "score: robust 1.5000, final 2.0000, over 8 views"
         );
-        assert_eq!(score_text(&json!(3)), None);
+        let nan = ScoreRecord {
+            robust: f32::NAN,
+            ..s
+        };
+        assert_eq!(score_text(&nan), "score: final 2.0000, over 8 views");
     }
 }

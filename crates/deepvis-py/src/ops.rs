@@ -184,7 +184,7 @@ pub fn start_render(
         Some(i) => Init::Images(init_images(&model, i, batch, settings.octaves[0].hw())?),
         None => Init::Random,
     };
-    let total = settings.total_steps();
+    let total = settings.most_steps();
     Job::spawn(total, move |ctl: &Ctl| {
         let r = render_until(
             &model,
@@ -240,7 +240,7 @@ pub fn start_filters(
         .map(|&f| Objective::channel(&model, &layer_name, f))
         .collect::<Result<_, _>>()
         .map_err(render_failure)?;
-    let steps = base.total_steps();
+    let steps = base.most_steps();
     let total = steps * filters.len();
     // Single images go side by side, one per thread, as far as memory allows: what
     // `deepvis filters` does with single-image batches (see its `plan_jobs`); each image

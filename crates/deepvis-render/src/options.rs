@@ -328,7 +328,7 @@ impl RenderOptions {
         }
         if self.adapts() {
             s.adaptive = Some(match self.budget {
-                Some(b) => Adaptive::with_budget(Some(b)),
+                Some(b) => Adaptive::with_budget(b),
                 None => Adaptive::reproducible(),
             });
         }

@@ -107,10 +107,10 @@ impl Adaptive {
     /// Adaptive steps that also stop when `budget` seconds of wall time per image are spent
     /// (then up to 1024 steps): a run bounded in time, whose step counts, and so its images,
     /// depend on the machine and its load.
-    pub fn with_budget(budget: Option<f64>) -> Adaptive {
+    pub fn with_budget(budget: f64) -> Adaptive {
         Adaptive {
             max_steps: 1024,
-            budget,
+            budget: Some(budget),
             ..Adaptive::reproducible()
         }
     }
@@ -139,6 +139,18 @@ impl RenderSettings {
 
     pub fn total_steps(&self) -> usize {
         self.octaves.iter().map(|o| o.steps).sum()
+    }
+
+    /// The most steps a render can take (what a progress bar counts): with adaptive steps, the
+    /// last octave's at their most.
+    pub fn most_steps(&self) -> usize {
+        match &self.adaptive {
+            Some(a) => {
+                let last = self.octaves.last().map_or(0, |o| o.steps);
+                self.total_steps() - last + a.max_steps.max(a.min_steps)
+            }
+            None => self.total_steps(),
+        }
     }
 
     /// A one-line description for logs.
@@ -604,10 +616,7 @@ pub fn render_until(
     let mut optimizer = Optimizer::new(settings.optimizer);
     let last = settings.octaves.len() - 1;
     let adaptive = settings.adaptive.as_ref();
-    let total = match adaptive {
-        Some(a) => settings.total_steps() - settings.octaves[last].steps + a.max_steps,
-        None => settings.total_steps(),
-    };
+    let total = settings.most_steps();
     let mut frames = Frames::new(settings.frames);
     let mut done = 0;
     let mut diverged = vec![None; n];
