@@ -36,8 +36,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Arithmetic of the convolutions: f32, or bf16 (bfloat16 inputs, float32 accumulation;
-    /// about twice as fast on CPUs with AVX512-BF16, values within ~1 % of float32). Without
-    /// AVX512-BF16, bf16 falls back to f32 with a message.
+    /// about twice as fast on CPUs with AVX512-BF16, on AMX tiles where the CPU has them; values
+    /// within ~1 % of float32). Without AVX512-BF16, bf16 falls back to f32 with a message.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
     /// ONNX models: the per-channel mean subtracted from the input (one value, or one per

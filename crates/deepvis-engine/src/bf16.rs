@@ -1,7 +1,9 @@
 //! bfloat16 GEMM for CPUs with AVX512-BF16: inputs rounded to bf16 (round to nearest even),
 //! products accumulated in f32, f32 output. `_mm512_dpbf16_ps` does 32 multiply-adds per
 //! instruction, twice an f32 FMA, which is what lets the big convolution GEMMs beat PyTorch's
-//! float32 by more than Winograd alone does.
+//! float32 by more than Winograd alone does. Where the CPU also has AMX, the same packed
+//! operands (in tile layout for the left matrix) go to `amx.rs`'s tile kernel instead:
+//! `DEEPVIS_AMX=0` keeps the AVX512-BF16 kernels.
 //!
 //! Layouts: the left matrix (weights, fixed for a run) is converted and packed once into panels
 //! of `MR` rows; the right matrix (activations) is converted and packed per call into panels of
@@ -24,6 +26,75 @@ const NR: usize = 48;
 const KC: usize = 128;
 /// How many k-pairs (cache lines of a packed panel) ahead the kernel prefetches the weights.
 const A_PREFETCH: usize = 64;
+/// k-pairs per AMX tile product (a 64-byte tile row of u32 pairs); KC is a multiple of it.
+const AMX_PAIRS: usize = 16;
+/// k-pairs per cache block for AMX, whose products are 16 times faster: the result tiles are
+/// read and written once per block, so deeper blocks; a 32-column slice of a block (64 KB)
+/// still mostly stays in L1 while the row panels (up to 1 MB at 512 rows) stream from L2.
+const KC_AMX: usize = 256;
+
+/// The cache block depth of a layout.
+fn block_pairs(amx: bool) -> usize {
+    if amx {
+        KC_AMX
+    } else {
+        KC
+    }
+}
+
+/// 64 bytes, 64-byte aligned. AMX tile rows that straddle two cache lines load six times
+/// slower (measured: 45 against 7 cycles per 1 KB tile), and so do AVX-512 loads.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// A growable u32 buffer that starts on a cache line (packed operands start every panel,
+/// tile and pair row on one).
+#[derive(Default)]
+pub(crate) struct AlignedU32 {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedU32 {
+    fn zeros(len: usize) -> Self {
+        let mut v = AlignedU32::default();
+        v.resize(len);
+        v
+    }
+
+    /// Sets the length; elements past the old length are zero.
+    fn resize(&mut self, len: usize) {
+        let tail = self.len % 16;
+        if len > self.len && tail != 0 {
+            // The last line's lanes past the length may hold values from a longer use.
+            if let Some(last) = self.lines.last_mut() {
+                last.0[tail..].fill(0);
+            }
+        }
+        self.lines.resize(len.div_ceil(16), Line([0; 16]));
+        self.len = len;
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        // SAFETY: `lines` holds at least `len` initialized u32s, contiguous.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u32, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        // SAFETY: as `as_slice`, borrowed uniquely.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u32, self.len) }
+    }
+}
+
+/// k-pairs of a packed matrix of depth `k`: padded to whole tiles for AMX.
+fn pairs(k: usize, amx: bool) -> usize {
+    if amx {
+        k.div_ceil(2 * AMX_PAIRS) * AMX_PAIRS
+    } else {
+        k.div_ceil(2)
+    }
+}
 
 /// Arithmetic precision of the convolution GEMMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,30 +209,60 @@ fn pair(lo: f32, hi: f32) -> u32 {
 
 /// A left-hand matrix [m × k] converted to bf16 and packed: element (i, k) is in panel i / MR,
 /// pair k / 2, lane i % MR; rows and the odd k beyond the matrix are zero.
+///
+/// For the AMX kernel (`amx`), the pairs are padded with zeros to a multiple of `AMX_PAIRS` and
+/// each group of `AMX_PAIRS` pairs of a panel is a 16 × 16 block stored row by row (row i holds
+/// its pairs): the operand layout of `tdpbf16ps`'s left tile.
 pub(crate) struct PackedA {
-    data: Vec<u32>,
+    data: AlignedU32,
     m: usize,
     k: usize,
+    amx: bool,
 }
 
 impl PackedA {
+    /// Packs for the fastest kernel this CPU has.
+    ///
     /// # Safety
     /// `a` with its strides must address a valid [m × k] matrix.
     pub unsafe fn new(m: usize, k: usize, a: MatRef) -> Self {
-        let kp = k.div_ceil(2);
+        PackedA::with_layout(m, k, a, crate::amx::enabled())
+    }
+
+    /// Packs for the AMX kernel if `amx` and the CPU has it (else for the others).
+    ///
+    /// # Safety
+    /// As `new`.
+    pub unsafe fn with_layout(m: usize, k: usize, a: MatRef, amx: bool) -> Self {
+        // Tile instructions fault unless `enabled()` asked Linux for the tile state.
+        let amx = amx && crate::amx::enabled();
+        let kp = pairs(k, amx);
         let panels = m.div_ceil(MR);
-        let mut data = vec![0u32; panels * kp * MR];
+        let mut storage = AlignedU32::zeros(panels * kp * MR);
+        let data = storage.as_mut_slice();
         let at = |i: usize, kk: usize| *a.ptr.offset(i as isize * a.rs + kk as isize * a.cs);
         for pi in 0..panels {
             for r in 0..MR.min(m - pi * MR) {
                 let i = pi * MR + r;
-                for p in 0..kp {
+                for p in 0..k.div_ceil(2) {
                     let hi = if 2 * p + 1 < k { at(i, 2 * p + 1) } else { 0.0 };
-                    data[a_index(panels, kp, pi, p) + r] = pair(at(i, 2 * p), hi);
+                    let value = at(i, 2 * p);
+                    let idx = if amx {
+                        let g = p / AMX_PAIRS * AMX_PAIRS;
+                        a_index(panels, kp, pi, g, true) + r * AMX_PAIRS + (p - g)
+                    } else {
+                        a_index(panels, kp, pi, p, false) + r
+                    };
+                    data[idx] = pair(value, hi);
                 }
             }
         }
-        PackedA { data, m, k }
+        PackedA {
+            data: storage,
+            m,
+            k,
+            amx,
+        }
     }
 
     /// Packs the row-major [rows × cols] matrix at `ptr`, or with `transpose` its transpose
@@ -194,7 +295,7 @@ impl PackedA {
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+        self.data.len * 4
     }
 }
 
@@ -203,43 +304,46 @@ impl PackedA {
 /// block in turn, so it reads the weights as one contiguous stream (which the prefetches in
 /// the kernel run ahead of) instead of a jump from one panel to the next every KC pairs.
 #[inline(always)]
-fn a_index(panels: usize, kp: usize, pi: usize, p: usize) -> usize {
-    let kb = p / KC * KC;
-    let kc = KC.min(kp - kb);
+fn a_index(panels: usize, kp: usize, pi: usize, p: usize, amx: bool) -> usize {
+    let block = block_pairs(amx);
+    let kb = p / block * block;
+    let kc = block.min(kp - kb);
     kb * panels * MR + (pi * kc + (p - kb)) * MR
 }
 
 thread_local! {
-    static PACKED_B: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_B: RefCell<AlignedU32> = RefCell::new(AlignedU32::default());
 }
 
 /// Runs `f` with this thread's packing buffer for the right-hand matrix.
-fn with_packed_b<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
+fn with_packed_b<R>(f: impl FnOnce(&mut AlignedU32) -> R) -> R {
     PACKED_B.with(|c| match c.try_borrow_mut() {
         Ok(mut v) => f(&mut v),
-        Err(_) => f(&mut Vec::new()),
+        Err(_) => f(&mut AlignedU32::default()),
     })
 }
 
 /// Packs columns [0, n) of the [k × n] matrix `b` into NR-column panels of k-pairs: zero beyond
-/// k and beyond n up to the end of n's last 16-column vector (what the kernels read).
-unsafe fn pack_b(k: usize, n: usize, b: MatRef, out: &mut Vec<u32>, simd: bool) {
-    let kp = k.div_ceil(2);
+/// k (up to `pairs(k, amx)`) and beyond n up to the end of n's last 16-column vector (what the
+/// kernels read).
+unsafe fn pack_b(k: usize, n: usize, b: MatRef, out: &mut AlignedU32, simd: bool, amx: bool) {
+    let kp = pairs(k, amx);
     let panels = n.div_ceil(NR);
     #[cfg(target_arch = "x86_64")]
-    if simd && b.cs == 1 {
+    if (simd || amx) && b.cs == 1 {
         // Every 16-column vector that holds a column below n is written whole (zeros past n);
         // the vectors past those are never read (kernels take cols.div_ceil(16) of them), so
         // the buffer is not cleared first: that memset was 1 % of a 224-px bf16 step.
-        out.resize(panels * kp * NR, 0);
-        return pack_b_avx512(k, n, b, out);
+        out.resize(panels * kp * NR);
+        return pack_b_avx512(k, kp, n, b, out.as_mut_slice());
     }
-    out.clear();
-    out.resize(panels * kp * NR, 0);
+    out.resize(0);
+    out.resize(panels * kp * NR);
+    let out = out.as_mut_slice();
     let _ = simd;
     let at = |kk: usize, j: usize| *b.ptr.offset(kk as isize * b.rs + j as isize * b.cs);
     for jp in 0..panels {
-        for p in 0..kp {
+        for p in 0..k.div_ceil(2) {
             let dst = &mut out[(jp * kp + p) * NR..][..NR];
             for (l, d) in dst.iter_mut().enumerate() {
                 let j = jp * NR + l;
@@ -255,9 +359,8 @@ unsafe fn pack_b(k: usize, n: usize, b: MatRef, out: &mut Vec<u32>, simd: bool) 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
-unsafe fn pack_b_avx512(k: usize, n: usize, b: MatRef, out: &mut [u32]) {
+unsafe fn pack_b_avx512(k: usize, kp: usize, n: usize, b: MatRef, out: &mut [u32]) {
     use std::arch::x86_64::*;
-    let kp = k.div_ceil(2);
     let panels = n.div_ceil(NR);
     let widen = |x: __m512| -> __m512i {
         _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
@@ -276,6 +379,11 @@ unsafe fn pack_b_avx512(k: usize, n: usize, b: MatRef, out: &mut [u32]) {
                 (1u16 << (n - j0)) - 1
             };
             for p in 0..kp {
+                let dst = out.as_mut_ptr().add((jp * kp + p) * NR + v * 16);
+                if 2 * p >= k {
+                    _mm512_storeu_epi32(dst as *mut i32, _mm512_setzero_si512());
+                    continue;
+                }
                 let row = |kk: usize| b.ptr.offset(kk as isize * b.rs + j0 as isize);
                 let lo = widen(_mm512_maskz_loadu_ps(mask, row(2 * p)));
                 let hi = if 2 * p + 1 < k {
@@ -283,7 +391,6 @@ unsafe fn pack_b_avx512(k: usize, n: usize, b: MatRef, out: &mut [u32]) {
                 } else {
                     _mm512_setzero_si512()
                 };
-                let dst = out.as_mut_ptr().add((jp * kp + p) * NR + v * 16);
                 _mm512_storeu_epi32(dst as *mut i32, _mm512_or_si512(lo, hi));
             }
         }
@@ -476,7 +583,11 @@ unsafe fn compute(
             let cols = NR.min(n - jp * NR);
             let bptr = bp.as_ptr().add((jp * kp + kb) * NR);
             for pi in panels.clone() {
-                let apanel = a.data.as_ptr().add(a_index(a.m.div_ceil(MR), kp, pi, kb));
+                let apanel =
+                    a.data
+                        .as_slice()
+                        .as_ptr()
+                        .add(a_index(a.m.div_ceil(MR), kp, pi, kb, false));
                 let i0 = pi * MR;
                 let at = |i: usize| MatMut {
                     ptr: c.ptr.offset(i as isize * c.rs + (jp * NR) as isize * c.cs),
@@ -535,6 +646,172 @@ unsafe fn compute(
     }
 }
 
+/// `compute` on AMX tiles (`a` packed for them): 2 × 2 tiles of 16 × 16 at a time, so each
+/// tile loaded feeds two products. Result tiles that the matrix covers whole are read and
+/// written in place; the ragged ones at the edges go through a scratch tile.
+#[cfg(target_arch = "x86_64")]
+unsafe fn compute_amx(
+    a: &PackedA,
+    panels: std::ops::Range<usize>,
+    bp: &[u32],
+    n: usize,
+    c: MatMut,
+    accumulate: bool,
+) {
+    use crate::amx::{self, CTile};
+    let kp = pairs(a.k, true);
+    let all = a.m.div_ceil(MR);
+    let _tiles = amx::Tiles::configure();
+    let mut scratch = [[[0f32; 256]; 2]; 2];
+    for kb in (0..kp).step_by(KC_AMX) {
+        let kc = KC_AMX.min(kp - kb);
+        let load = accumulate || kb > 0;
+        for jp in 0..n.div_ceil(NR) {
+            let vectors = (NR.min(n - jp * NR)).div_ceil(16);
+            let bpanel = bp.as_ptr().add((jp * kp + kb) * NR);
+            // Column tiles outer: their slice of the block stays in L1 while the row panels
+            // stream past from L2.
+            let mut v0 = 0;
+            while v0 < vectors {
+                let nb = if v0 + 1 < vectors { 2 } else { 1 };
+                let mut pi = panels.start;
+                while pi < panels.end {
+                    let ra = if pi + 1 < panels.end { 2 } else { 1 };
+                    // Where each result tile lives, and its extent inside the matrix.
+                    let mut tiles = [[CTile {
+                        ptr: std::ptr::null_mut(),
+                        stride: 64,
+                    }; 2]; 2];
+                    let mut ragged = [[None; 2]; 2];
+                    for r in 0..ra {
+                        let i0 = (pi + r) * MR;
+                        let rows = MR.min(a.m - i0);
+                        for v in 0..nb {
+                            let j0 = jp * NR + (v0 + v) * 16;
+                            let cols = 16.min(n - j0);
+                            let origin = c.ptr.offset(i0 as isize * c.rs + j0 as isize * c.cs);
+                            if rows == 16 && cols == 16 && c.cs == 1 {
+                                tiles[r][v] = CTile {
+                                    ptr: origin,
+                                    stride: c.rs as usize * 4,
+                                };
+                                continue;
+                            }
+                            let s = &mut scratch[r][v];
+                            ragged_tile(s, origin, c.rs, c.cs, rows, cols, load, false);
+                            tiles[r][v].ptr = s.as_mut_ptr();
+                            ragged[r][v] = Some((origin, rows, cols));
+                        }
+                    }
+                    let a_tile = |r: usize| {
+                        a.data
+                            .as_slice()
+                            .as_ptr()
+                            .add(a_index(all, kp, pi + r, kb, true))
+                    };
+                    let b_tile = |v: usize| bpanel.add((v0 + v) * 16);
+                    let groups = kc / AMX_PAIRS;
+                    let t = |r: usize, v: usize| tiles[r][v];
+                    match (ra, nb) {
+                        (2, 2) => amx::block::<2, 2>(
+                            groups,
+                            [a_tile(0), a_tile(1)],
+                            [b_tile(0), b_tile(1)],
+                            NR,
+                            [[t(0, 0), t(0, 1)], [t(1, 0), t(1, 1)]],
+                            load,
+                        ),
+                        (2, _) => amx::block::<2, 1>(
+                            groups,
+                            [a_tile(0), a_tile(1)],
+                            [b_tile(0)],
+                            NR,
+                            [[t(0, 0)], [t(1, 0)]],
+                            load,
+                        ),
+                        (_, 2) => amx::block::<1, 2>(
+                            groups,
+                            [a_tile(0)],
+                            [b_tile(0), b_tile(1)],
+                            NR,
+                            [[t(0, 0), t(0, 1)]],
+                            load,
+                        ),
+                        _ => amx::block::<1, 1>(
+                            groups,
+                            [a_tile(0)],
+                            [b_tile(0)],
+                            NR,
+                            [[t(0, 0)]],
+                            load,
+                        ),
+                    }
+                    for r in 0..ra {
+                        for v in 0..nb {
+                            if let Some((origin, rows, cols)) = ragged[r][v] {
+                                let s = &mut scratch[r][v];
+                                ragged_tile(s, origin, c.rs, c.cs, rows, cols, true, true);
+                            }
+                        }
+                    }
+                    pi += ra;
+                }
+                v0 += nb;
+            }
+        }
+    }
+}
+
+/// Copies the rows × cols corner of a 16 × 16 tile between the scratch tile `s` and the
+/// matrix at `origin` (strides `rs`, `cs`): out to the matrix with `store`, else in (zeros
+/// around it, and zeros throughout without `copy`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn ragged_tile(
+    s: &mut [f32; 256],
+    origin: *mut f32,
+    rs: isize,
+    cs: isize,
+    rows: usize,
+    cols: usize,
+    copy: bool,
+    store: bool,
+) {
+    use std::arch::x86_64::*;
+    if !store {
+        s.fill(0.0);
+        if !copy {
+            return;
+        }
+    }
+    let mask: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    for i in 0..rows {
+        let row = origin.offset(i as isize * rs);
+        let tile_row = s.as_mut_ptr().add(16 * i);
+        if cs == 1 {
+            if store {
+                _mm512_mask_storeu_ps(row, mask, _mm512_loadu_ps(tile_row));
+            } else {
+                _mm512_storeu_ps(tile_row, _mm512_maskz_loadu_ps(mask, row));
+            }
+            continue;
+        }
+        for j in 0..cols {
+            let (m, t) = (row.offset(j as isize * cs), tile_row.add(j));
+            if store {
+                *m = *t;
+            } else {
+                *t = *m;
+            }
+        }
+    }
+}
+
 /// c[m × n] (+)= a · b, with b [k × n] rounded to bf16 as it is packed. `par` spreads the work
 /// over rayon's threads (by columns where there are enough, else by row panels); without it
 /// the call stays on this thread.
@@ -566,12 +843,23 @@ pub(crate) unsafe fn matmul_impl(
     if a.m == 0 || n == 0 {
         return;
     }
+    let amx = a.amx;
+    // (A function rather than a closure, which cannot be generic over the packed buffer's
+    // lifetime; an AMX-packed `a` implies AMX is enabled, so the other kernels never see it.)
+    let compute = |a: &PackedA, panels, bp: &[u32], n, c, accumulate| {
+        #[cfg(target_arch = "x86_64")]
+        if amx {
+            return compute_amx(a, panels, bp, n, c, accumulate);
+        }
+        compute(a, panels, bp, n, c, accumulate, simd)
+    };
+    let pack_b = |k, n, b, out: &mut AlignedU32| pack_b(k, n, b, out, simd, amx);
     let panels = a.m.div_ceil(MR);
     let threads = rayon::current_num_threads();
     if !par || threads == 1 {
         with_packed_b(|bp| {
-            pack_b(a.k, n, b, bp, simd);
-            compute(a, 0..panels, bp, n, c, accumulate, simd);
+            pack_b(a.k, n, b, bp);
+            compute(a, 0..panels, bp.as_slice(), n, c, accumulate);
         });
         return;
     }
@@ -598,19 +886,20 @@ pub(crate) unsafe fn matmul_impl(
                 ..c
             };
             with_packed_b(|bp| {
-                pack_b(a.k, w, b, bp, simd);
-                compute(a, 0..panels, bp, w, c, accumulate, simd);
+                pack_b(a.k, w, b, bp);
+                compute(a, 0..panels, bp.as_slice(), w, c, accumulate);
             });
         });
     } else {
-        let mut bp = Vec::new();
-        pack_b(a.k, n, b, &mut bp, simd);
-        let bp = &bp[..];
-        let per = panels.div_ceil(2 * threads).max(1);
+        let mut bp = AlignedU32::default();
+        pack_b(a.k, n, b, &mut bp);
+        let bp = bp.as_slice();
+        // An even number of row panels per task, so that AMX pairs them all.
+        let per = panels.div_ceil(2 * threads).max(1).next_multiple_of(2);
         (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
             let c = cs;
             let p0 = t * per;
-            compute(a, p0..(p0 + per).min(panels), bp, n, c.0, accumulate, simd);
+            compute(a, p0..(p0 + per).min(panels), bp, n, c.0, accumulate);
         });
     }
 }
@@ -633,14 +922,24 @@ mod tests {
         c
     }
 
-    fn run(m: usize, n: usize, k: usize, simd: bool, par: bool, accumulate: bool) -> f32 {
+    /// Largest error of the kernel chosen by `simd` and `amx` against `naive`, relative to the
+    /// product's largest element.
+    fn run(
+        m: usize,
+        n: usize,
+        k: usize,
+        simd: bool,
+        amx: bool,
+        par: bool,
+        accumulate: bool,
+    ) -> f32 {
         let mut seed = (m * 1000 + n * 10 + k) as u64;
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
         let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
         let init: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
         let mut c = init.clone();
         unsafe {
-            let pa = PackedA::new(
+            let pa = PackedA::with_layout(
                 m,
                 k,
                 MatRef {
@@ -648,6 +947,7 @@ mod tests {
                     rs: k as isize,
                     cs: 1,
                 },
+                amx,
             );
             matmul_impl(
                 &pa,
@@ -698,7 +998,7 @@ mod tests {
     fn scalar_kernel_matches_naive_bf16_matmul() {
         for &(m, n, k) in &SIZES {
             for acc in [false, true] {
-                let e = run(m, n, k, false, false, acc);
+                let e = run(m, n, k, false, false, false, acc);
                 assert!(e < 1e-5, "scalar {m}x{n}x{k} acc={acc}: {e}");
             }
         }
@@ -712,8 +1012,25 @@ mod tests {
         }
         for &(m, n, k) in &SIZES {
             for (acc, par) in [(false, false), (true, false), (false, true), (true, true)] {
-                let e = run(m, n, k, true, par, acc);
+                let e = run(m, n, k, true, false, par, acc);
                 assert!(e < 1e-5, "avx512 {m}x{n}x{k} acc={acc} par={par}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn amx_kernel_matches_naive_bf16_matmul() {
+        if !crate::amx::enabled() {
+            eprintln!("skipped: no AMX (or DEEPVIS_AMX=0)");
+            return;
+        }
+        // Beyond SIZES: several KC blocks (k = 600 pairs), ragged tiles on both edges, more
+        // than one 48-column panel and odd row-panel counts.
+        let extra = [(48, 200, 1500), (31, 145, 5), (64, 64, 4608), (27, 3, 512)];
+        for &(m, n, k) in SIZES.iter().chain(&extra) {
+            for (acc, par) in [(false, false), (true, false), (false, true), (true, true)] {
+                let e = run(m, n, k, true, true, par, acc);
+                assert!(e < 1e-5, "amx {m}x{n}x{k} acc={acc} par={par}: {e}");
             }
         }
     }
@@ -730,7 +1047,7 @@ mod tests {
             let out = |simd: bool| {
                 let mut c = vec![0f32; m * n];
                 unsafe {
-                    let pa = PackedA::new(
+                    let pa = PackedA::with_layout(
                         m,
                         k,
                         MatRef {
@@ -738,6 +1055,7 @@ mod tests {
                             rs: k as isize,
                             cs: 1,
                         },
+                        false,
                     );
                     matmul_impl(
                         &pa,
