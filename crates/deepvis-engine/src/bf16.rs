@@ -42,50 +42,7 @@ fn block_pairs(amx: bool) -> usize {
     }
 }
 
-/// 64 bytes, 64-byte aligned. AMX tile rows that straddle two cache lines load six times
-/// slower (measured: 45 against 7 cycles per 1 KB tile), and so do AVX-512 loads.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u32; 16]);
-
-/// A growable u32 buffer that starts on a cache line (packed operands start every panel,
-/// tile and pair row on one).
-#[derive(Default)]
-pub(crate) struct AlignedU32 {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-impl AlignedU32 {
-    fn zeros(len: usize) -> Self {
-        let mut v = AlignedU32::default();
-        v.resize(len);
-        v
-    }
-
-    /// Sets the length; elements past the old length are zero.
-    fn resize(&mut self, len: usize) {
-        let tail = self.len % 16;
-        if len > self.len && tail != 0 {
-            // The last line's lanes past the length may hold values from a longer use.
-            if let Some(last) = self.lines.last_mut() {
-                last.0[tail..].fill(0);
-            }
-        }
-        self.lines.resize(len.div_ceil(16), Line([0; 16]));
-        self.len = len;
-    }
-
-    fn as_slice(&self) -> &[u32] {
-        // SAFETY: `lines` holds at least `len` initialized u32s, contiguous.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u32, self.len) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u32] {
-        // SAFETY: as `as_slice`, borrowed uniquely.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u32, self.len) }
-    }
-}
+type AlignedU32 = crate::aligned::Aligned<u32>;
 
 /// k-pairs of a packed matrix of depth `k`: padded to whole tiles for AMX.
 fn pairs(k: usize, amx: bool) -> usize {
@@ -239,7 +196,7 @@ impl PackedA {
         let kp = pairs(k, amx);
         let panels = m.div_ceil(MR);
         let mut storage = AlignedU32::zeros(panels * kp * MR);
-        let data = storage.as_mut_slice();
+        let data = &mut storage[..];
         let at = |i: usize, kk: usize| *a.ptr.offset(i as isize * a.rs + kk as isize * a.cs);
         for pi in 0..panels {
             for r in 0..MR.min(m - pi * MR) {
@@ -295,7 +252,7 @@ impl PackedA {
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.len * 4
+        self.data.len() * 4
     }
 }
 
@@ -335,11 +292,11 @@ unsafe fn pack_b(k: usize, n: usize, b: MatRef, out: &mut AlignedU32, simd: bool
         // the vectors past those are never read (kernels take cols.div_ceil(16) of them), so
         // the buffer is not cleared first: that memset was 1 % of a 224-px bf16 step.
         out.resize(panels * kp * NR);
-        return pack_b_avx512(k, kp, n, b, out.as_mut_slice());
+        return pack_b_avx512(k, kp, n, b, &mut out[..]);
     }
     out.resize(0);
     out.resize(panels * kp * NR);
-    let out = out.as_mut_slice();
+    let out = &mut out[..];
     let _ = simd;
     let at = |kk: usize, j: usize| *b.ptr.offset(kk as isize * b.rs + j as isize * b.cs);
     for jp in 0..panels {
@@ -583,11 +540,10 @@ unsafe fn compute(
             let cols = NR.min(n - jp * NR);
             let bptr = bp.as_ptr().add((jp * kp + kb) * NR);
             for pi in panels.clone() {
-                let apanel =
-                    a.data
-                        .as_slice()
-                        .as_ptr()
-                        .add(a_index(a.m.div_ceil(MR), kp, pi, kb, false));
+                let apanel = a
+                    .data
+                    .as_ptr()
+                    .add(a_index(a.m.div_ceil(MR), kp, pi, kb, false));
                 let i0 = pi * MR;
                 let at = |i: usize| MatMut {
                     ptr: c.ptr.offset(i as isize * c.rs + (jp * NR) as isize * c.cs),
@@ -663,9 +619,30 @@ unsafe fn compute_amx(
     let all = a.m.div_ceil(MR);
     let _tiles = amx::Tiles::configure();
     let mut scratch = [[[0f32; 256]; 2]; 2];
+    // Over several cache blocks, the result tiles are reloaded and stored once per block. In
+    // the output's rows (n floats apart, rarely a multiple of 16) every tile row straddles two
+    // cache lines, which costs six times an aligned one: so they accumulate in an aligned
+    // buffer instead and reach the output once at the end.
+    let rows_here = (panels.end - panels.start) * MR;
+    let ld = n.div_ceil(16) * 16 + if n.div_ceil(16) % 64 == 0 { 16 } else { 0 };
+    let mut acc_buf = if kp > KC_AMX {
+        AMX_ACC.with(|b| b.take())
+    } else {
+        AlignedU32::default()
+    };
+    let acc = if kp > KC_AMX {
+        acc_buf.resize(rows_here * ld);
+        Some(acc_buf.as_mut_ptr() as *mut f32)
+    } else {
+        None
+    };
     for kb in (0..kp).step_by(KC_AMX) {
         let kc = KC_AMX.min(kp - kb);
-        let load = accumulate || kb > 0;
+        let load = if acc.is_some() {
+            kb > 0
+        } else {
+            accumulate || kb > 0
+        };
         for jp in 0..n.div_ceil(NR) {
             let vectors = (NR.min(n - jp * NR)).div_ceil(16);
             let bpanel = bp.as_ptr().add((jp * kp + kb) * NR);
@@ -688,6 +665,13 @@ unsafe fn compute_amx(
                         let rows = MR.min(a.m - i0);
                         for v in 0..nb {
                             let j0 = jp * NR + (v0 + v) * 16;
+                            if let Some(acc) = acc {
+                                tiles[r][v] = CTile {
+                                    ptr: acc.add((i0 - panels.start * MR) * ld + j0),
+                                    stride: ld * 4,
+                                };
+                                continue;
+                            }
                             let cols = 16.min(n - j0);
                             let origin = c.ptr.offset(i0 as isize * c.rs + j0 as isize * c.cs);
                             if rows == 16 && cols == 16 && c.cs == 1 {
@@ -703,12 +687,7 @@ unsafe fn compute_amx(
                             ragged[r][v] = Some((origin, rows, cols));
                         }
                     }
-                    let a_tile = |r: usize| {
-                        a.data
-                            .as_slice()
-                            .as_ptr()
-                            .add(a_index(all, kp, pi + r, kb, true))
-                    };
+                    let a_tile = |r: usize| a.data.as_ptr().add(a_index(all, kp, pi + r, kb, true));
                     let b_tile = |v: usize| bpanel.add((v0 + v) * 16);
                     let groups = kc / AMX_PAIRS;
                     let t = |r: usize, v: usize| tiles[r][v];
@@ -759,6 +738,47 @@ unsafe fn compute_amx(
                 v0 += nb;
             }
         }
+    }
+    if let Some(acc) = acc {
+        let rows = a.m.min(panels.end * MR) - panels.start * MR;
+        let origin = c.ptr.offset((panels.start * MR) as isize * c.rs);
+        for i in 0..rows {
+            let from = acc.add(i * ld);
+            let row = origin.offset(i as isize * c.rs);
+            add_row(from, row, c.cs, n, accumulate);
+        }
+        AMX_ACC.with(|b| b.replace(acc_buf));
+    }
+}
+
+thread_local! {
+    /// `compute_amx`'s result accumulator (reused: a fresh one would be paged in every call).
+    static AMX_ACC: std::cell::Cell<AlignedU32> = std::cell::Cell::new(AlignedU32::default());
+}
+
+/// row[j] (+)= from[j] for j < n, row's elements `cs` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_row(from: *const f32, row: *mut f32, cs: isize, n: usize, accumulate: bool) {
+    use std::arch::x86_64::*;
+    if cs != 1 {
+        for j in 0..n {
+            let dst = row.offset(j as isize * cs);
+            *dst = if accumulate { *dst } else { 0.0 } + *from.add(j);
+        }
+        return;
+    }
+    for j0 in (0..n).step_by(16) {
+        let mask: __mmask16 = if n - j0 >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - j0)) - 1
+        };
+        let mut v = _mm512_loadu_ps(from.add(j0));
+        if accumulate {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, row.add(j0)));
+        }
+        _mm512_mask_storeu_ps(row.add(j0), mask, v);
     }
 }
 
@@ -859,7 +879,7 @@ pub(crate) unsafe fn matmul_impl(
     if !par || threads == 1 {
         with_packed_b(|bp| {
             pack_b(a.k, n, b, bp);
-            compute(a, 0..panels, bp.as_slice(), n, c, accumulate);
+            compute(a, 0..panels, &bp[..], n, c, accumulate);
         });
         return;
     }
@@ -887,13 +907,13 @@ pub(crate) unsafe fn matmul_impl(
             };
             with_packed_b(|bp| {
                 pack_b(a.k, w, b, bp);
-                compute(a, 0..panels, bp.as_slice(), w, c, accumulate);
+                compute(a, 0..panels, &bp[..], w, c, accumulate);
             });
         });
     } else {
         let mut bp = AlignedU32::default();
         pack_b(a.k, n, b, &mut bp);
-        let bp = bp.as_slice();
+        let bp = &bp[..];
         // An even number of row panels per task, so that AMX pairs them all.
         let per = panels.div_ceil(2 * threads).max(1).next_multiple_of(2);
         (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {

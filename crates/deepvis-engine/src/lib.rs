@@ -2,6 +2,7 @@
 //! torchvision family use, the forward pass and the gradient with respect to the input.
 //! Weights are frozen; no weight gradient is ever formed.
 
+mod aligned;
 mod amx;
 mod bf16;
 mod conv;

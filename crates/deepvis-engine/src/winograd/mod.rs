@@ -15,6 +15,7 @@
 
 mod wide;
 
+use crate::aligned::Aligned;
 use crate::bf16::{self, PackedA};
 use crate::gemm::{matmul, MatMut, MatRef};
 use crate::lanes::Arith;
@@ -203,8 +204,8 @@ impl WinoGeom {
 /// Per-thread scratch: the transform-domain input and output of one block.
 #[derive(Default)]
 struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
+    v: Aligned<f32>,
+    m: Aligned<f32>,
 }
 
 thread_local! {
@@ -237,12 +238,6 @@ fn blocks_in_turn(blocks: &[(usize, usize)], run: impl Fn((usize, usize), &mut S
 /// the same L1 sets.
 pub(super) fn slab(rows: usize, t: usize) -> usize {
     rows * t + 16
-}
-
-fn grow(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -432,8 +427,8 @@ pub(crate) fn forward(
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
         // values that only ever reach extra columns of the product, which nobody reads.
         let t = ((u1 - u0) * g.tw()).next_multiple_of(16);
-        grow(&mut s.v, XI * slab(g.cin, t));
-        grow(&mut s.m, XI * slab(g.cout, t));
+        s.v.grow(XI * slab(g.cin, t));
+        s.m.grow(XI * slab(g.cout, t));
         let v_ptr = Ptr(s.v.as_mut_ptr());
         let in_t = |c: usize| wide::input_transform(g, x, u0, u1, c, v_ptr, t);
         each(g.cin, par, in_t);
@@ -472,8 +467,8 @@ pub(crate) fn backward(
         // Tile columns padded to the GEMM micro-kernel's 16 lanes; the extra columns hold stale
         // values that only ever reach extra columns of the product, which nobody reads.
         let t = ((u1 - u0) * g.tw()).next_multiple_of(16);
-        grow(&mut s.m, XI * slab(g.cout, t));
-        grow(&mut s.v, XI * slab(g.cin, t));
+        s.m.grow(XI * slab(g.cout, t));
+        s.v.grow(XI * slab(g.cin, t));
         let m_ptr = Ptr(s.m.as_mut_ptr());
         let in_t = |o: usize| wide::grad_input_transform(g, dy, relu_out, u0, u1, o, m_ptr, t);
         each(g.cout, par, in_t);
