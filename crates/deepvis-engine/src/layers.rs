@@ -1,6 +1,7 @@
 //! Element-wise and dense layers: per-channel affine (eval-mode batch norm), ReLU, ReLU6, linear.
 
 use crate::gemm::{matmul, MatMut, MatRef};
+use crate::op::Activation;
 use crate::simd::simd_fn;
 use crate::{EngineError, Tensor};
 use rayon::prelude::*;
@@ -168,30 +169,43 @@ fn map_inplace(o: &mut [f32], f: impl Fn(f32) -> f32) {
     map_inplace_simd(o, &f)
 }
 
-/// relu6(x·scale[c] + shift[c]) in one pass: batch norm and the ReLU6 after it.
-pub(crate) fn affine_relu6(a: &ChannelAffine, x: &Tensor) -> Result<Tensor, EngineError> {
+/// act(x·scale[c] + shift[c]) in one pass: batch norm and the ReLU or ReLU6 after it.
+pub(crate) fn affine_act(
+    a: &ChannelAffine,
+    x: &Tensor,
+    act: Activation,
+) -> Result<Tensor, EngineError> {
     let (c, plane) = a.check(x.shape())?;
+    let hi = match act {
+        Activation::Relu => f32::INFINITY,
+        Activation::Relu6 => 6.0,
+    };
     let mut y = Tensor::for_overwrite(x.shape());
     per_plane(y.data_mut(), x.data(), plane, |i, out, src| {
         let (s, b) = (a.scale[i % c], a.shift[i % c]);
-        map1(out, src, |x| (x * s + b).clamp(0.0, 6.0));
+        map1(out, src, |x| (x * s + b).clamp(0.0, hi));
     });
     Ok(y)
 }
 
-/// The input gradient of `affine_relu6` from its output y: the ReLU6 passes the gradient where
-/// 0 < y < 6, which is where its input lay strictly inside (0, 6).
-pub(crate) fn affine_relu6_backward_in_place(
+/// The input gradient of `affine_act` from its output y: a ReLU passes the gradient where
+/// y > 0 (as PyTorch's does, from its output), a ReLU6 where 0 < y < 6, which is where its
+/// input lay strictly inside (0, 6).
+pub(crate) fn affine_act_backward_in_place(
     a: &ChannelAffine,
     y: &Tensor,
     grad: &mut Tensor,
+    act: Activation,
 ) -> Result<(), EngineError> {
     let (c, plane) = a.check(grad.shape())?;
     let y = y.data();
     per_plane_in_place(grad.data_mut(), plane, |i, g| {
         let s = a.scale[i % c];
         let y = &y[i * plane..][..plane];
-        zip_in_place_slices(g, y, &|g, y| relu6_grad(g * s, y));
+        match act {
+            Activation::Relu => zip_in_place_slices(g, y, &|g, y| relu_grad(g * s, y)),
+            Activation::Relu6 => zip_in_place_slices(g, y, &|g, y| relu6_grad(g * s, y)),
+        }
     });
     Ok(())
 }

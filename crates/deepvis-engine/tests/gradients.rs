@@ -789,8 +789,9 @@ fn elementwise_and_dense_gradients() {
     );
 }
 
-/// A residual block: conv → bn → relu6 → depthwise → add(input) → pool → flatten → linear,
-/// differentiated through the graph as a whole.
+/// A residual block: conv → bn → relu6 → depthwise → bn → relu → add(input) → pool → flatten
+/// → linear, differentiated through the graph as a whole (both batch norms run fused with
+/// their activation).
 #[test]
 fn graph_gradient_through_a_residual_network() {
     let mut r = rng(8);
@@ -816,7 +817,15 @@ fn graph_gradient_through_a_residual_network() {
         },
     );
     g.then("act", Relu6);
-    let dw = g.then("dw", conv_of(&case(4, 4, 3, 4, 1), &mut r));
+    g.then("dw", conv_of(&case(4, 4, 3, 4, 1), &mut r));
+    g.then(
+        "bn2",
+        ChannelAffine {
+            scale: vec![0.8, -1.2, 1.3, 0.6],
+            shift: vec![0.3, 0.1, -0.2, 0.05],
+        },
+    );
+    let dw = g.then("act2", Relu);
     g.push("add", Add, &[dw, c1]);
     g.then("relu", Relu);
     g.then("pool", MaxPool2d::square(2, 2));

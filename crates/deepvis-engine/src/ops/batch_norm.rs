@@ -1,4 +1,4 @@
-use crate::layers::{affine_relu6, affine_relu6_backward_in_place};
+use crate::layers::{affine_act, affine_act_backward_in_place};
 use crate::op::{single, Activation, Field, Needs, Operator, Saved};
 use crate::{ChannelAffine, EngineError, Tensor};
 use std::any::Any;
@@ -40,14 +40,15 @@ impl Operator for ChannelAffine {
         self
     }
 
-    /// Batch norm → ReLU6 in one pass (MobileNet, EfficientNet-Lite); the ReLU6's input need
-    /// not be kept, its output tells the same.
+    /// Batch norm → ReLU or ReLU6 in one pass (ResNet, MobileNet, EfficientNet-Lite): one
+    /// stream over memory instead of two each way, and the activation's input need not be
+    /// kept, its output tells the same.
     fn fuses(&self, act: Activation) -> bool {
-        act == Activation::Relu6
+        matches!(act, Activation::Relu | Activation::Relu6)
     }
 
-    fn forward_fused(&self, x: &Tensor, _act: Activation) -> Result<Tensor, EngineError> {
-        affine_relu6(self, x)
+    fn forward_fused(&self, x: &Tensor, act: Activation) -> Result<Tensor, EngineError> {
+        affine_act(self, x, act)
     }
 
     fn backward_fused(
@@ -55,9 +56,9 @@ impl Operator for ChannelAffine {
         _input_shape: &[usize],
         mut grad: Tensor,
         y: &Tensor,
-        _act: Activation,
+        act: Activation,
     ) -> Result<Tensor, EngineError> {
-        affine_relu6_backward_in_place(self, y, &mut grad)?;
+        affine_act_backward_in_place(self, y, &mut grad, act)?;
         Ok(grad)
     }
 }
