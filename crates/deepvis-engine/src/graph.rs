@@ -374,12 +374,12 @@ impl Graph {
             let started = crate::profile::start();
             let y = if let Some(sel) = plan.selected(i) {
                 let y = match plan.head[i] {
-                    Some(_) => sel.op.forward_fused(ins[0], act()?),
+                    Some(_) => sel.op.forward_fused(&ins, act()?),
                     None => sel.op.forward(&ins),
                 };
                 y.map(|y| scatter_channels(&y, &sel.channels, plan.shape(i)[1]))
             } else if plan.head[i].is_some() {
-                src.op.forward_fused(ins[0], act()?)
+                src.op.forward_fused(&ins, act()?)
             } else if plan.coded[i] {
                 let coded = src
                     .op
@@ -488,20 +488,31 @@ impl Graph {
                         EngineError::Graph(format!("output of {} was not kept", self.nodes[i].name))
                     })
                 };
-                let shape = plan.shape(head.inputs[0]);
-                let dx = if let Some(sel) = plan.selected(i) {
+                let shapes: Vec<&[usize]> = head.inputs.iter().map(|&j| plan.shape(j)).collect();
+                let shape = &shapes[..];
+                let dxs = if let Some(sel) = plan.selected(i) {
                     let g = gather_channels(&g, &sel.channels)?;
                     let y = gather_channels(y()?, &sel.channels)?;
                     sel.op
                         .backward_fused(shape, g, &y, self.activation_of(i)?)?
                 } else if masked(i) {
                     // The reader masked the gradient; what is left is the producer's.
-                    take_first(head.op.backward(&self.saved(trace, h), g)?, &head.name)?
+                    head.op.backward(&self.saved(trace, h), g)?
                 } else {
                     head.op
                         .backward_fused(shape, g, y()?, self.activation_of(i)?)?
                 };
-                accumulate(&mut grads[head.inputs[0]], dx);
+                if dxs.len() != head.inputs.len() {
+                    return Err(EngineError::Graph(format!(
+                        "{} gave {} input gradients for {} inputs",
+                        head.name,
+                        dxs.len(),
+                        head.inputs.len()
+                    )));
+                }
+                for (&j, dx) in head.inputs.iter().zip(dxs) {
+                    accumulate(&mut grads[j], dx);
+                }
                 crate::profile::record(started, || self.profile_key(i, plan), true);
                 continue;
             }
@@ -550,12 +561,3 @@ fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
     }
 }
 
-fn take_first(mut grads: Vec<Tensor>, name: &str) -> Result<Tensor, EngineError> {
-    if grads.len() != 1 {
-        return Err(EngineError::Graph(format!(
-            "{name} gave {} input gradients for 1 input",
-            grads.len()
-        )));
-    }
-    Ok(grads.remove(0))
-}

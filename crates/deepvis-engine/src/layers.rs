@@ -254,6 +254,16 @@ fn map2(shape: &[usize], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Syn
     out
 }
 
+/// a + b, and with `relu` max(a + b, 0) (a residual sum and the ReLU after it), in one pass.
+pub(crate) fn add_pair(a: &Tensor, b: &Tensor, relu: bool) -> Tensor {
+    debug_assert_eq!(a.shape(), b.shape());
+    if relu {
+        map2(a.shape(), a.data(), b.data(), |a, b| (a + b).max(0.0))
+    } else {
+        map2(a.shape(), a.data(), b.data(), |a, b| a + b)
+    }
+}
+
 pub fn relu(x: &Tensor) -> Tensor {
     map2(x.shape(), x.data(), x.data(), |v, _| v.max(0.0))
 }

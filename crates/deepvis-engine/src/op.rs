@@ -147,25 +147,26 @@ pub trait Operator: fmt::Debug + Send + Sync + Any {
         None
     }
 
-    /// Whether `forward_fused` / `backward_fused` can compute `act(self(x))` in one pass.
+    /// Whether `forward_fused` / `backward_fused` can compute `act(self(inputs))` in one pass.
     fn fuses(&self, _act: Activation) -> bool {
         false
     }
 
-    /// `act(self(x))` for a single input x (only called where `fuses(act)`).
-    fn forward_fused(&self, _x: &Tensor, _act: Activation) -> Result<Tensor, EngineError> {
+    /// `act(self(inputs))` (only called where `fuses(act)`).
+    fn forward_fused(&self, _inputs: &[&Tensor], _act: Activation) -> Result<Tensor, EngineError> {
         Err(not_offered(self, "fused activations"))
     }
 
-    /// The input gradient of `act(self(x))` from the pair's output `y` and its gradient
-    /// (only called where `fuses(act)`).
+    /// The gradients of the inputs of `act(self(inputs))`, one per input (whose shapes are
+    /// `input_shapes`), from the pair's output `y` and its gradient (only called where
+    /// `fuses(act)`).
     fn backward_fused(
         &self,
-        _input_shape: &[usize],
+        _input_shapes: &[&[usize]],
         _grad: Tensor,
         _y: &Tensor,
         _act: Activation,
-    ) -> Result<Tensor, EngineError> {
+    ) -> Result<Vec<Tensor>, EngineError> {
         Err(not_offered(self, "fused activations"))
     }
 

@@ -103,7 +103,7 @@ impl Plan {
         let mut head = vec![None; target + 1];
         let mut absorbed = vec![false; target + 1];
         for h in 1..=target {
-            if !needed[h] || is_target[h] || nodes[h].inputs.len() != 1 {
+            if !needed[h] || is_target[h] {
                 continue;
             }
             let Some(k) = sole_reader(h) else { continue };

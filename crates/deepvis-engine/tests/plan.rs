@@ -83,6 +83,37 @@ fn fusion_does_not_depend_on_the_order_nodes_were_pushed() {
     assert_eq!(results[0].1.data(), results[1].1.data());
 }
 
+/// A residual sum and the ReLU after it (ResNet's `relu(out + identity)`) run as one pass each
+/// way, for two and for three summands, with the same numbers as the two ops apart.
+#[test]
+fn a_residual_sum_absorbs_the_relu_after_it() {
+    let x = random(&[2, 3, 9, 7], &mut rng(3));
+    let seed = random(&[2, 3, 9, 7], &mut rng(4));
+    for summands in [2, 3] {
+        let mut r = rng(5);
+        let mut g = Graph::new();
+        let a = g.push("a", conv(3, 3, &mut r), &[0]);
+        let b = g.push("b", conv(3, 3, &mut r), &[0]);
+        let inputs: Vec<NodeId> = [a, 0, b][..summands].to_vec();
+        let sum = g.push("sum", Add, &inputs);
+        let out = g.push("relu", Relu, &[sum]);
+        let fused = g.forward(x.clone(), out).unwrap();
+        assert_eq!(fused.fused_producer(out), Some(sum), "{summands} summands");
+        assert!(fused.value(sum).is_none());
+        let dx = g.backward(&fused, seed.clone()).unwrap();
+        // Asking for the sum too keeps the two ops apart.
+        let plain = g.forward_multi(x.clone(), &[sum, out]).unwrap();
+        assert!(plain.fused_producer(out).is_none());
+        assert_eq!(plain.output().data(), fused.output().data());
+        let dx_plain = g.backward(&plain, seed.clone()).unwrap();
+        for (u, v) in dx.data().iter().zip(dx_plain.data()) {
+            assert!((u - v).abs() <= 1e-5 * (1.0 + v.abs()), "{summands}: {u} vs {v}");
+        }
+        // And some outputs were cut by the ReLU, so the mask mattered.
+        assert!(fused.output().data().iter().any(|&v| v == 0.0));
+    }
+}
+
 /// y = x², written here as any new op would be: one `Operator` impl.
 #[derive(Debug)]
 struct Square;

@@ -1,4 +1,5 @@
-use crate::op::{Field, Needs, Operator, Saved};
+use crate::layers::{add_pair, relu_backward_in_place};
+use crate::op::{Activation, Field, Needs, Operator, Saved};
 use crate::{EngineError, Tensor};
 use std::any::Any;
 
@@ -26,11 +27,7 @@ impl Operator for Add {
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, EngineError> {
         let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
         self.output_shape(&shapes)?;
-        let mut y = inputs[0].clone();
-        for other in &inputs[1..] {
-            y.add_assign(other);
-        }
-        Ok(y)
+        sum(inputs, false)
     }
 
     fn backward_needs(&self) -> Needs {
@@ -56,5 +53,55 @@ impl Operator for Add {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    /// A residual sum and the ReLU after it (ResNet's `out += identity; relu(out)`) in one
+    /// pass each way: the sum is never written, and the ReLU's mask is applied once for all
+    /// inputs.
+    fn fuses(&self, act: Activation) -> bool {
+        act == Activation::Relu
+    }
+
+    fn forward_fused(&self, inputs: &[&Tensor], _act: Activation) -> Result<Tensor, EngineError> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        self.output_shape(&shapes)?;
+        sum(inputs, true)
+    }
+
+    fn backward_fused(
+        &self,
+        input_shapes: &[&[usize]],
+        mut grad: Tensor,
+        y: &Tensor,
+        _act: Activation,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        if y.shape() != grad.shape() {
+            return Err(EngineError::Shape(format!(
+                "add + relu: gradient {:?} for output {:?}",
+                grad.shape(),
+                y.shape()
+            )));
+        }
+        relu_backward_in_place(y, &mut grad);
+        let mut grads: Vec<Tensor> = (1..input_shapes.len()).map(|_| grad.clone()).collect();
+        grads.push(grad);
+        Ok(grads)
+    }
+}
+
+/// The sum of two or more tensors of one shape, through a ReLU with `relu`: the first pair in
+/// one parallel pass (a copy and then an add were two serial ones), any others added after.
+fn sum(inputs: &[&Tensor], relu: bool) -> Result<Tensor, EngineError> {
+    match inputs {
+        [] => Err(EngineError::Shape("add of no inputs".into())),
+        [x] => Ok(if relu { crate::relu(x) } else { (*x).clone() }),
+        [a, b] => Ok(add_pair(a, b, relu)),
+        [a, b, rest @ ..] => {
+            let mut y = add_pair(a, b, false);
+            for other in rest {
+                y.add_assign(other);
+            }
+            Ok(if relu { crate::relu(&y) } else { y })
+        }
     }
 }

@@ -47,18 +47,18 @@ impl Operator for ChannelAffine {
         matches!(act, Activation::Relu | Activation::Relu6)
     }
 
-    fn forward_fused(&self, x: &Tensor, act: Activation) -> Result<Tensor, EngineError> {
-        affine_act(self, x, act)
+    fn forward_fused(&self, inputs: &[&Tensor], act: Activation) -> Result<Tensor, EngineError> {
+        affine_act(self, single("batch norm", inputs)?, act)
     }
 
     fn backward_fused(
         &self,
-        _input_shape: &[usize],
+        _input_shapes: &[&[usize]],
         mut grad: Tensor,
         y: &Tensor,
         act: Activation,
-    ) -> Result<Tensor, EngineError> {
+    ) -> Result<Vec<Tensor>, EngineError> {
         affine_act_backward_in_place(self, y, &mut grad, act)?;
-        Ok(grad)
+        Ok(vec![grad])
     }
 }

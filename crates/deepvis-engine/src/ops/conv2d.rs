@@ -55,18 +55,19 @@ impl Operator for Conv2d {
         act == Activation::Relu
     }
 
-    fn forward_fused(&self, x: &Tensor, _act: Activation) -> Result<Tensor, EngineError> {
-        self.forward_relu(x)
+    fn forward_fused(&self, inputs: &[&Tensor], _act: Activation) -> Result<Tensor, EngineError> {
+        self.forward_relu(single("conv2d", inputs)?)
     }
 
     fn backward_fused(
         &self,
-        input_shape: &[usize],
+        input_shapes: &[&[usize]],
         mut grad: Tensor,
         y: &Tensor,
         _act: Activation,
-    ) -> Result<Tensor, EngineError> {
-        self.backward_relu(input_shape, &mut grad, y)
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let input_shape = single("conv2d", input_shapes)?;
+        Ok(vec![self.backward_relu(input_shape, &mut grad, y)?])
     }
 
     fn select_outputs(&self, channels: &[usize]) -> Option<Result<Op, EngineError>> {
