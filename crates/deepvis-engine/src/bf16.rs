@@ -631,7 +631,12 @@ unsafe fn compute_amx(
     // cache lines, which costs six times an aligned one: so they accumulate in an aligned
     // buffer instead and reach the output once at the end.
     let rows_here = (panels.end - panels.start) * MR;
-    let ld = n.div_ceil(16) * 16 + if n.div_ceil(16) % 64 == 0 { 16 } else { 0 };
+    let ld = n.div_ceil(16) * 16
+        + if n.div_ceil(16).is_multiple_of(64) {
+            16
+        } else {
+            0
+        };
     let mut acc_buf = if kp > KC_AMX {
         AMX_ACC.with(|b| b.take())
     } else {

@@ -560,4 +560,3 @@ fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
         None => *slot = Some(g),
     }
 }
-
