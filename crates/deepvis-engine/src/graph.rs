@@ -47,7 +47,9 @@ impl Trace {
 
     /// The output of any target node (or of a node the backward pass keeps).
     pub fn value(&self, id: NodeId) -> Option<&Tensor> {
-        self.values.get(id).and_then(Option::as_ref)
+        self.values
+            .get(self.plan.source(id))
+            .and_then(Option::as_ref)
     }
 
     pub fn target(&self) -> NodeId {
@@ -342,7 +344,7 @@ impl Graph {
         let mut codes: Vec<Option<Vec<u8>>> = vec![None; target + 1];
         values[0] = Some(x);
         for i in 1..=target {
-            if !plan.needed[i] || plan.absorbed[i] {
+            if !plan.needed[i] || plan.absorbed[i] || plan.alias[i].is_some() {
                 continue;
             }
             // A fused pair runs on the inputs of its producer.
@@ -350,6 +352,7 @@ impl Graph {
             // A pass-through whose input nobody reads later takes that value over instead of
             // copying it (containers' outputs, eval-mode dropout).
             if let [j] = src.inputs[..] {
+                let j = plan.source(j);
                 if plan.head[i].is_none()
                     && src.op.passes_through()
                     && plan.last_use[j] == i
@@ -365,7 +368,7 @@ impl Graph {
                 .inputs
                 .iter()
                 .map(|&j| {
-                    values[j]
+                    values[plan.source(j)]
                         .as_ref()
                         .ok_or_else(|| EngineError::Graph(format!("value of node {j} was dropped")))
                 })
@@ -396,6 +399,7 @@ impl Graph {
             crate::profile::record(started, || self.profile_key(i, &plan), false);
             values[i] = Some(y);
             for &j in &src.inputs {
+                let j = plan.source(j);
                 if plan.last_use[j] == i && !plan.keep[j] {
                     values[j] = None;
                 }

@@ -32,6 +32,9 @@ pub(crate) struct Plan {
     /// ReLU nodes (alone or ending a fused pair) whose only reader is a coded node that masks
     /// their gradient itself: their own masking is skipped and their output is not kept.
     pub masked_by_reader: Vec<bool>,
+    /// `alias[i] = Some(j)`: pass-through node i (eval-mode dropout, a container's output) is
+    /// node j's value under another name; it is never computed, and its readers read j.
+    pub alias: Vec<Option<NodeId>>,
     /// Values the backward pass reads (or that were asked for).
     pub keep: Vec<bool>,
     /// The node after whose computation a value is no longer read by the forward pass.
@@ -46,6 +49,11 @@ impl Plan {
 
     pub fn selected(&self, node: NodeId) -> Option<&Selection> {
         self.selection.as_ref().filter(|s| s.node == node)
+    }
+
+    /// The node whose value `node` is: itself, or what its alias chain ends at.
+    pub fn source(&self, node: NodeId) -> NodeId {
+        self.alias.get(node).copied().flatten().unwrap_or(node)
     }
 
     pub fn shape(&self, node: NodeId) -> &[usize] {
@@ -135,25 +143,45 @@ impl Plan {
             })
             .collect();
 
+        // Pass-throughs read a value under another name instead of copying it (ResNet's
+        // blocks and stages are containers whose output is their last ReLU's, which that
+        // ReLU's backward pass keeps: 19 copies per forward pass). Targets keep their own
+        // value, which callers read.
+        let mut alias: Vec<Option<NodeId>> = vec![None; target + 1];
+        for i in 1..=target {
+            if needed[i]
+                && !is_target[i]
+                && !absorbed[i]
+                && head[i].is_none()
+                && !coded[i]
+                && nodes[i].op.passes_through()
+            {
+                if let [j] = nodes[i].inputs[..] {
+                    alias[i] = Some(alias[j].unwrap_or(j));
+                }
+            }
+        }
+        let source = |j: NodeId| alias[j].unwrap_or(j);
+
         let mut keep = is_target.clone();
         let mut last_use = vec![0; target + 1];
         for i in 1..=target {
-            if !needed[i] || absorbed[i] {
+            if !needed[i] || absorbed[i] || alias[i].is_some() {
                 continue;
             }
             if let Some(h) = head[i] {
                 // Both fused backward passes work from the pair's output alone.
                 keep[i] |= !masked_by_reader[i];
                 for &j in &nodes[h].inputs {
-                    last_use[j] = i;
+                    last_use[source(j)] = i;
                 }
                 continue;
             }
             let needs = nodes[i].op.backward_needs();
             keep[i] |= needs.output && !masked_by_reader[i];
             for &j in &nodes[i].inputs {
-                keep[j] |= needs.inputs && !coded[i];
-                last_use[j] = i;
+                keep[source(j)] |= needs.inputs && !coded[i];
+                last_use[source(j)] = i;
             }
         }
 
@@ -184,6 +212,7 @@ impl Plan {
             absorbed,
             coded,
             masked_by_reader,
+            alias,
             keep,
             last_use,
             selection,

@@ -117,6 +117,36 @@ fn a_residual_sum_absorbs_the_relu_after_it() {
     }
 }
 
+/// A pass-through (a container's output, eval-mode dropout) whose input is kept for the
+/// backward pass is that value under its own name, not a copy: it reads the same, and
+/// gradients through it are those of the graph without it.
+#[test]
+fn a_pass_through_names_its_input_value() {
+    let x = random(&[1, 3, 8, 8], &mut rng(6));
+    let mut r = rng(7);
+    let (c1, c2) = (conv(3, 4, &mut r), conv(4, 2, &mut r));
+    let mut g = Graph::new();
+    let a = g.push("a", c1.clone(), &[0]);
+    let relu = g.push("a.act", Unary(UnaryKind::Sigmoid), &[a]);
+    let block = g.push("block", Identity, &[relu]);
+    let stage = g.push("stage", Identity, &[block]);
+    let out = g.push("b", c2.clone(), &[stage]);
+    let trace = g.forward(x.clone(), out).unwrap();
+    // The sigmoid keeps its output for its backward pass; both names read that one value.
+    let (v, w) = (trace.value(relu).unwrap(), trace.value(stage).unwrap());
+    assert!(std::ptr::eq(v, w));
+    let seed = random(&[1, 2, 8, 8], &mut rng(8));
+    let dx = g.backward(&trace, seed.clone()).unwrap();
+
+    let mut h = Graph::new();
+    let a = h.push("a", c1, &[0]);
+    let relu = h.push("a.act", Unary(UnaryKind::Sigmoid), &[a]);
+    let out_h = h.push("b", c2, &[relu]);
+    let plain = h.forward(x, out_h).unwrap();
+    assert_eq!(plain.output().data(), trace.output().data());
+    assert_eq!(h.backward(&plain, seed).unwrap().data(), dx.data());
+}
+
 /// y = x², written here as any new op would be: one `Operator` impl.
 #[derive(Debug)]
 struct Square;
