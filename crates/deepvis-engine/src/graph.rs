@@ -487,9 +487,19 @@ impl Graph {
             let started = crate::profile::start();
             if let Some(h) = plan.head[i] {
                 let head = &self.nodes[h];
+                // What the fused backward pass reads: the pair's output, or the producer's input
+                // (`Activation::needs_input`).
+                let kept_node = if self.activation_of(i)?.needs_input() {
+                    head.inputs[0]
+                } else {
+                    i
+                };
                 let y = || {
-                    trace.value(i).ok_or_else(|| {
-                        EngineError::Graph(format!("output of {} was not kept", self.nodes[i].name))
+                    trace.value(kept_node).ok_or_else(|| {
+                        EngineError::Graph(format!(
+                            "value of {} was not kept",
+                            self.nodes[kept_node].name
+                        ))
                     })
                 };
                 let shapes: Vec<&[usize]> = head.inputs.iter().map(|&j| plan.shape(j)).collect();

@@ -2,6 +2,7 @@
 
 use crate::gemm::{matmul, MatMut, MatRef};
 use crate::op::Activation;
+use crate::ops::exp;
 use crate::simd::simd_fn;
 use crate::{EngineError, Tensor};
 use rayon::prelude::*;
@@ -169,42 +170,53 @@ fn map_inplace(o: &mut [f32], f: impl Fn(f32) -> f32) {
     map_inplace_simd(o, &f)
 }
 
-/// act(x·scale[c] + shift[c]) in one pass: batch norm and the ReLU or ReLU6 after it.
+/// act(x·scale[c] + shift[c]) in one pass: batch norm and the ReLU, ReLU6 or SiLU after it.
+/// Each value is computed by the same operations, in the same order, as the two ops apart.
 pub(crate) fn affine_act(
     a: &ChannelAffine,
     x: &Tensor,
     act: Activation,
 ) -> Result<Tensor, EngineError> {
     let (c, plane) = a.check(x.shape())?;
-    let hi = match act {
-        Activation::Relu => f32::INFINITY,
-        Activation::Relu6 => 6.0,
-    };
     let mut y = Tensor::for_overwrite(x.shape());
     per_plane(y.data_mut(), x.data(), plane, |i, out, src| {
         let (s, b) = (a.scale[i % c], a.shift[i % c]);
-        map1(out, src, |x| (x * s + b).clamp(0.0, hi));
+        match act {
+            Activation::Relu => map1(out, src, |x| (x * s + b).clamp(0.0, f32::INFINITY)),
+            Activation::Relu6 => map1(out, src, |x| (x * s + b).clamp(0.0, 6.0)),
+            Activation::Silu => map1(out, src, |x| {
+                let t = x * s + b;
+                t / (1.0 + exp(-t))
+            }),
+        }
     });
     Ok(y)
 }
 
-/// The input gradient of `affine_act` from its output y: a ReLU passes the gradient where
-/// y > 0 (as PyTorch's does, from its output), a ReLU6 where 0 < y < 6, which is where its
-/// input lay strictly inside (0, 6).
+/// The input gradient of `affine_act` from `kept`: for a ReLU or ReLU6 the pair's output y
+/// (a ReLU passes the gradient where y > 0, as PyTorch's does, from its output; a ReLU6 where
+/// 0 < y < 6, which is where its input lay strictly inside (0, 6)); for a SiLU, whose
+/// derivative needs its input, the batch norm's input x (`Activation::needs_input`).
 pub(crate) fn affine_act_backward_in_place(
     a: &ChannelAffine,
-    y: &Tensor,
+    kept: &Tensor,
     grad: &mut Tensor,
     act: Activation,
 ) -> Result<(), EngineError> {
     let (c, plane) = a.check(grad.shape())?;
-    let y = y.data();
+    let kept = kept.data();
     per_plane_in_place(grad.data_mut(), plane, |i, g| {
-        let s = a.scale[i % c];
-        let y = &y[i * plane..][..plane];
+        let (s, b) = (a.scale[i % c], a.shift[i % c]);
+        let v = &kept[i * plane..][..plane];
         match act {
-            Activation::Relu => zip_in_place_slices(g, y, &|g, y| relu_grad(g * s, y)),
-            Activation::Relu6 => zip_in_place_slices(g, y, &|g, y| relu6_grad(g * s, y)),
+            Activation::Relu => zip_in_place_slices(g, v, &|g, y| relu_grad(g * s, y)),
+            Activation::Relu6 => zip_in_place_slices(g, v, &|g, y| relu6_grad(g * s, y)),
+            // SiLU's backward, then the batch norm's: the same operations as the ops apart.
+            Activation::Silu => zip_in_place_slices(g, v, &|g, x| {
+                let t = x * s + b;
+                let sg = 1.0 / (1.0 + exp(-t));
+                (g * sg * (1.0 + t * (1.0 - sg))) * s
+            }),
         }
     });
     Ok(())

@@ -59,6 +59,16 @@ impl Needs {
 pub enum Activation {
     Relu,
     Relu6,
+    /// x·σ(x) (EfficientNet's), whose derivative needs its input.
+    Silu,
+}
+
+impl Activation {
+    /// Whether the fused pair's backward pass needs the producer's input rather than the
+    /// pair's output (which, for a ReLU or ReLU6, tells where the gradient passes).
+    pub fn needs_input(self) -> bool {
+        self == Activation::Silu
+    }
 }
 
 /// What the backward pass of a node gets: its input shapes, and the values its `Needs` asked
@@ -158,13 +168,13 @@ pub trait Operator: fmt::Debug + Send + Sync + Any {
     }
 
     /// The gradients of the inputs of `act(self(inputs))`, one per input (whose shapes are
-    /// `input_shapes`), from the pair's output `y` and its gradient (only called where
-    /// `fuses(act)`).
+    /// `input_shapes`), from the pair's output gradient and `kept`: the pair's output, or
+    /// where `act.needs_input()` this op's (first) input (only called where `fuses(act)`).
     fn backward_fused(
         &self,
         _input_shapes: &[&[usize]],
         _grad: Tensor,
-        _y: &Tensor,
+        _kept: &Tensor,
         _act: Activation,
     ) -> Result<Vec<Tensor>, EngineError> {
         Err(not_offered(self, "fused activations"))

@@ -170,8 +170,17 @@ impl Plan {
                 continue;
             }
             if let Some(h) = head[i] {
-                // Both fused backward passes work from the pair's output alone.
-                keep[i] |= !masked_by_reader[i];
+                // The fused backward passes work from the pair's output, or for activations
+                // whose derivative needs their input, from the producer's input.
+                if nodes[i]
+                    .op
+                    .activation()
+                    .is_some_and(Activation::needs_input)
+                {
+                    keep[source(nodes[h].inputs[0])] = true;
+                } else {
+                    keep[i] |= !masked_by_reader[i];
+                }
                 for &j in &nodes[h].inputs {
                     last_use[source(j)] = i;
                 }

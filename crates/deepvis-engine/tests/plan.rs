@@ -117,6 +117,35 @@ fn a_residual_sum_absorbs_the_relu_after_it() {
     }
 }
 
+/// Batch norm → SiLU (EfficientNet) runs as one pass each way, keeping the batch norm's input
+/// for the backward pass instead of the SiLU's, with exactly the numbers of the two ops apart.
+#[test]
+fn batch_norm_absorbs_a_silu_bit_for_bit() {
+    let x = random(&[2, 3, 9, 7], &mut rng(9));
+    let seed = random(&[2, 5, 9, 7], &mut rng(10));
+    let mut r = rng(11);
+    let mut g = Graph::new();
+    let a = g.push("conv", conv(3, 4, &mut r), &[0]);
+    let bn = g.push(
+        "bn",
+        ChannelAffine {
+            scale: vec![1.7, -0.6, 0.9, 2.2],
+            shift: vec![-0.3, 0.4, 0.0, -1.1],
+        },
+        &[a],
+    );
+    let act = g.push("act", Unary(UnaryKind::Silu), &[bn]);
+    let out = g.push("head", conv(4, 5, &mut r), &[act]);
+    let fused = g.forward(x.clone(), out).unwrap();
+    assert_eq!(fused.fused_producer(act), Some(bn));
+    assert!(fused.value(bn).is_none());
+    let dx = g.backward(&fused, seed.clone()).unwrap();
+    let plain = g.forward_multi(x, &[bn, out]).unwrap();
+    assert!(plain.fused_producer(act).is_none());
+    assert_eq!(plain.output().data(), fused.output().data());
+    assert_eq!(g.backward(&plain, seed).unwrap().data(), dx.data());
+}
+
 /// A pass-through (a container's output, eval-mode dropout) whose input is kept for the
 /// backward pass is that value under its own name, not a copy: it reads the same, and
 /// gradients through it are those of the graph without it.

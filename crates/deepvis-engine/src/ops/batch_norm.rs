@@ -40,11 +40,12 @@ impl Operator for ChannelAffine {
         self
     }
 
-    /// Batch norm → ReLU or ReLU6 in one pass (ResNet, MobileNet, EfficientNet-Lite): one
-    /// stream over memory instead of two each way, and the activation's input need not be
-    /// kept, its output tells the same.
-    fn fuses(&self, act: Activation) -> bool {
-        matches!(act, Activation::Relu | Activation::Relu6)
+    /// Batch norm → ReLU, ReLU6 or SiLU in one pass (ResNet, MobileNet, EfficientNet-Lite,
+    /// EfficientNet): one stream over memory instead of two each way. A ReLU's input need not
+    /// be kept, its output tells the same; a SiLU's backward pass recomputes its input from
+    /// the batch norm's, which is kept instead.
+    fn fuses(&self, _act: Activation) -> bool {
+        true
     }
 
     fn forward_fused(&self, inputs: &[&Tensor], act: Activation) -> Result<Tensor, EngineError> {
@@ -55,10 +56,10 @@ impl Operator for ChannelAffine {
         &self,
         _input_shapes: &[&[usize]],
         mut grad: Tensor,
-        y: &Tensor,
+        kept: &Tensor,
         act: Activation,
     ) -> Result<Vec<Tensor>, EngineError> {
-        affine_act_backward_in_place(self, y, &mut grad, act)?;
+        affine_act_backward_in_place(self, kept, &mut grad, act)?;
         Ok(vec![grad])
     }
 }

@@ -56,4 +56,5 @@ pub use resize::{CoordMode, NearestMode, Resize, ResizeMode, ResizeTo};
 pub use slice::{Slice, SliceAxis};
 pub use softmax::Softmax;
 pub use transpose::Transpose;
+pub(crate) use unary::exp;
 pub use unary::{Unary, UnaryKind};

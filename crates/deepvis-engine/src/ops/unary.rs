@@ -7,7 +7,7 @@
 //! keeps a loop scalar. Their accuracy (a few ulp; erf within 2e-7 absolute) is checked
 //! against f64 in `tests/ops_elementwise.rs`.
 
-use crate::op::{single, Field, Needs, Operator, Saved};
+use crate::op::{single, Activation, Field, Needs, Operator, Saved};
 use crate::simd::simd_fn;
 use crate::{EngineError, Tensor};
 use rayon::prelude::*;
@@ -278,6 +278,10 @@ impl Operator for Unary {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn activation(&self) -> Option<Activation> {
+        (self.0 == UnaryKind::Silu).then_some(Activation::Silu)
+    }
 }
 
 // ---- float32 math written as arithmetic, so that loops over it vectorize ----
@@ -290,7 +294,7 @@ impl Operator for Unary {
 /// (underflow to 0) to 128 (overflow to ∞) without a branch. NaN stays NaN.
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-104.0, 88.8);
     let t = x * std::f32::consts::LOG2_E + MAGIC;
