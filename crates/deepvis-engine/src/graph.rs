@@ -516,17 +516,7 @@ impl Graph {
                     head.op
                         .backward_fused(shape, g, y()?, self.activation_of(i)?)?
                 };
-                if dxs.len() != head.inputs.len() {
-                    return Err(EngineError::Graph(format!(
-                        "{} gave {} input gradients for {} inputs",
-                        head.name,
-                        dxs.len(),
-                        head.inputs.len()
-                    )));
-                }
-                for (&j, dx) in head.inputs.iter().zip(dxs) {
-                    accumulate(&mut grads[j], dx);
-                }
+                accumulate_inputs(&mut grads, head, dxs)?;
                 crate::profile::record(started, || self.profile_key(i, plan), true);
                 continue;
             }
@@ -549,23 +539,33 @@ impl Graph {
             } else {
                 node.op.backward(&self.saved(trace, i), g)?
             };
-            if input_grads.len() != node.inputs.len() {
-                return Err(EngineError::Graph(format!(
-                    "{} gave {} input gradients for {} inputs",
-                    node.name,
-                    input_grads.len(),
-                    node.inputs.len()
-                )));
-            }
-            for (&j, gj) in node.inputs.iter().zip(input_grads) {
-                accumulate(&mut grads[j], gj);
-            }
+            accumulate_inputs(&mut grads, node, input_grads)?;
             crate::profile::record(started, || self.profile_key(i, plan), true);
         }
         grads[0]
             .take()
             .ok_or_else(|| EngineError::Graph("the target does not depend on the input".into()))
     }
+}
+
+/// Adds an op's input gradients, one per input of `node`, to those of its inputs.
+fn accumulate_inputs(
+    grads: &mut [Option<Tensor>],
+    node: &Node,
+    input_grads: Vec<Tensor>,
+) -> Result<(), EngineError> {
+    if input_grads.len() != node.inputs.len() {
+        return Err(EngineError::Graph(format!(
+            "{} gave {} input gradients for {} inputs",
+            node.name,
+            input_grads.len(),
+            node.inputs.len()
+        )));
+    }
+    for (&j, g) in node.inputs.iter().zip(input_grads) {
+        accumulate(&mut grads[j], g);
+    }
+    Ok(())
 }
 
 fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
