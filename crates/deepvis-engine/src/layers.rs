@@ -266,6 +266,31 @@ fn map2(shape: &[usize], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Syn
     out
 }
 
+#[inline(always)]
+fn relu_backward_twice_generic(g: &mut [f32], copy: &mut [f32], y: &[f32]) {
+    for ((g, c), y) in g.iter_mut().zip(copy.iter_mut()).zip(y) {
+        let v = relu_grad(*g, *y);
+        *g = v;
+        *c = v;
+    }
+}
+
+simd_fn!(fn relu_backward_twice_simd = relu_backward_twice_generic(g: &mut [f32], copy: &mut [f32], y: &[f32]));
+
+/// `relu_backward_in_place`, also writing the result to a second tensor in the same pass: the
+/// gradient of a residual sum + ReLU goes to both summands, and a copy made afterwards read it
+/// all again.
+pub(crate) fn relu_backward_in_place_and_copy(y: &Tensor, grad: &mut Tensor) -> Tensor {
+    debug_assert_eq!(y.shape(), grad.shape());
+    let mut copy = Tensor::for_overwrite(grad.shape());
+    grad.data_mut()
+        .par_chunks_mut(CHUNK)
+        .zip(copy.data_mut().par_chunks_mut(CHUNK))
+        .zip(y.data().par_chunks(CHUNK))
+        .for_each(|((g, c), y)| relu_backward_twice_simd(g, c, y));
+    copy
+}
+
 /// a + b, and with `relu` max(a + b, 0) (a residual sum and the ReLU after it), in one pass.
 pub(crate) fn add_pair(a: &Tensor, b: &Tensor, relu: bool) -> Tensor {
     debug_assert_eq!(a.shape(), b.shape());

@@ -1,4 +1,4 @@
-use crate::layers::{add_pair, relu_backward_in_place};
+use crate::layers::{add_pair, relu_backward_in_place, relu_backward_in_place_and_copy};
 use crate::op::{Activation, Field, Needs, Operator, Saved};
 use crate::{EngineError, Tensor};
 use std::any::Any;
@@ -82,8 +82,13 @@ impl Operator for Add {
                 y.shape()
             )));
         }
-        relu_backward_in_place(y, &mut grad);
-        let mut grads: Vec<Tensor> = (1..input_shapes.len()).map(|_| grad.clone()).collect();
+        let mut grads = Vec::with_capacity(input_shapes.len());
+        if input_shapes.len() > 1 {
+            grads.push(relu_backward_in_place_and_copy(y, &mut grad));
+        } else {
+            relu_backward_in_place(y, &mut grad);
+        }
+        grads.extend((2..input_shapes.len()).map(|_| grad.clone()));
         grads.push(grad);
         Ok(grads)
     }
