@@ -182,7 +182,7 @@ pub(crate) fn affine_act(
     per_plane(y.data_mut(), x.data(), plane, |i, out, src| {
         let (s, b) = (a.scale[i % c], a.shift[i % c]);
         match act {
-            Activation::Relu => map1(out, src, |x| (x * s + b).clamp(0.0, f32::INFINITY)),
+            Activation::Relu => map1(out, src, |x| (x * s + b).max(0.0)),
             Activation::Relu6 => map1(out, src, |x| (x * s + b).clamp(0.0, 6.0)),
             Activation::Silu => map1(out, src, |x| {
                 let t = x * s + b;

@@ -117,6 +117,28 @@ fn a_residual_sum_absorbs_the_relu_after_it() {
     }
 }
 
+/// Batch norm → ReLU fused gives what the ReLU op gives, NaN included (it maps NaN to 0).
+#[test]
+fn batch_norm_and_relu_fused_treat_nan_as_the_relu_op_does() {
+    let mut x = random(&[1, 2, 3, 3], &mut rng(12));
+    x.data_mut()[4] = f32::NAN;
+    let mut g = Graph::new();
+    let bn = g.push(
+        "bn",
+        ChannelAffine {
+            scale: vec![1.5, -0.5],
+            shift: vec![0.1, 0.2],
+        },
+        &[0],
+    );
+    let out = g.push("relu", Relu, &[bn]);
+    let fused = g.forward(x.clone(), out).unwrap();
+    assert_eq!(fused.fused_producer(out), Some(bn));
+    let plain = g.forward_multi(x, &[bn, out]).unwrap();
+    let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(fused.output()), bits(plain.output()));
+}
+
 /// Batch norm → SiLU (EfficientNet) runs as one pass each way, keeping the batch norm's input
 /// for the backward pass instead of the SiLU's, with exactly the numbers of the two ops apart.
 #[test]
