@@ -11,6 +11,7 @@
 //! and k = 2p + 1 in its high half, the operand layout of `vdpbf16ps`.
 
 use crate::gemm::{MatMut, MatRef};
+use crate::simd::lanes;
 use crate::EngineError;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -343,11 +344,7 @@ unsafe fn pack_b_avx512(k: usize, kp: usize, n: usize, b: MatRef, out: &mut [u32
                     _mm512_storeu_epi32(dst as *mut i32, _mm512_setzero_si512());
                     continue;
                 }
-                let mask: __mmask16 = if n - j0 >= 16 {
-                    0xffff
-                } else {
-                    (1u16 << (n - j0)) - 1
-                };
+                let mask: __mmask16 = lanes(n - j0);
                 let lo = _mm512_maskz_loadu_ps(mask, row(2 * p).add(j0));
                 let hi = if hi_row {
                     _mm512_maskz_loadu_ps(mask, row(2 * p + 1).add(j0))
@@ -406,11 +403,7 @@ unsafe fn kernel_avx512<const R: usize, const NV: usize>(
             if j0 >= cols {
                 break;
             }
-            let mask: __mmask16 = if cols - j0 >= 16 {
-                0xffff
-            } else {
-                (1u16 << (cols - j0)) - 1
-            };
+            let mask: __mmask16 = lanes(cols - j0);
             let dst = c.add(i * ldc + j0);
             let mut val = *val;
             if load_c {
@@ -469,11 +462,7 @@ unsafe fn few_columns_avx512<const C: usize>(
         step!(p, 0);
         p += 1;
     }
-    let mask: __mmask16 = if rows >= 16 {
-        0xffff
-    } else {
-        (1u16 << rows) - 1
-    };
+    let mask: __mmask16 = lanes(rows);
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(ldc as i32),
@@ -637,24 +626,17 @@ unsafe fn compute_amx(
         } else {
             0
         };
-    let mut acc_buf = if kp > KC_AMX {
-        AMX_ACC.with(|b| b.take())
-    } else {
-        AlignedU32::default()
-    };
-    let acc = if kp > KC_AMX {
+    let mut acc_buf = AlignedU32::default();
+    let acc = (kp > KC_AMX).then(|| {
+        acc_buf = AMX_ACC.take();
         acc_buf.resize(rows_here * ld);
-        Some(acc_buf.as_mut_ptr() as *mut f32)
-    } else {
-        None
-    };
+        acc_buf.as_mut_ptr() as *mut f32
+    });
     for kb in (0..kp).step_by(KC_AMX) {
         let kc = KC_AMX.min(kp - kb);
-        let load = if acc.is_some() {
-            kb > 0
-        } else {
-            accumulate || kb > 0
-        };
+        // The first block starts from zero, or from the output's values when accumulating
+        // into it directly (the accumulator adds them at the end).
+        let load = kb > 0 || (accumulate && acc.is_none());
         for jp in 0..n.div_ceil(NR) {
             let vectors = (NR.min(n - jp * NR)).div_ceil(16);
             let bpanel = bp.as_ptr().add((jp * kp + kb) * NR);
@@ -759,7 +741,7 @@ unsafe fn compute_amx(
             let row = origin.offset(i as isize * c.rs);
             add_row(from, row, c.cs, n, accumulate);
         }
-        AMX_ACC.with(|b| b.replace(acc_buf));
+        AMX_ACC.set(acc_buf);
     }
 }
 
@@ -781,11 +763,7 @@ unsafe fn add_row(from: *const f32, row: *mut f32, cs: isize, n: usize, accumula
         return;
     }
     for j0 in (0..n).step_by(16) {
-        let mask: __mmask16 = if n - j0 >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - j0)) - 1
-        };
+        let mask: __mmask16 = lanes(n - j0);
         let mut v = _mm512_loadu_ps(from.add(j0));
         if accumulate {
             v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, row.add(j0)));
@@ -817,11 +795,7 @@ unsafe fn ragged_tile(
             return;
         }
     }
-    let mask: __mmask16 = if cols >= 16 {
-        0xffff
-    } else {
-        (1u16 << cols) - 1
-    };
+    let mask: __mmask16 = lanes(cols);
     for i in 0..rows {
         let row = origin.offset(i as isize * rs);
         let tile_row = s.as_mut_ptr().add(16 * i);
@@ -875,9 +849,9 @@ pub(crate) unsafe fn matmul_impl(
     if a.m == 0 || n == 0 {
         return;
     }
+    // The layout `a` was packed in picks the kernel: an AMX-packed `a` implies AMX is enabled,
+    // so the other kernels never see one.
     let amx = a.amx;
-    // (A function rather than a closure, which cannot be generic over the packed buffer's
-    // lifetime; an AMX-packed `a` implies AMX is enabled, so the other kernels never see it.)
     let compute = |a: &PackedA, panels, bp: &[u32], n, c, accumulate| {
         #[cfg(target_arch = "x86_64")]
         if amx {
@@ -926,8 +900,11 @@ pub(crate) unsafe fn matmul_impl(
         let mut bp = AlignedU32::default();
         pack_b(a.k, n, b, &mut bp);
         let bp = &bp[..];
-        // An even number of row panels per task, so that AMX pairs them all.
-        let per = panels.div_ceil(2 * threads).max(1).next_multiple_of(2);
+        let mut per = panels.div_ceil(2 * threads).max(1);
+        if amx {
+            // An even number of row panels per task, so that the kernel pairs them all.
+            per = per.next_multiple_of(2);
+        }
         (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
             let c = cs;
             let p0 = t * per;

@@ -228,14 +228,7 @@ mod avx512 {
         }
     }
 
-    #[inline(always)]
-    fn mask(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    }
+    use crate::simd::lanes as mask;
 
     /// Lanes lo..hi.
     #[inline(always)]

@@ -642,14 +642,8 @@ fn take_stride2(y: &mut [f32], codes: &mut [u8], x: &[f32], tap: u8) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
 unsafe fn take_stride2_avx512(y: &mut [f32], codes: &mut [u8], x: &[f32], tap: u8) {
+    use crate::simd::lanes;
     use std::arch::x86_64::*;
-    let lanes = |count: usize| -> __mmask16 {
-        if count >= 16 {
-            0xffff
-        } else {
-            (1u16 << count) - 1
-        }
-    };
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let taps = _mm_set1_epi8(tap as i8);
     let n = y.len();

@@ -133,6 +133,17 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
+/// The first `count` of 16 lanes (all 16 from 16 on), as an AVX-512 mask (`__mmask16`): what
+/// masked loads and stores take for the ragged end of a row.
+#[inline(always)]
+pub(crate) fn lanes(count: usize) -> u16 {
+    if count >= 16 {
+        0xffff
+    } else {
+        (1u16 << count) - 1
+    }
+}
+
 /// Asks for the cache line holding `p` ahead of its use (a hint: never faults, may be
 /// dropped; `p` need not point inside an allocation).
 #[inline(always)]

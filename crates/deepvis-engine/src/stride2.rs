@@ -34,17 +34,8 @@ pub(crate) fn scatter_add(dst: &mut [f32], src: &[f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use crate::simd::lanes;
     use std::arch::x86_64::*;
-
-    /// The first `count` lanes (all 16 from 16 on).
-    #[inline(always)]
-    fn lanes(count: usize) -> __mmask16 {
-        if count >= 16 {
-            0xffff
-        } else {
-            (1u16 << count) - 1
-        }
-    }
 
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
     pub(super) unsafe fn gather(dst: &mut [f32], src: &[f32]) {
