@@ -503,18 +503,17 @@ impl Graph {
                     })
                 };
                 let shapes: Vec<&[usize]> = head.inputs.iter().map(|&j| plan.shape(j)).collect();
-                let shape = &shapes[..];
                 let dxs = if let Some(sel) = plan.selected(i) {
                     let g = gather_channels(&g, &sel.channels)?;
                     let y = gather_channels(y()?, &sel.channels)?;
                     sel.op
-                        .backward_fused(shape, g, &y, self.activation_of(i)?)?
+                        .backward_fused(&shapes, g, &y, self.activation_of(i)?)?
                 } else if masked(i) {
                     // The reader masked the gradient; what is left is the producer's.
                     head.op.backward(&self.saved(trace, h), g)?
                 } else {
                     head.op
-                        .backward_fused(shape, g, y()?, self.activation_of(i)?)?
+                        .backward_fused(&shapes, g, y()?, self.activation_of(i)?)?
                 };
                 accumulate_inputs(&mut grads, head, dxs)?;
                 crate::profile::record(started, || self.profile_key(i, plan), true);

@@ -25,9 +25,7 @@ impl Operator for Add {
     }
 
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, EngineError> {
-        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-        self.output_shape(&shapes)?;
-        sum(inputs, false)
+        self.sum(inputs, false)
     }
 
     fn backward_needs(&self) -> Needs {
@@ -63,9 +61,7 @@ impl Operator for Add {
     }
 
     fn forward_fused(&self, inputs: &[&Tensor], _act: Activation) -> Result<Tensor, EngineError> {
-        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-        self.output_shape(&shapes)?;
-        sum(inputs, true)
+        self.sum(inputs, true)
     }
 
     fn backward_fused(
@@ -94,19 +90,34 @@ impl Operator for Add {
     }
 }
 
-/// The sum of two or more tensors of one shape, through a ReLU with `relu`: the first pair in
-/// one parallel pass (a copy and then an add were two serial ones), any others added after.
-fn sum(inputs: &[&Tensor], relu: bool) -> Result<Tensor, EngineError> {
-    match inputs {
-        [] => Err(EngineError::Shape("add of no inputs".into())),
-        [x] => Ok(if relu { crate::relu(x) } else { (*x).clone() }),
-        [a, b] => Ok(add_pair(a, b, relu)),
-        [a, b, rest @ ..] => {
-            let mut y = add_pair(a, b, false);
-            for other in rest {
-                y.add_assign(other);
+impl Add {
+    /// The sum of one or more tensors of one shape, through a ReLU with `relu`: the first pair
+    /// in one parallel pass (a copy and then an add were two serial ones), any others added
+    /// after.
+    fn sum(&self, inputs: &[&Tensor], relu: bool) -> Result<Tensor, EngineError> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        self.output_shape(&shapes)?;
+        Ok(match inputs {
+            [] => return Err(EngineError::Shape("add of no inputs".into())),
+            [x] => {
+                if relu {
+                    crate::relu(x)
+                } else {
+                    (*x).clone()
+                }
             }
-            Ok(if relu { crate::relu(&y) } else { y })
-        }
+            [a, b] => add_pair(a, b, relu),
+            [a, b, rest @ ..] => {
+                let mut y = add_pair(a, b, false);
+                for other in rest {
+                    y.add_assign(other);
+                }
+                if relu {
+                    crate::relu(&y)
+                } else {
+                    y
+                }
+            }
+        })
     }
 }
