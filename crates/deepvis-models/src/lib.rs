@@ -55,26 +55,11 @@ pub enum ModelError {
     Layer(String),
     #[error("model definition error: {0}")]
     Architecture(String),
-    #[error("{}", one_line(.0))]
+    #[error("{}", deepvis_onnx::one_line(.0))]
     Onnx(String),
     /// A model source that cannot be used as given (see [`source::Source`]).
     #[error("{0}")]
     Source(String),
-}
-
-/// Names inside a model file (tensors, nodes) can hold any character; control characters are
-/// escaped so that a message stays one line.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
 }
 
 /// How a model expects its input: each channel in [0, 1], then (x − mean) / std per channel.

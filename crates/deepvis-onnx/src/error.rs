@@ -88,18 +88,23 @@ pub enum OnnxError {
 /// Escapes control characters: names in a file can hold any, and a message must stay one line.
 fn escape_controls(s: &mut String) {
     if s.chars().any(char::is_control) {
-        *s = s
-            .chars()
-            .flat_map(|c| {
-                let esc: Vec<char> = if c.is_control() {
-                    c.escape_default().collect()
-                } else {
-                    vec![c]
-                };
-                esc
-            })
-            .collect();
+        *s = one_line(s);
     }
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), for messages that quote names
+/// read from a model file.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 impl OnnxError {

@@ -31,7 +31,7 @@ use std::path::Path;
 use prost::bytes::Bytes;
 use prost::Message;
 
-pub use crate::error::OnnxError;
+pub use crate::error::{one_line, OnnxError};
 pub use crate::eval::{constant_value, eval_constant, eval_shape, shape_of};
 pub use crate::model::{AttrValue, Attribute, Dim, OnnxGraph, OnnxModel, OnnxNode, ValueInfo};
 pub use crate::tensor::{data_type_name, DataType, TensorData, Values};
