@@ -241,7 +241,20 @@ fn probe_matches_the_pytorch_fixtures() {
     let got = probe("_blocks.3", "");
     close(&got, "activation", "act._blocks.3");
     assert!(got.get("input_grad").is_none());
-    close(&probe("_blocks.2", "5"), "input_grad", "grad._blocks.2.c5");
+    // The input gradient in relative L2 norm: the pass folds batch norms into convolutions,
+    // which rounds differently from PyTorch's ops apart and flips one ReLU6 unit whose input
+    // lies within 1e-6 of zero (its receptive field's 200 gradient elements differ; see the
+    // models crate's parity test). A wrong gradient is off by a norm of order 1.
+    let got = probe("_blocks.2", "5");
+    let (a, b) = (
+        got.get("input_grad").unwrap(),
+        want.get("grad._blocks.2.c5").unwrap(),
+    );
+    assert_eq!(a.shape, b.shape);
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let diff = norm(&mut a.data.iter().zip(&b.data).map(|(x, y)| (x - y) as f64));
+    let l2 = diff / norm(&mut b.data.iter().map(|&y| y as f64));
+    assert!(l2 < 1e-2, "input_grad: relative L2 error {l2}");
 }
 
 #[test]

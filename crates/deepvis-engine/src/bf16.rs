@@ -10,7 +10,7 @@
 //! `NR` columns. In both, the unit is a k-pair: one u32 holds the bf16 of k = 2p in its low half
 //! and k = 2p + 1 in its high half, the operand layout of `vdpbf16ps`.
 
-use crate::gemm::{MatMut, MatRef};
+use crate::gemm::{Epilogue, MatMut, MatRef};
 use crate::simd::lanes;
 use crate::EngineError;
 use rayon::prelude::*;
@@ -518,6 +518,7 @@ unsafe fn kernel_scalar(
 
 /// Multiplies row panels `panels` of `a` with the packed columns `bp` (n of them) into `c`
 /// (whose first column is column 0 of `bp`).
+#[allow(clippy::too_many_arguments)]
 unsafe fn compute(
     a: &PackedA,
     panels: std::ops::Range<usize>,
@@ -526,6 +527,7 @@ unsafe fn compute(
     c: MatMut,
     accumulate: bool,
     simd: bool,
+    epi: Epilogue,
 ) {
     let kp = a.k.div_ceil(2);
     let vector = simd && c.cs == 1;
@@ -594,8 +596,29 @@ unsafe fn compute(
                     kernel_scalar(r, cols.div_ceil(16), kc, ap, bptr, dst, rows, cols, load_c);
                 }
             }
+            if kb + kc == kp {
+                epilogue_panels(&epi, a, &panels, c, jp * NR, cols);
+            }
         }
     }
+}
+
+/// `epi` over the rows of row panels `panels` and columns j0 .. j0 + cols of `c`, which the
+/// last cache block has just written.
+unsafe fn epilogue_panels(
+    epi: &Epilogue,
+    a: &PackedA,
+    panels: &std::ops::Range<usize>,
+    c: MatMut,
+    j0: usize,
+    cols: usize,
+) {
+    let (r0, r1) = (panels.start * MR, a.m.min(panels.end * MR));
+    let block = MatMut {
+        ptr: c.ptr.offset(r0 as isize * c.rs + j0 as isize * c.cs),
+        ..c
+    };
+    epi.apply(block, r0, r1 - r0, cols);
 }
 
 /// `compute` on AMX tiles (`a` packed for them): 2 × 2 tiles of 16 × 16 at a time, so each
@@ -609,6 +632,7 @@ unsafe fn compute_amx(
     n: usize,
     c: MatMut,
     accumulate: bool,
+    epi: Epilogue,
 ) {
     use crate::amx::{self, CTile};
     let kp = pairs(a.k, true);
@@ -731,6 +755,9 @@ unsafe fn compute_amx(
                 }
                 v0 += nb;
             }
+            if acc.is_none() && kb + kc == kp {
+                epilogue_panels(&epi, a, &panels, c, jp * NR, NR.min(n - jp * NR));
+            }
         }
     }
     if let Some(acc) = acc {
@@ -740,6 +767,7 @@ unsafe fn compute_amx(
             let from = acc.add(i * ld);
             let row = origin.offset(i as isize * c.rs);
             add_row(from, row, c.cs, n, accumulate);
+            epi.apply(MatMut { ptr: row, ..c }, panels.start * MR + i, 1, n);
         }
         AMX_ACC.set(acc_buf);
     }
@@ -832,11 +860,13 @@ pub(crate) unsafe fn matmul(
     c: MatMut,
     accumulate: bool,
     par: bool,
+    epi: Epilogue,
 ) {
-    matmul_impl(a, n, b, c, accumulate, par, bf16_supported())
+    matmul_impl(a, n, b, c, accumulate, par, bf16_supported(), epi)
 }
 
 /// `matmul` with the vector kernels switched off or on (`simd` needs `bf16_supported()`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_impl(
     a: &PackedA,
     n: usize,
@@ -845,6 +875,7 @@ pub(crate) unsafe fn matmul_impl(
     accumulate: bool,
     par: bool,
     simd: bool,
+    epi: Epilogue,
 ) {
     if a.m == 0 || n == 0 {
         return;
@@ -855,9 +886,9 @@ pub(crate) unsafe fn matmul_impl(
     let compute = |a: &PackedA, panels, bp: &[u32], n, c, accumulate| {
         #[cfg(target_arch = "x86_64")]
         if amx {
-            return compute_amx(a, panels, bp, n, c, accumulate);
+            return compute_amx(a, panels, bp, n, c, accumulate, epi);
         }
-        compute(a, panels, bp, n, c, accumulate, simd)
+        compute(a, panels, bp, n, c, accumulate, simd, epi)
     };
     let pack_b = |k, n, b, out: &mut AlignedU32| pack_b(k, n, b, out, simd, amx);
     let panels = a.m.div_ceil(MR);
@@ -932,7 +963,8 @@ mod tests {
     }
 
     /// Largest error of the kernel chosen by `simd` and `amx` against `naive`, relative to the
-    /// product's largest element.
+    /// product's largest element. Where `accumulate` is false, a per-row bias and ReLU are
+    /// applied as the epilogue (forward convolutions use it so; they never accumulate).
     fn run(
         m: usize,
         n: usize,
@@ -946,6 +978,15 @@ mod tests {
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
         let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
         let init: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+        let bias: Vec<f32> = (0..m).map(|_| lcg(&mut seed)).collect();
+        let epi = if accumulate {
+            Epilogue::NONE
+        } else {
+            Epilogue {
+                bias: Some(&bias),
+                relu: true,
+            }
+        };
         let mut c = init.clone();
         unsafe {
             let pa = PackedA::with_layout(
@@ -974,11 +1015,18 @@ mod tests {
                 accumulate,
                 par,
                 simd,
+                epi,
             );
         }
         let mut want = naive(m, n, k, &a, &b);
         if accumulate {
             want.iter_mut().zip(&init).for_each(|(w, i)| *w += i);
+        } else {
+            for (i, row) in want.chunks_mut(n).enumerate() {
+                row.iter_mut().for_each(|w| *w = (*w + bias[i]).max(0.0));
+            }
+            // The ReLU cut some values and kept others, so both sides of it were checked.
+            assert!(m * n < 8 || (want.contains(&0.0) && want.iter().any(|&w| w > 0.0)));
         }
         let scale = want.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-20);
         c.iter()
@@ -1082,6 +1130,7 @@ mod tests {
                         false,
                         false,
                         simd,
+                        Epilogue::NONE,
                     );
                 }
                 c

@@ -8,11 +8,11 @@
 
 use crate::bf16::{self, PackedA};
 use crate::depthwise::{self, DwGeom};
-use crate::gemm::{matmul, matmul_split, MatMut, MatRef};
+use crate::gemm::{matmul, matmul_split, Epilogue, MatMut, MatRef};
 use crate::layers::{bias_relu, relu_backward_in_place};
 use crate::narrow;
 use crate::winograd::{self, WinoGeom, WinogradWeights};
-use crate::{precision, EngineError, Precision, Tensor};
+use crate::{precision, ChannelAffine, EngineError, Precision, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -410,6 +410,44 @@ impl Conv2d {
         Ok(conv)
     }
 
+    /// This convolution followed by the per-channel map y·scale + shift (an eval-mode batch
+    /// norm), as one convolution: each output channel's weights scaled, its bias mapped. None
+    /// where the map's channels are not this convolution's outputs.
+    pub fn then_affine(&self, affine: &ChannelAffine) -> Option<Conv2d> {
+        let (scale, shift) = (&affine.scale, &affine.shift);
+        if scale.len() != self.out_channels || shift.len() != self.out_channels {
+            return None;
+        }
+        let per = self.weight.len() / self.out_channels;
+        let weight = self
+            .weight
+            .chunks(per)
+            .zip(scale)
+            .flat_map(|(w, &s)| w.iter().map(move |&v| v * s))
+            .collect();
+        let bias = match &self.bias {
+            Some(b) => b
+                .iter()
+                .zip(scale)
+                .zip(shift)
+                .map(|((b, s), t)| b * s + t)
+                .collect(),
+            None => shift.clone(),
+        };
+        Some(Conv2d {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            groups: self.groups,
+            padding: self.padding,
+            weight,
+            bias: Some(bias),
+            cache: ConvCache::default(),
+        })
+    }
+
     /// This convolution's output channels `channels`, as a convolution of its own.
     fn restricted_to(&self, channels: &[usize]) -> Conv2d {
         let per = self.weight.len() / self.out_channels;
@@ -645,18 +683,14 @@ impl Conv2d {
             );
             return Ok(y);
         }
-        // Every element is written by exactly one non-accumulating GEMM.
+        // Every element is written by exactly one non-accumulating GEMM, which adds the bias
+        // and applies the ReLU as it finishes each block.
         let mut y = Tensor::for_overwrite(&shape);
-        self.gemm_forward(&g, x.data(), y.data_mut(), prec);
-        if self.bias.is_some() || relu {
-            bias_relu(
-                y.data_mut(),
-                g.oh * g.ow,
-                g.cout,
-                self.bias.as_deref(),
-                relu,
-            );
-        }
+        let epi = Epilogue {
+            bias: self.bias.as_deref(),
+            relu,
+        };
+        self.gemm_forward(&g, x.data(), y.data_mut(), prec, epi);
         Ok(y)
     }
 
@@ -777,7 +811,7 @@ impl Conv2d {
         tasks
     }
 
-    fn gemm_forward(&self, g: &Geometry, x: &[f32], y: &mut [f32], prec: Precision) {
+    fn gemm_forward(&self, g: &Geometry, x: &[f32], y: &mut [f32], prec: Precision, epi: Epilogue) {
         let packed = (prec == Precision::Bf16).then(|| self.gemm_bf16_weights(g));
         let tasks = self.tasks(g);
         let threads = rayon::current_num_threads();
@@ -822,10 +856,20 @@ impl Conv2d {
                 rs: k as isize,
                 cs: 1,
             };
+            // The bias of this group's rows.
+            let epi = Epilogue {
+                bias: epi.bias.map(|b| &b[grp * cout_g..][..cout_g]),
+                ..epi
+            };
             match &packed {
-                Some(p) => unsafe { bf16::matmul(&p.forward[grp], cols, rhs, dst, false, !outer) },
-                None if outer => unsafe { matmul(cout_g, cols, k, dst, false, lhs, rhs, par) },
-                None => unsafe { matmul_split(cout_g, cols, k, dst, false, lhs, rhs) },
+                Some(p) => unsafe {
+                    bf16::matmul(&p.forward[grp], cols, rhs, dst, false, !outer, epi)
+                },
+                None if outer => unsafe {
+                    matmul(cout_g, cols, k, dst, false, lhs, rhs, par);
+                    epi.apply(dst, 0, cout_g, cols);
+                },
+                None => unsafe { matmul_split(cout_g, cols, k, dst, false, lhs, rhs, epi) },
             }
         };
         if outer {
@@ -849,9 +893,30 @@ impl Conv2d {
         // written by one task each.
         let product = |dst: MatMut, lhs: MatRef, rhs: MatRef, grp: usize, cols: usize| match &packed
         {
-            Some(p) => unsafe { bf16::matmul(&p.backward[grp], cols, rhs, dst, false, !outer) },
+            Some(p) => unsafe {
+                bf16::matmul(
+                    &p.backward[grp],
+                    cols,
+                    rhs,
+                    dst,
+                    false,
+                    !outer,
+                    Epilogue::NONE,
+                )
+            },
             None if outer => unsafe { matmul(g.k(), cols, g.cout_g(), dst, false, lhs, rhs, par) },
-            None => unsafe { matmul_split(g.k(), cols, g.cout_g(), dst, false, lhs, rhs) },
+            None => unsafe {
+                matmul_split(
+                    g.k(),
+                    cols,
+                    g.cout_g(),
+                    dst,
+                    false,
+                    lhs,
+                    rhs,
+                    Epilogue::NONE,
+                )
+            },
         };
         let dx_ptr = SharedMut(dx.as_mut_ptr());
         let run = |&(n, grp, y0, y1): &(usize, usize, usize, usize), col: &mut Vec<f32>| {

@@ -6,7 +6,9 @@
 use crate::op::{Field, Saved};
 use crate::ops::Input;
 use crate::plan::Plan;
-use crate::{EngineError, Op, Tensor};
+use crate::{ChannelAffine, EngineError, Op, Tensor};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub type NodeId = usize;
 
@@ -22,6 +24,26 @@ pub struct Node {
 #[derive(Clone, Debug)]
 pub struct Graph {
     nodes: Vec<Node>,
+    folds: FoldCache,
+}
+
+/// Per batch-norm node, the convolution before it with the norm folded in
+/// (`Operator::fold_affine`), made on first use, beside the two ops it was made from: a node
+/// replaced since (`node_mut`) no longer matches them, and holding them keeps their addresses
+/// from being reused by another op.
+#[derive(Default)]
+struct FoldCache(Mutex<HashMap<NodeId, [Op; 3]>>);
+
+impl Clone for FoldCache {
+    fn clone(&self) -> Self {
+        FoldCache::default()
+    }
+}
+
+impl std::fmt::Debug for FoldCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FoldCache")
+    }
 }
 
 impl Default for Graph {
@@ -123,6 +145,7 @@ impl Graph {
                 op: Op::new(Input),
                 inputs: vec![],
             }],
+            folds: FoldCache::default(),
         }
     }
 
@@ -162,6 +185,22 @@ impl Graph {
 
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.nodes[id]
+    }
+
+    /// Node `producer` with the batch norm `norm` after it folded in, if `norm` is a batch norm
+    /// (a per-channel affine map) and `producer` can take it (`Operator::fold_affine`).
+    pub(crate) fn folded(&self, producer: NodeId, norm: NodeId) -> Option<Op> {
+        let (p, n) = (&self.nodes[producer].op, &self.nodes[norm].op);
+        let affine = n.downcast_ref::<ChannelAffine>()?;
+        let mut cache = self.folds.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some([a, b, f]) = cache.get(&norm) {
+            if a.same(p) && b.same(n) {
+                return Some(f.clone());
+            }
+        }
+        let f = p.fold_affine(affine)?;
+        cache.insert(norm, [p.clone(), n.clone(), f.clone()]);
+        Some(f)
     }
 
     /// Side, in input pixels, of the square region that one value of `target` depends on
@@ -348,7 +387,7 @@ impl Graph {
                 continue;
             }
             // A fused pair runs on the inputs of its producer.
-            let src = &self.nodes[plan.head[i].unwrap_or(i)];
+            let src = plan.node(&self.nodes, plan.head[i].unwrap_or(i));
             // A pass-through whose input nobody reads later takes that value over instead of
             // copying it (containers' outputs, eval-mode dropout).
             if let [j] = src.inputs[..] {
@@ -414,13 +453,13 @@ impl Graph {
 
     /// The profiler's row for node `i`: its op (with its producer's, if fused) and shape.
     fn profile_key(&self, i: NodeId, plan: &Plan) -> String {
+        let describe = |k: NodeId| match &plan.rewired[k] {
+            Some(folded) => format!("{} + {}", folded.op.describe(), self.nodes[k].op.describe()),
+            None => self.nodes[k].op.describe(),
+        };
         let op = match plan.head[i] {
-            Some(h) => format!(
-                "{} + {}",
-                self.nodes[h].op.describe(),
-                self.nodes[i].op.describe()
-            ),
-            None => self.nodes[i].op.describe(),
+            Some(h) => format!("{} + {}", describe(h), describe(i)),
+            None => describe(i),
         };
         format!("{op} → {:?}", plan.shape(i))
     }
@@ -436,7 +475,7 @@ impl Graph {
 
     /// What the backward pass of node `i` gets from the trace.
     fn saved<'a>(&'a self, trace: &'a Trace, i: NodeId) -> Saved<'a> {
-        let node = &self.nodes[i];
+        let node = trace.plan.node(&self.nodes, i);
         Saved {
             node: &node.name,
             input_shapes: node.inputs.iter().map(|&j| trace.plan.shape(j)).collect(),
@@ -486,7 +525,7 @@ impl Graph {
             };
             let started = crate::profile::start();
             if let Some(h) = plan.head[i] {
-                let head = &self.nodes[h];
+                let head = plan.node(&self.nodes, h);
                 // What the fused backward pass reads: the pair's output, or the producer's input
                 // (`Activation::needs_input`).
                 let kept_node = if self.activation_of(i)?.needs_input() {
@@ -519,7 +558,7 @@ impl Graph {
                 crate::profile::record(started, || self.profile_key(i, plan), true);
                 continue;
             }
-            let node = &self.nodes[i];
+            let node = plan.node(&self.nodes, i);
             let input_grads = if let Some(sel) = plan.selected(i) {
                 let g = gather_channels(&g, &sel.channels)?;
                 sel.op.backward(&self.saved(trace, i), g)?

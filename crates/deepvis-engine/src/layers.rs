@@ -146,14 +146,18 @@ pub(crate) fn bias_relu(
         .enumerate()
         .for_each(|(t, o)| {
             for (i, p) in o.chunks_mut(plane).enumerate() {
-                let b = bias.map_or(0.0, |b| b[(t * per + i) % channels]);
-                if relu {
-                    map_inplace(p, |v| (v + b).max(0.0));
-                } else {
-                    map_inplace(p, |v| v + b);
-                }
+                bias_relu_row(p, bias.map_or(0.0, |b| b[(t * per + i) % channels]), relu);
             }
         });
+}
+
+/// (v + b).max(0) or v + b over one row, vectorized as wide as the CPU allows.
+pub(crate) fn bias_relu_row(p: &mut [f32], b: f32, relu: bool) {
+    if relu {
+        map_inplace(p, |v| (v + b).max(0.0));
+    } else {
+        map_inplace(p, |v| v + b);
+    }
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@
 //! an activation in the same pass, computing only some output channels, keeping codes instead
 //! of its input. An op that offers none of them is still correct, only less optimized.
 
-use crate::{EngineError, Tensor};
+use crate::{ChannelAffine, EngineError, Tensor};
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -180,6 +180,14 @@ pub trait Operator: fmt::Debug + Send + Sync + Any {
         Err(not_offered(self, "fused activations"))
     }
 
+    /// `affine(self(inputs))` as one op, where this op can take the per-channel map into its
+    /// own parameters: the planner folds an eval-mode batch norm into the convolution before
+    /// it wherever nobody reads the convolution's own output, which saves the norm's pass each
+    /// way and lets an activation after the norm fuse with the convolution.
+    fn fold_affine(&self, _affine: &ChannelAffine) -> Option<Op> {
+        None
+    }
+
     /// This op computing only the output channels `channels` (sorted, distinct), where it can:
     /// for objectives that read a few channels of the last layer.
     fn select_outputs(&self, _channels: &[usize]) -> Option<Result<Op, EngineError>> {
@@ -226,6 +234,11 @@ impl Op {
 
     pub fn from_arc(op: Arc<dyn Operator>) -> Self {
         Op(op)
+    }
+
+    /// Whether both handles hold the same op (not merely an equal one).
+    pub fn same(&self, other: &Op) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
     }
 
     /// The concrete op, if it is a `T`.

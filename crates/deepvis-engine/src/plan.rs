@@ -4,7 +4,7 @@
 //! (`graph.rs`) only carries the plan out, so no optimization depends on the order in which an
 //! architecture pushed its nodes.
 
-use crate::graph::{Graph, NodeId};
+use crate::graph::{Graph, Node, NodeId};
 use crate::op::Activation;
 use crate::{EngineError, Op};
 
@@ -20,6 +20,10 @@ pub(crate) struct Selection {
 pub(crate) struct Plan {
     /// Sorted, distinct; the last is the deepest.
     pub targets: Vec<NodeId>,
+    /// `rewired[b] = Some(node)`: batch norm b is computed by `node`, the convolution before
+    /// it with the norm folded in (`Operator::fold_affine`), reading the convolution's inputs;
+    /// the convolution itself does not run.
+    pub rewired: Vec<Option<Node>>,
     pub input_shape: Vec<usize>,
     pub needed: Vec<bool>,
     pub shapes: Vec<Option<Vec<usize>>>,
@@ -49,6 +53,14 @@ impl Plan {
 
     pub fn selected(&self, node: NodeId) -> Option<&Selection> {
         self.selection.as_ref().filter(|s| s.node == node)
+    }
+
+    /// Node `i` as this plan computes it: the graph's, or its rewired form.
+    pub fn node<'a>(&'a self, nodes: &'a [Node], i: NodeId) -> &'a Node {
+        self.rewired
+            .get(i)
+            .and_then(Option::as_ref)
+            .unwrap_or(&nodes[i])
     }
 
     /// The node whose value `node` is: itself, or what its alias chain ends at.
@@ -85,7 +97,7 @@ impl Plan {
         if target >= graph.nodes().len() {
             return Err(EngineError::Graph(format!("node {target} does not exist")));
         }
-        let nodes = &graph.nodes()[..=target];
+        let graph_nodes = &graph.nodes()[..=target];
         let mut sorted = targets.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
@@ -93,16 +105,46 @@ impl Plan {
         for &t in &sorted {
             is_target[t] = true;
         }
-        let needed = graph.ancestors_of(&sorted);
+        let mut needed = graph.ancestors_of(&sorted);
         let shapes = graph.shapes_of(input_shape, &needed)?;
-        let mut readers: Vec<Vec<NodeId>> = vec![Vec::new(); target + 1];
-        for (k, node) in nodes.iter().enumerate().filter(|&(k, _)| needed[k]) {
-            for &j in &node.inputs {
-                readers[j].push(k);
+        fn readers_of<'a>(node: impl Fn(NodeId) -> &'a Node, needed: &[bool]) -> Vec<Vec<NodeId>> {
+            let mut readers: Vec<Vec<NodeId>> = vec![Vec::new(); needed.len()];
+            for k in (1..needed.len()).filter(|&k| needed[k]) {
+                for &j in &node(k).inputs {
+                    readers[j].push(k);
+                }
+            }
+            readers
+        }
+        let readers = readers_of(|k| &graph_nodes[k], &needed);
+
+        // Batch norms folded into the convolution before them, where nobody else reads or asked
+        // for the convolution's output. The folded weights are computed once per graph.
+        let mut rewired: Vec<Option<Node>> = vec![None; target + 1];
+        for b in 1..=target {
+            let [h] = graph_nodes[b].inputs[..] else {
+                continue;
+            };
+            if !needed[b] || h == 0 || is_target[h] || readers[h] != [b] {
+                continue;
+            }
+            if let Some(op) = graph.folded(h, b) {
+                rewired[b] = Some(Node {
+                    name: graph_nodes[b].name.clone(),
+                    op,
+                    inputs: graph_nodes[h].inputs.clone(),
+                });
+                needed[h] = false;
             }
         }
+        let node = |i: NodeId| rewired[i].as_ref().unwrap_or(&graph_nodes[i]);
+        let readers = if rewired.iter().any(Option::is_some) {
+            readers_of(node, &needed)
+        } else {
+            readers
+        };
         let sole_reader = |j: NodeId| match readers[j][..] {
-            [k] if nodes[k].inputs == [j] => Some(k),
+            [k] if node(k).inputs == [j] => Some(k),
             _ => None,
         };
 
@@ -115,8 +157,8 @@ impl Plan {
                 continue;
             }
             let Some(k) = sole_reader(h) else { continue };
-            if let Some(act) = nodes[k].op.activation() {
-                if nodes[h].op.fuses(act) && nodes[h].op.activation().is_none() {
+            if let Some(act) = node(k).op.activation() {
+                if node(h).op.fuses(act) && node(h).op.activation().is_none() {
                     head[k] = Some(h);
                     absorbed[h] = true;
                 }
@@ -127,9 +169,9 @@ impl Plan {
             .map(|i| {
                 needed[i]
                     && i > 0
-                    && nodes[i].inputs.len() == 1
-                    && nodes[i].op.coded().is_some_and(|c| {
-                        c.applies(shapes[nodes[i].inputs[0]].as_deref().unwrap_or(&[]))
+                    && node(i).inputs.len() == 1
+                    && node(i).op.coded().is_some_and(|c| {
+                        c.applies(shapes[node(i).inputs[0]].as_deref().unwrap_or(&[]))
                     })
             })
             .collect();
@@ -138,7 +180,7 @@ impl Plan {
                 i > 0
                     && needed[i]
                     && !is_target[i]
-                    && nodes[i].op.activation() == Some(Activation::Relu)
+                    && node(i).op.activation() == Some(Activation::Relu)
                     && sole_reader(i).is_some_and(|k| coded[k])
             })
             .collect();
@@ -154,9 +196,9 @@ impl Plan {
                 && !absorbed[i]
                 && head[i].is_none()
                 && !coded[i]
-                && nodes[i].op.passes_through()
+                && node(i).op.passes_through()
             {
-                if let [j] = nodes[i].inputs[..] {
+                if let [j] = node(i).inputs[..] {
                     alias[i] = Some(alias[j].unwrap_or(j));
                 }
             }
@@ -172,23 +214,19 @@ impl Plan {
             if let Some(h) = head[i] {
                 // The fused backward passes work from the pair's output, or for activations
                 // whose derivative needs their input, from the producer's input.
-                if nodes[i]
-                    .op
-                    .activation()
-                    .is_some_and(Activation::needs_input)
-                {
-                    keep[source(nodes[h].inputs[0])] = true;
+                if node(i).op.activation().is_some_and(Activation::needs_input) {
+                    keep[source(node(h).inputs[0])] = true;
                 } else {
                     keep[i] |= !masked_by_reader[i];
                 }
-                for &j in &nodes[h].inputs {
+                for &j in &node(h).inputs {
                     last_use[source(j)] = i;
                 }
                 continue;
             }
-            let needs = nodes[i].op.backward_needs();
+            let needs = node(i).op.backward_needs();
             keep[i] |= needs.output && !masked_by_reader[i];
-            for &j in &nodes[i].inputs {
+            for &j in &node(i).inputs {
                 keep[source(j)] |= needs.inputs && !coded[i];
                 last_use[source(j)] = i;
             }
@@ -200,7 +238,7 @@ impl Plan {
                 let mut ch = ch.to_vec();
                 ch.sort_unstable();
                 ch.dedup();
-                match nodes[producer].op.select_outputs(&ch) {
+                match node(producer).op.select_outputs(&ch) {
                     Some(op) => Some(Selection {
                         node: target,
                         channels: ch,
@@ -214,6 +252,7 @@ impl Plan {
 
         Ok(Plan {
             targets: sorted,
+            rewired,
             input_shape: input_shape.to_vec(),
             needed,
             shapes,

@@ -1047,7 +1047,8 @@ fn winograd_cache_follows_weight_changes() {
     }
 }
 
-/// Conv2d → ReLU and batch norm → ReLU6 run fused unless the first node's output is wanted:
+/// Conv2d → ReLU and (sigmoid →) batch norm → ReLU6 run fused unless the first node's output
+/// is wanted:
 /// values and input gradients must be the same either way, bit for bit.
 #[test]
 fn fused_pairs_match_the_unfused_graph() {
@@ -1073,6 +1074,8 @@ fn fused_pairs_match_the_unfused_graph() {
         ..case
     };
     g.then("conv2", conv_of(&case2, &mut r));
+    // Not a convolution before the batch norm, which would fold the norm into itself.
+    g.then("conv2.act", Unary(UnaryKind::Sigmoid));
     let bn = g.then(
         "bn",
         ChannelAffine {

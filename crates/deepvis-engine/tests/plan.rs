@@ -148,6 +148,8 @@ fn batch_norm_absorbs_a_silu_bit_for_bit() {
     let mut r = rng(11);
     let mut g = Graph::new();
     let a = g.push("conv", conv(3, 4, &mut r), &[0]);
+    // Not the convolution itself before the norm, which would fold the norm into itself.
+    let a = g.push("conv.act", Unary(UnaryKind::Tanh), &[a]);
     let bn = g.push(
         "bn",
         ChannelAffine {
@@ -276,4 +278,123 @@ fn a_seed_on_a_node_the_pass_did_not_reach_is_an_error() {
         .backward_multi(&trace, vec![(far, Tensor::zeros(&[1, 16, 4, 4]))])
         .unwrap_err();
     assert!(err.to_string().contains("did not reach"), "{err}");
+}
+
+fn affine(c: usize, r: &mut rand_chacha::ChaCha8Rng) -> ChannelAffine {
+    ChannelAffine {
+        scale: (0..c).map(|_| r.gen_range(-2.0..2.0)).collect(),
+        shift: (0..c).map(|_| r.gen_range(-1.0..1.0)).collect(),
+    }
+}
+
+/// A batch norm after a convolution that nobody else reads is folded into it: the convolution
+/// does not run on its own, an activation after the norm fuses with the folded convolution,
+/// and values and input gradients are those of the ops apart (asking for the convolutions'
+/// outputs keeps them apart) up to rounding. Covered: 3×3 (Winograd), 1×1, strided (im2col),
+/// depthwise, with and without a bias, followed by ReLU, SiLU or nothing; and a channel
+/// selection on a folded norm.
+#[test]
+fn a_batch_norm_folds_into_the_convolution_before_it() {
+    let mut r = rng(21);
+    let mut g = Graph::new();
+    let mut c3 = conv(3, 16, &mut r);
+    c3.bias = None;
+    let c3 = g.push("c3", c3, &[0]);
+    let bn1 = g.push("bn1", affine(16, &mut r), &[c3]);
+    let relu = g.push("relu", Relu, &[bn1]);
+    let mut c1 = conv(16, 24, &mut r);
+    c1.kernel = (1, 1);
+    c1.padding = Padding::symmetric(0);
+    c1.weight.truncate(24 * 16);
+    let c1 = g.push("c1", c1, &[relu]);
+    let bn2 = g.push("bn2", affine(24, &mut r), &[c1]);
+    let mut dw = conv(1, 24, &mut r);
+    dw.in_channels = 24;
+    dw.groups = 24;
+    dw.stride = (2, 2);
+    dw.validate().unwrap();
+    let dw = g.push("dw", dw, &[bn2]);
+    let bn3 = g.push("bn3", affine(24, &mut r), &[dw]);
+    let silu = g.push("silu", Unary(UnaryKind::Silu), &[bn3]);
+    let mut cs = conv(24, 8, &mut r);
+    cs.stride = (2, 2);
+    cs.validate().unwrap();
+    let cs = g.push("cs", cs, &[silu]);
+    let out = g.push("bn4", affine(8, &mut r), &[cs]);
+
+    let x = random(&[2, 3, 19, 17], &mut rng(22));
+    let convs = [c3, c1, dw, cs];
+    let folded = g.forward(x.clone(), out).unwrap();
+    for c in convs {
+        assert!(folded.value(c).is_none(), "{c} ran on its own");
+    }
+    // The ReLU ran in the folded convolution's pass; the SiLU, which a convolution does not
+    // take, alone.
+    assert_eq!(folded.fused_producer(relu), Some(bn1));
+    assert!(folded.fused_producer(silu).is_none());
+    let plain = g.forward_multi(x.clone(), &[c3, c1, dw, cs, out]).unwrap();
+    assert!(convs.iter().all(|&c| plain.value(c).is_some()));
+    let close = |a: &Tensor, b: &Tensor, tol: f32, what: &str| {
+        assert_eq!(a.shape(), b.shape());
+        let scale = b.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (u, v) in a.data().iter().zip(b.data()) {
+            assert!(
+                (u - v).abs() <= tol * scale,
+                "{what}: {u} vs {v} (scale {scale})"
+            );
+        }
+    };
+    close(folded.output(), plain.output(), 1e-5, "forward");
+    let seed = random(plain.output().shape(), &mut rng(23));
+    let dx = g.backward(&folded, seed.clone()).unwrap();
+    let dx_plain = g.backward(&plain, seed.clone()).unwrap();
+    close(&dx, &dx_plain, 1e-5, "input gradient");
+
+    // A gradient seeded at a folded norm flows through the folded convolution.
+    let extra = random(&[2, 24, 19, 17], &mut rng(24));
+    let both = g
+        .backward_multi(
+            &folded,
+            vec![(out, Tensor::zeros(seed.shape())), (bn2, extra.clone())],
+        )
+        .unwrap();
+    let want = g.backward_multi(&plain, vec![(bn2, extra)]).unwrap();
+    close(&both, &want, 1e-5, "seeded at bn2");
+
+    // Only channels 1 and 6 of the folded last norm computed.
+    let some = g.forward_channels(x.clone(), &[out], &[1, 6]).unwrap();
+    assert_eq!(some.computed_channels(out), Some(&[1usize, 6][..]));
+    let mut seed_some = Tensor::zeros(seed.shape());
+    let plane = seed.shape()[2] * seed.shape()[3];
+    for b in 0..2 {
+        for ch in [1, 6] {
+            let at = (b * 8 + ch) * plane;
+            seed_some.data_mut()[at..at + plane].copy_from_slice(&seed.data()[at..at + plane]);
+        }
+    }
+    let dx_some = g.backward(&some, seed_some.clone()).unwrap();
+    close(
+        &dx_some,
+        &g.backward(&plain, seed_some).unwrap(),
+        1e-5,
+        "selected",
+    );
+
+    // Replacing the norm (`node_mut`) is seen: the fold is made again from the new one.
+    let doubled = {
+        let a = g.nodes()[out].op.downcast_ref::<ChannelAffine>().unwrap();
+        ChannelAffine {
+            scale: a.scale.iter().map(|s| 2.0 * s).collect(),
+            shift: a.shift.iter().map(|s| 2.0 * s).collect(),
+        }
+    };
+    g.node_mut(out).op = doubled.into();
+    let again = g.forward(x, out).unwrap();
+    let twice: Vec<f32> = plain.output().data().iter().map(|v| 2.0 * v).collect();
+    close(
+        again.output(),
+        &Tensor::new(seed.shape().to_vec(), twice).unwrap(),
+        1e-5,
+        "after node_mut",
+    );
 }

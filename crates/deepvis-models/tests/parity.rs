@@ -42,7 +42,7 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 /// receptive field only, and at 96 px a `features.28` unit sees the whole image. So where such a
 /// unit exists (measured: VGG `features.14` — a `features.10` pre-activation lies 1.3e-7 of the
 /// layer maximum from zero, and Winograd rounding flips it — `features.28`, and EfficientNet
-/// `_blocks.8`, `_conv_head`, `_fc`),
+/// `_blocks.8`, `_conv_head`, `_fc`, and `_blocks.2` once batch norms are folded),
 /// the whole gradient must agree to 3e-2 in relative L2 norm, and elsewhere every element to
 /// 1e-4 of the largest. A wrong op gives relative L2 errors of order 1.
 fn assert_grad_close(got: &Tensor, want: &Tensor, what: &str, strict: bool) {
@@ -203,12 +203,25 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
         } else {
             channel_grad(&model, &node(key), &input, c, true)
         };
-        assert_grad_close(
-            &g,
-            &tensor(&golden, &format!("grad.{key}.c{c}")),
-            &format!("efficientnet grad {key} c{c}"),
-            key == "_blocks.2",
-        );
+        let want = tensor(&golden, &format!("grad.{key}.c{c}"));
+        assert_grad_close(&g, &want, &format!("efficientnet grad {key} c{c}"), false);
+        if key == "_blocks.2" {
+            // Batch norms folded into the convolutions before them round differently from the
+            // ops apart, and here that flips one ReLU6 unit (its pre-activation within 1e-6 of
+            // zero): measured, 200 gradient elements differ, all in one 10 × 11 window. With
+            // every convolution's output asked for too, nothing is folded and the ops run as
+            // PyTorch runs them, checked element by element.
+            let id = model.layer(key).unwrap();
+            let mut targets: Vec<usize> = (1..id).filter(|&i| model.is_conv(i)).collect();
+            targets.push(id);
+            let trace = model.graph.forward_multi(input.clone(), &targets).unwrap();
+            let out = trace.output();
+            let plane: usize = out.shape()[2..].iter().product();
+            let mut seed = Tensor::zeros(out.shape());
+            seed.data_mut()[c * plane..(c + 1) * plane].fill(1.0 / plane as f32);
+            let g = model.graph.backward(&trace, seed).unwrap();
+            assert_grad_close(&g, &want, "efficientnet grad _blocks.2 c5, unfolded", true);
+        }
     }
     // The top-1 class of the cat photo is 285, "Egyptian cat".
     let logits = model

@@ -1,5 +1,5 @@
 use crate::op::{numel, single, Activation, Field, Needs, Operator, Saved};
-use crate::{Conv2d, EngineError, Op, Tensor};
+use crate::{ChannelAffine, Conv2d, EngineError, Op, Tensor};
 use std::any::Any;
 
 impl Operator for Conv2d {
@@ -68,6 +68,10 @@ impl Operator for Conv2d {
     ) -> Result<Vec<Tensor>, EngineError> {
         let input_shape = single("conv2d", input_shapes)?;
         Ok(vec![self.backward_relu(input_shape, &mut grad, y)?])
+    }
+
+    fn fold_affine(&self, affine: &ChannelAffine) -> Option<Op> {
+        self.then_affine(affine).map(Op::new)
     }
 
     fn select_outputs(&self, channels: &[usize]) -> Option<Result<Op, EngineError>> {

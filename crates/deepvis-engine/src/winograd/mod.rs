@@ -17,7 +17,7 @@ mod wide;
 
 use crate::aligned::Aligned;
 use crate::bf16::{self, PackedA};
-use crate::gemm::{matmul, MatMut, MatRef};
+use crate::gemm::{matmul, Epilogue, MatMut, MatRef};
 use crate::lanes::Arith;
 use crate::Precision;
 use rayon::prelude::*;
@@ -350,7 +350,7 @@ fn block_gemms(
                 rs: t as isize,
                 cs: 1,
             };
-            unsafe { bf16::matmul(&packed[xi], nt, rhs, out, false, false) };
+            unsafe { bf16::matmul(&packed[xi], nt, rhs, out, false, false, Epilogue::NONE) };
         };
         each(XI, par, one);
         return;

@@ -24,6 +24,18 @@ pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     diff / scale.max(1e-12)
 }
 
+/// Relative L2 norm of the difference.
+pub fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.shape(), want.shape());
+    let sq = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let diff = sq(&mut got
+        .data()
+        .iter()
+        .zip(want.data())
+        .map(|(a, b)| *a as f64 - *b as f64));
+    diff / sq(&mut want.data().iter().map(|&v| v as f64)).max(1e-30)
+}
+
 /// The input gradient of the mean of channel `c` of `layer`, through the graph.
 pub fn channel_mean_grad(
     model: &deepvis_models::Model,
@@ -31,7 +43,18 @@ pub fn channel_mean_grad(
     layer: usize,
     c: usize,
 ) -> Tensor {
-    let trace = model.graph.forward(x.clone(), layer).unwrap();
+    channel_mean_grad_with(model, x, &[layer], c)
+}
+
+/// `channel_mean_grad` of the last of `targets`, the others asked for too (which keeps a
+/// convolution that is one of them from taking in the batch norm after it).
+pub fn channel_mean_grad_with(
+    model: &deepvis_models::Model,
+    x: &Tensor,
+    targets: &[usize],
+    c: usize,
+) -> Tensor {
+    let trace = model.graph.forward_multi(x.clone(), targets).unwrap();
     let shape = trace.output().shape().to_vec();
     let plane: usize = shape[2..].iter().product();
     let mut seed = Tensor::zeros(&shape);
@@ -73,10 +96,27 @@ pub fn check_zoo_model(name: &str, model: &Model) {
         let key = case["key"].as_str().unwrap();
         let c = case["channel"].as_u64().unwrap() as usize;
         let id = model.layer(key).unwrap();
-        let got = channel_mean_grad(model, &x, id, c);
-        let err = rel_err(&got, &tensor(&refs, &format!("grad.{key}.c{c}")));
+        let want = tensor(&refs, &format!("grad.{key}.c{c}"));
+        // The ops as PyTorch runs them: with every convolution's output asked for, no batch
+        // norm is folded into its convolution. Checked element by element.
+        let mut targets: Vec<usize> = (1..id).filter(|&i| model.is_conv(i)).collect();
+        targets.push(id);
+        let got = channel_mean_grad_with(model, &x, &targets, c);
+        let err = rel_err(&got, &want);
         eprintln!("{name} grad {key} c{c}: rel err {err:.2e}");
         assert!(err < 1e-3, "{name} grad {key}:{c}: {err:.2e}");
+        // The pass a render runs folds batch norms into the convolutions before them, which
+        // rounds differently; where a ReLU's input lies within rounding of zero that flips the
+        // unit and changes the gradient in its receptive field (measured: GoogLeNet
+        // `inception4e` 5e-3 and DenseNet `transition3` 8e-3 of the largest element). So the
+        // whole gradient is held to the relative L2 norm; a wrong fold gives errors of order 1.
+        let folded = channel_mean_grad(model, &x, id, c);
+        let (err, l2) = (rel_err(&folded, &want), rel_l2(&folded, &want));
+        eprintln!("{name} grad {key} c{c} folded: rel err {err:.2e}, relative L2 {l2:.2e}");
+        assert!(
+            l2 < 1e-2,
+            "{name} grad {key}:{c} folded: relative L2 {l2:.2e}"
+        );
     }
 }
 
