@@ -791,8 +791,49 @@ impl Conv2d {
         } else {
             Tensor::zeros(input_shape)
         };
-        self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec);
+        self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec, false);
         Ok(dx)
+    }
+
+    /// `backward` (with `relu_out`, `backward_relu`, masking `grad_out` in place) added into
+    /// `dx` (the gradient of this input from its other readers), where the convolution takes a
+    /// GEMM path: a 1×1 convolution's GEMM accumulates and col2im adds, so the sum costs no
+    /// pass of its own. False where it takes another path (depthwise, few outputs, Winograd);
+    /// `dx` and `grad_out` are then untouched.
+    pub(crate) fn backward_accumulate(
+        &self,
+        input_shape: &[usize],
+        grad_out: &mut Tensor,
+        relu_out: Option<&Tensor>,
+        dx: &mut Tensor,
+    ) -> Result<bool, EngineError> {
+        let (algo, prec) = (conv_algo(), effective(precision()));
+        let g = self.geometry(input_shape)?;
+        let gemm_path = !g.depthwise()
+            && self.narrow_geometry(&g, algo).is_none()
+            && self.winograd_geometry(&g, algo).is_none();
+        if !gemm_path {
+            return Ok(false);
+        }
+        if grad_out.shape() != [g.n, g.cout, g.oh, g.ow] || dx.shape() != input_shape {
+            return Err(EngineError::Shape(format!(
+                "conv2d gradient {:?} into {:?} for input {input_shape:?}",
+                grad_out.shape(),
+                dx.shape()
+            )));
+        }
+        if let Some(y) = relu_out {
+            if y.shape() != grad_out.shape() {
+                return Err(EngineError::Shape(format!(
+                    "conv2d + ReLU output {:?} for a gradient {:?}",
+                    y.shape(),
+                    grad_out.shape()
+                )));
+            }
+            relu_backward_in_place(y, grad_out);
+        }
+        self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec, true);
+        Ok(true)
     }
 
     fn tasks(&self, g: &Geometry) -> Vec<(usize, usize, usize, usize)> {
@@ -879,7 +920,15 @@ impl Conv2d {
         }
     }
 
-    fn gemm_backward(&self, g: &Geometry, dy: &[f32], dx: &mut [f32], prec: Precision) {
+    /// The GEMM path's input gradient, written into `dx` or with `accumulate` added to it.
+    fn gemm_backward(
+        &self,
+        g: &Geometry,
+        dy: &[f32],
+        dx: &mut [f32],
+        prec: Precision,
+        accumulate: bool,
+    ) {
         let packed = (prec == Precision::Bf16).then(|| self.gemm_bf16_weights(g));
         let tasks = self.tasks(g);
         let threads = rayon::current_num_threads();
@@ -891,33 +940,26 @@ impl Conv2d {
         };
         // SAFETY (of the calls): the callers below pass matrices inside this call's buffers,
         // written by one task each.
-        let product = |dst: MatMut, lhs: MatRef, rhs: MatRef, grp: usize, cols: usize| match &packed
-        {
-            Some(p) => unsafe {
-                bf16::matmul(
-                    &p.backward[grp],
-                    cols,
-                    rhs,
-                    dst,
-                    false,
-                    !outer,
-                    Epilogue::NONE,
-                )
-            },
-            None if outer => unsafe { matmul(g.k(), cols, g.cout_g(), dst, false, lhs, rhs, par) },
-            None => unsafe {
-                matmul_split(
-                    g.k(),
-                    cols,
-                    g.cout_g(),
-                    dst,
-                    false,
-                    lhs,
-                    rhs,
-                    Epilogue::NONE,
-                )
-            },
-        };
+        let product =
+            |dst: MatMut, lhs: MatRef, rhs: MatRef, grp: usize, cols: usize, acc| match &packed {
+                Some(p) => unsafe {
+                    bf16::matmul(
+                        &p.backward[grp],
+                        cols,
+                        rhs,
+                        dst,
+                        acc,
+                        !outer,
+                        Epilogue::NONE,
+                    )
+                },
+                None if outer => unsafe {
+                    matmul(g.k(), cols, g.cout_g(), dst, acc, lhs, rhs, par)
+                },
+                None => unsafe {
+                    matmul_split(g.k(), cols, g.cout_g(), dst, acc, lhs, rhs, Epilogue::NONE)
+                },
+            };
         let dx_ptr = SharedMut(dx.as_mut_ptr());
         let run = |&(n, grp, y0, y1): &(usize, usize, usize, usize), col: &mut Vec<f32>| {
             let (cin_g, cout_g, k) = (g.cin_g(), g.cout_g(), g.k());
@@ -942,7 +984,7 @@ impl Conv2d {
                     rs: (g.h * g.w) as isize,
                     cs: 1,
                 };
-                product(dst, lhs, rhs, grp, cols);
+                product(dst, lhs, rhs, grp, cols, accumulate);
             } else {
                 col.resize(k * cols, 0.0);
                 let dst = MatMut {
@@ -950,7 +992,7 @@ impl Conv2d {
                     rs: cols as isize,
                     cs: 1,
                 };
-                product(dst, lhs, rhs, grp, cols);
+                product(dst, lhs, rhs, grp, cols, false);
                 // SAFETY: see the two-phase schedule below; this tile's input rows are touched by
                 // no other task running at the same time.
                 let dx_group = unsafe {

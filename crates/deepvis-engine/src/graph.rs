@@ -551,8 +551,23 @@ impl Graph {
                     // The reader masked the gradient; what is left is the producer's.
                     head.op.backward(&self.saved(trace, h), g)?
                 } else {
-                    head.op
-                        .backward_fused(&shapes, g, y()?, self.activation_of(i)?)?
+                    let (mut g, act) = (g, self.activation_of(i)?);
+                    // As for single ops below: into the input's gradient where it can.
+                    if let [j] = head.inputs[..] {
+                        if let Some(acc) = grads[j].as_mut() {
+                            if head.op.backward_fused_accumulate(
+                                shapes[0],
+                                &mut g,
+                                y()?,
+                                act,
+                                acc,
+                            )? {
+                                crate::profile::record(started, || self.profile_key(i, plan), true);
+                                continue;
+                            }
+                        }
+                    }
+                    head.op.backward_fused(&shapes, g, y()?, act)?
                 };
                 accumulate_inputs(&mut grads, head, dxs)?;
                 crate::profile::record(started, || self.profile_key(i, plan), true);
@@ -575,6 +590,20 @@ impl Graph {
                 };
                 vec![coded.backward_coded(plan.shape(j), codes, &g, masked(j))?]
             } else {
+                let mut g = g;
+                // Into the gradient its input already has from other readers, where the op
+                // can add it in the same pass.
+                if let [j] = node.inputs[..] {
+                    if let Some(acc) = grads[j].as_mut() {
+                        if node
+                            .op
+                            .backward_accumulate(&self.saved(trace, i), &mut g, acc)?
+                        {
+                            crate::profile::record(started, || self.profile_key(i, plan), true);
+                            continue;
+                        }
+                    }
+                }
                 node.op.backward(&self.saved(trace, i), g)?
             };
             accumulate_inputs(&mut grads, node, input_grads)?;

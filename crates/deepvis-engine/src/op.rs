@@ -188,6 +188,34 @@ pub trait Operator: fmt::Debug + Send + Sync + Any {
         None
     }
 
+    /// For a one-input op: adds the gradient of its input into `acc`, which holds that input's
+    /// gradient from its other readers, and says whether it did. Where an input has several
+    /// readers (a residual branch and its shortcut, squeeze-excitation's pool and product),
+    /// adding in the same pass saves writing a gradient and then adding it. False (the default)
+    /// leaves `acc` untouched, and the graph calls `backward` and adds.
+    fn backward_accumulate(
+        &self,
+        _saved: &Saved,
+        _grad: &mut Tensor,
+        _acc: &mut Tensor,
+    ) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+
+    /// `backward_accumulate` for the pair `act(self(input))` (only called where `fuses(act)`),
+    /// from the pair's output gradient (which it may change, as storage) and `kept` as in
+    /// `backward_fused`. False leaves `acc` and `grad` untouched.
+    fn backward_fused_accumulate(
+        &self,
+        _input_shape: &[usize],
+        _grad: &mut Tensor,
+        _kept: &Tensor,
+        _act: Activation,
+        _acc: &mut Tensor,
+    ) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+
     /// This op computing only the output channels `channels` (sorted, distinct), where it can:
     /// for objectives that read a few channels of the last layer.
     fn select_outputs(&self, _channels: &[usize]) -> Option<Result<Op, EngineError>> {

@@ -972,9 +972,28 @@ impl AdaptiveAvgPool2d {
         input_shape: &[usize],
         grad_out: &Tensor,
     ) -> Result<Tensor, EngineError> {
+        let mut dx = Tensor::zeros(input_shape);
+        self.backward_add(input_shape, grad_out, &mut dx)?;
+        Ok(dx)
+    }
+
+    /// `backward`, added into `dx` (shaped like the input).
+    pub fn backward_add(
+        &self,
+        input_shape: &[usize],
+        grad_out: &Tensor,
+        dx: &mut Tensor,
+    ) -> Result<(), EngineError> {
+        let out_shape = self.output_shape(input_shape)?;
+        if dx.shape() != input_shape || grad_out.shape() != out_shape {
+            return Err(EngineError::Shape(format!(
+                "adaptive avg-pool gradient {:?} into {:?} for input {input_shape:?}",
+                grad_out.shape(),
+                dx.shape()
+            )));
+        }
         let (h, w) = (input_shape[2], input_shape[3]);
         let (oh, ow) = self.output;
-        let mut dx = Tensor::zeros(input_shape);
         dx.data_mut()
             .par_chunks_mut(h * w)
             .zip(grad_out.data().par_chunks(oh * ow))
@@ -992,7 +1011,7 @@ impl AdaptiveAvgPool2d {
                     }
                 }
             });
-        Ok(dx)
+        Ok(())
     }
 }
 

@@ -1381,3 +1381,58 @@ fn a_relu_before_a_max_pool_is_folded_into_the_pools_backward() {
     gy.add_assign(&extra);
     assert_eq!(got.data(), by_hand(gy).data());
 }
+
+/// A value read by several ops gets the sum of their gradients, also where an op adds its
+/// gradient into the sum directly (`Operator::backward_accumulate`): squeeze-excitation's pool
+/// beside its product, a 1×1 convolution (with a batch norm folded in, and one fused with a
+/// ReLU), and an im2col convolution (dilated, so not Winograd). Checked by finite differences.
+#[test]
+fn gradients_of_a_value_with_several_readers_add_up() {
+    let mut r = rng(31);
+    let case = |cin, cout, k: usize, dilation: usize| ConvCase {
+        n: 2,
+        cin,
+        cout,
+        hw: (7, 9),
+        k: (k, k),
+        stride: 1,
+        dilation,
+        groups: 1,
+        padding: Padding::symmetric(dilation * (k / 2)),
+        pads: (0, 0, 0, 0),
+    };
+    let mut g = Graph::new();
+    let c0 = g.then("c0", conv_of(&case(3, 8, 3, 1), &mut r));
+    let x = g.then("c0.act", Unary(UnaryKind::Tanh));
+    let pool = g.push("se.pool", AdaptiveAvgPool2d { output: (1, 1) }, &[x]);
+    g.then("se.fc", conv_of(&case(8, 8, 1, 1), &mut r));
+    let gate = g.then("se.gate", Unary(UnaryKind::Sigmoid));
+    let se = g.push("se", Binary(BinaryKind::Mul), &[gate, x]);
+    let a = g.push("a", conv_of(&case(8, 8, 1, 1), &mut r), &[x]);
+    let a = g.push(
+        "a.bn",
+        ChannelAffine {
+            scale: (0..8).map(|_| r.gen_range(-2.0..2.0)).collect(),
+            shift: (0..8).map(|_| r.gen_range(-1.0..1.0)).collect(),
+        },
+        &[a],
+    );
+    let b = g.push("b", conv_of(&case(8, 8, 1, 1), &mut r), &[x]);
+    let b = g.push("b.relu", Relu, &[b]);
+    let d = g.push("d", conv_of(&case(8, 8, 3, 2), &mut r), &[x]);
+    let out = g.push("sum", Add, &[se, a, b, d]);
+    let x0 = random(&[2, 3, 7, 9], &mut r);
+    let trace = g.forward(x0.clone(), out).unwrap();
+    assert!(trace.value(c0).is_none() && trace.value(pool).is_none());
+    check_gradient(
+        &x0,
+        |x| g.forward(x.clone(), out).unwrap().output().clone(),
+        |x, gy| {
+            let t = g.forward(x.clone(), out).unwrap();
+            g.backward(&t, gy.clone()).unwrap()
+        },
+        1e-3,
+        60,
+        77,
+    );
+}

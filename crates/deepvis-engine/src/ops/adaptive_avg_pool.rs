@@ -27,6 +27,16 @@ impl Operator for AdaptiveAvgPool2d {
         )?])
     }
 
+    fn backward_accumulate(
+        &self,
+        saved: &Saved,
+        grad: &mut Tensor,
+        acc: &mut Tensor,
+    ) -> Result<bool, EngineError> {
+        AdaptiveAvgPool2d::backward_add(self, saved.input_shape(0), grad, acc)?;
+        Ok(true)
+    }
+
     fn receptive_field(&self) -> Field {
         Field::Global
     }

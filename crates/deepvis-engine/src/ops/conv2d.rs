@@ -33,6 +33,26 @@ impl Operator for Conv2d {
         Ok(vec![Conv2d::backward(self, saved.input_shape(0), &grad)?])
     }
 
+    fn backward_accumulate(
+        &self,
+        saved: &Saved,
+        grad: &mut Tensor,
+        acc: &mut Tensor,
+    ) -> Result<bool, EngineError> {
+        Conv2d::backward_accumulate(self, saved.input_shape(0), grad, None, acc)
+    }
+
+    fn backward_fused_accumulate(
+        &self,
+        input_shape: &[usize],
+        grad: &mut Tensor,
+        y: &Tensor,
+        _act: Activation,
+        acc: &mut Tensor,
+    ) -> Result<bool, EngineError> {
+        Conv2d::backward_accumulate(self, input_shape, grad, Some(y), acc)
+    }
+
     fn receptive_field(&self) -> Field {
         Field::Window {
             kernel: self.kernel,
