@@ -21,6 +21,7 @@ pub mod profile;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 mod simd;
+mod storage;
 mod stride2;
 mod tensor;
 mod threads;

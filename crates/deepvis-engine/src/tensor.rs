@@ -1,3 +1,4 @@
+use crate::storage::Floats;
 use crate::EngineError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -7,11 +8,12 @@ use std::sync::Mutex;
 /// Large tensors recycle their storage through a process-wide pool when dropped: an
 /// optimization loop allocates the same activation sizes every step, and fresh allocations of
 /// that size come from mmap, so every step would otherwise page-fault its whole working set in
-/// again (the kernel time once exceeded the arithmetic in cheap ops such as ReLU).
+/// again (the kernel time once exceeded the arithmetic in cheap ops such as ReLU). The storage
+/// starts on a cache line (`storage.rs`).
 #[derive(Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    data: Floats,
 }
 
 impl Clone for Tensor {
@@ -38,7 +40,7 @@ pub(crate) mod buffers {
     const MIN_POOLED: usize = 32 * 1024;
 
     struct Pool {
-        free: Vec<Vec<f32>>,
+        free: Vec<Floats>,
         bytes: usize,
     }
 
@@ -75,9 +77,9 @@ pub(crate) mod buffers {
     }
 
     /// A buffer of `len` floats with unspecified (but initialized) contents.
-    pub(crate) fn take(len: usize) -> Vec<f32> {
+    pub(crate) fn take(len: usize) -> Floats {
         if len < MIN_POOLED {
-            return vec![0.0; len];
+            return Floats::zeroed(len);
         }
         let bytes = len * 4;
         let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -90,8 +92,8 @@ pub(crate) mod buffers {
             // size from step to step, and exact fits missed 8 times a step at 512 px (33,000
             // page faults per VGG16 step). Growing a mapped buffer remaps its pages, so only
             // the difference is faulted in.
-            let fits = |v: &Vec<f32>| v.capacity() >= len && v.capacity() <= len + len / 8;
-            let grows = |v: &Vec<f32>| v.capacity() < len && v.capacity() >= len / 2;
+            let fits = |v: &Floats| v.capacity() >= len && v.capacity() <= len + len / 8;
+            let grows = |v: &Floats| v.capacity() < len && v.capacity() >= len / 2;
             let best = pool
                 .free
                 .iter()
@@ -124,21 +126,16 @@ pub(crate) mod buffers {
         }
         match reused {
             Some(mut v) => {
-                // Contents are unspecified: only extend, never clear.
-                if v.len() < len {
-                    v.reserve_exact(len - v.len());
-                    v.resize(len, 0.0);
-                } else {
-                    v.truncate(len);
-                }
+                // Contents are unspecified: never cleared.
+                v.set_len(len);
                 v
             }
-            None => vec![0.0; len],
+            None => Floats::zeroed(len),
         }
     }
 
     /// A zero-filled buffer of `len` floats.
-    pub(crate) fn take_zeroed(len: usize) -> Vec<f32> {
+    pub(crate) fn take_zeroed(len: usize) -> Floats {
         let mut v = take(len);
         if len >= MIN_POOLED {
             use rayon::prelude::*;
@@ -147,22 +144,7 @@ pub(crate) mod buffers {
         v
     }
 
-    /// A caller's buffer became a tensor's (`Tensor::new`): it returns to the pool on drop.
-    pub(crate) fn adopt(len: usize) {
-        if len >= MIN_POOLED {
-            let live = LIVE.fetch_add(len * 4, Ordering::Relaxed) + len * 4;
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-    }
-
-    /// A pooled-size buffer left the tensor world (`into_data`).
-    pub(crate) fn forget(len: usize) {
-        if len >= MIN_POOLED {
-            LIVE.fetch_sub(len * 4, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn give(v: Vec<f32>) {
+    pub(crate) fn give(v: Floats) {
         if v.len() < MIN_POOLED {
             return;
         }
@@ -200,10 +182,9 @@ fn check_len(shape: &[usize], len: usize) -> Result<(), EngineError> {
 }
 
 impl Tensor {
+    /// A tensor holding `data` (copied into the engine's aligned, pooled storage).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self, EngineError> {
-        check_len(&shape, data.len())?;
-        buffers::adopt(data.len());
-        Ok(Tensor { shape, data })
+        Tensor::from_slice(&shape, &data)
     }
 
     /// A copy of `data` in a buffer from the engine's pool. Per-step inputs built this way
@@ -254,11 +235,9 @@ impl Tensor {
         &mut self.data
     }
 
-    pub fn into_data(mut self) -> Vec<f32> {
-        let data = std::mem::take(&mut self.data);
-        // The caller owns the buffer now; it no longer counts as the pool's.
-        buffers::forget(data.len());
-        data
+    /// The values, copied out (the storage goes back to the pool).
+    pub fn into_data(self) -> Vec<f32> {
+        self.data.to_vec()
     }
 
     pub fn numel(&self) -> usize {
@@ -300,7 +279,7 @@ impl Tensor {
 
     pub fn add_assign(&mut self, other: &Tensor) {
         debug_assert_eq!(self.shape, other.shape);
-        for (a, b) in self.data.iter_mut().zip(&other.data) {
+        for (a, b) in self.data.iter_mut().zip(other.data.iter()) {
             *a += *b;
         }
     }
