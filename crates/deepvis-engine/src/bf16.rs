@@ -984,7 +984,7 @@ mod tests {
         } else {
             Epilogue {
                 bias: Some(&bias),
-                relu: true,
+                clamp: crate::layers::Clamp::Relu,
             }
         };
         let mut c = init.clone();

@@ -9,7 +9,7 @@
 use crate::bf16::{self, PackedA};
 use crate::depthwise::{self, DwGeom};
 use crate::gemm::{matmul, matmul_split, Epilogue, MatMut, MatRef};
-use crate::layers::{bias_relu, relu_backward_in_place};
+use crate::layers::{bias_act, relu6_backward_in_place, relu_backward_in_place, Clamp};
 use crate::narrow;
 use crate::winograd::{self, WinoGeom, WinogradWeights};
 use crate::{precision, ChannelAffine, EngineError, Precision, Tensor};
@@ -637,12 +637,13 @@ impl Conv2d {
         algo: ConvAlgo,
         prec: Precision,
     ) -> Result<Tensor, EngineError> {
-        self.forward_impl(x, algo, prec, false)
+        self.forward_impl(x, algo, prec, Clamp::None)
     }
 
-    /// relu(forward(x)), with the ReLU applied in the pass that adds the bias.
-    pub(crate) fn forward_relu(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        self.forward_impl(x, conv_algo(), precision(), true)
+    /// clamp(forward(x)) (a ReLU or ReLU6 after the convolution), applied in the pass that
+    /// adds the bias where the path allows.
+    pub(crate) fn forward_clamped(&self, x: &Tensor, clamp: Clamp) -> Result<Tensor, EngineError> {
+        self.forward_impl(x, conv_algo(), precision(), clamp)
     }
 
     fn forward_impl(
@@ -650,26 +651,33 @@ impl Conv2d {
         x: &Tensor,
         algo: ConvAlgo,
         prec: Precision,
-        relu: bool,
+        clamp: Clamp,
     ) -> Result<Tensor, EngineError> {
         let prec = effective(prec);
         let g = self.geometry(x.shape())?;
         let shape = [g.n, g.cout, g.oh, g.ow];
         let narrow = self.narrow_geometry(&g, algo);
         if narrow.is_some() || g.depthwise() {
-            // The direct kernels add the bias themselves; the ReLU is one more pass.
+            // The direct kernels add the bias themselves; depthwise also clamps as it goes,
+            // the few-outputs path in one more pass.
             let mut y = Tensor::for_overwrite(&shape);
             let (w, b) = (&self.weight, self.bias.as_deref());
             match narrow {
-                Some(ng) => narrow::forward(&ng, w, b, x.data(), y.data_mut()),
-                None => depthwise::forward(&g.depthwise_geom(), w, b, x.data(), y.data_mut()),
-            }
-            if relu {
-                bias_relu(y.data_mut(), g.oh * g.ow, g.cout, None, true);
+                Some(ng) => {
+                    narrow::forward(&ng, w, b, x.data(), y.data_mut());
+                    if clamp != Clamp::None {
+                        bias_act(y.data_mut(), g.oh * g.ow, g.cout, None, clamp);
+                    }
+                }
+                None => {
+                    let dg = g.depthwise_geom();
+                    depthwise::forward(&dg, w, b, x.data(), y.data_mut(), clamp);
+                }
             }
             return Ok(y);
         }
         if let Some(wg) = self.winograd_geometry(&g, algo) {
+            // Winograd's output transform applies a ReLU itself; a ReLU6 is one more pass.
             let w = self.winograd_weights();
             let mut y = Tensor::for_overwrite(&shape);
             winograd::forward(
@@ -679,16 +687,19 @@ impl Conv2d {
                 x.data(),
                 y.data_mut(),
                 winograd_precision(&wg, prec),
-                relu,
+                clamp == Clamp::Relu,
             );
+            if clamp == Clamp::Relu6 {
+                bias_act(y.data_mut(), g.oh * g.ow, g.cout, None, clamp);
+            }
             return Ok(y);
         }
         // Every element is written by exactly one non-accumulating GEMM, which adds the bias
-        // and applies the ReLU as it finishes each block.
+        // and applies the clamp as it finishes each block.
         let mut y = Tensor::for_overwrite(&shape);
         let epi = Epilogue {
             bias: self.bias.as_deref(),
-            relu,
+            clamp,
         };
         self.gemm_forward(&g, x.data(), y.data_mut(), prec, epi);
         Ok(y)
@@ -725,16 +736,21 @@ impl Conv2d {
         self.backward_impl(input_shape, grad_out, algo, prec, None)
     }
 
-    /// The input gradient of relu(conv(x)) for the gradient `grad_out` of the ReLU's output
-    /// `relu_out`. Winograd masks the gradient as it reads it; the other paths mask it in place
-    /// first.
-    pub(crate) fn backward_relu(
+    /// The input gradient of clamp(conv(x)) for the gradient `grad_out` of the clamp's output
+    /// `relu_out`. Winograd masks a ReLU's gradient as it reads it; otherwise the gradient is
+    /// masked in place first.
+    pub(crate) fn backward_clamped(
         &self,
         input_shape: &[usize],
         grad_out: &mut Tensor,
         relu_out: &Tensor,
+        clamp: Clamp,
     ) -> Result<Tensor, EngineError> {
         let (algo, prec) = (conv_algo(), precision());
+        if clamp != Clamp::Relu {
+            mask_clamped(grad_out, relu_out, clamp)?;
+            return self.backward_impl(input_shape, grad_out, algo, prec, None);
+        }
         let winograd = grad_out.shape() == relu_out.shape()
             && self.geometry(input_shape).is_ok_and(|g| {
                 !g.depthwise()
@@ -795,7 +811,7 @@ impl Conv2d {
         Ok(dx)
     }
 
-    /// `backward` (with `relu_out`, `backward_relu`, masking `grad_out` in place) added into
+    /// `backward` (with `clamped`, `backward_clamped`, masking `grad_out` in place) added into
     /// `dx` (the gradient of this input from its other readers), where the convolution takes a
     /// GEMM path: a 1×1 convolution's GEMM accumulates and col2im adds, so the sum costs no
     /// pass of its own. False where it takes another path (depthwise, few outputs, Winograd);
@@ -804,7 +820,7 @@ impl Conv2d {
         &self,
         input_shape: &[usize],
         grad_out: &mut Tensor,
-        relu_out: Option<&Tensor>,
+        clamped: Option<(&Tensor, Clamp)>,
         dx: &mut Tensor,
     ) -> Result<bool, EngineError> {
         let (algo, prec) = (conv_algo(), effective(precision()));
@@ -822,15 +838,8 @@ impl Conv2d {
                 dx.shape()
             )));
         }
-        if let Some(y) = relu_out {
-            if y.shape() != grad_out.shape() {
-                return Err(EngineError::Shape(format!(
-                    "conv2d + ReLU output {:?} for a gradient {:?}",
-                    y.shape(),
-                    grad_out.shape()
-                )));
-            }
-            relu_backward_in_place(y, grad_out);
+        if let Some((y, clamp)) = clamped {
+            mask_clamped(grad_out, y, clamp)?;
         }
         self.gemm_backward(&g, grad_out.data(), dx.data_mut(), prec, true);
         Ok(true)
@@ -1021,6 +1030,23 @@ impl Conv2d {
             }
         }
     }
+}
+
+/// The gradient through a ReLU or ReLU6 from its output `y`, in place.
+fn mask_clamped(grad: &mut Tensor, y: &Tensor, clamp: Clamp) -> Result<(), EngineError> {
+    if y.shape() != grad.shape() {
+        return Err(EngineError::Shape(format!(
+            "conv2d + activation output {:?} for a gradient {:?}",
+            y.shape(),
+            grad.shape()
+        )));
+    }
+    match clamp {
+        Clamp::None => {}
+        Clamp::Relu => relu_backward_in_place(y, grad),
+        Clamp::Relu6 => relu6_backward_in_place(y, grad),
+    }
+    Ok(())
 }
 
 /// Winograd's GEMM precision: float32 below 16 input channels whatever was asked. There the

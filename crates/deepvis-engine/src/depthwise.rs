@@ -86,6 +86,7 @@ fn source(q: usize, p: usize, s: usize, pad: usize, n: usize) -> Option<usize> {
 }
 
 use crate::conv::valid_range;
+use crate::layers::{bias_act_row, Clamp};
 use crate::simd::simd_fn;
 
 /// (weight, source offset) of every kernel tap, in kernel order.
@@ -367,10 +368,18 @@ simd_fn!(fn backward_plane_simd = backward_plane(
     buf: &mut [f32],
 ));
 
-/// y (every element overwritten) = depthwise convolution of x, plus bias.
-pub(crate) fn forward(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+/// y (every element overwritten) = clamp(depthwise convolution of x, plus bias): the clamp
+/// (a ReLU or ReLU6 fused after it) runs on each plane or block while it is still in cache.
+pub(crate) fn forward(
+    g: &DwGeom,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    y: &mut [f32],
+    clamp: Clamp,
+) {
     if g.blocked_forward() {
-        return forward_blocked(g, weight, bias, x, y);
+        return forward_blocked(g, weight, bias, x, y, clamp);
     }
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let per = g.per_task();
@@ -386,6 +395,9 @@ pub(crate) fn forward(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32
                     let b = bias.map_or(0.0, |b| b[c]);
                     let src = &x[nc * plane_in..][..plane_in];
                     forward_plane_simd(g, w, b, src, out, buf);
+                    if clamp != Clamp::None {
+                        bias_act_row(out, 0.0, clamp);
+                    }
                 }
             })
         });
@@ -649,7 +661,14 @@ thread_local! {
     static TAPS: RefCell<Vec<(usize, [f32; LANES])>> = const { RefCell::new(Vec::new()) };
 }
 
-fn forward_blocked(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+fn forward_blocked(
+    g: &DwGeom,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    y: &mut [f32],
+    clamp: Clamp,
+) {
     let (hp, wp) = g.padded_in();
     let scratch = (hp * wp + g.oh * g.ow) * LANES;
     let off = |ky: usize, kx: usize| (ky * g.dh * wp + kx * g.dw) * LANES;
@@ -665,6 +684,9 @@ fn forward_blocked(g: &DwGeom, weight: &[f32], bias: Option<&[f32]>, x: &[f32], 
                 forward_block_simd(g, &taps, &init, x, y, buf)
             });
         });
+        if clamp != Clamp::None {
+            bias_act_row(y, 0.0, clamp);
+        }
     });
 }
 

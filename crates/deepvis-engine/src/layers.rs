@@ -132,13 +132,34 @@ fn map1(o: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
     map2_slices(o, a, a, &|x, _| f(x))
 }
 
-/// y += bias[channel] over [.., channels, plane] data, then ReLU if `relu`, in one pass.
-pub(crate) fn bias_relu(
+/// The activation a convolution applies where it adds its bias (`Operator::fuses`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Clamp {
+    #[default]
+    None,
+    /// max(v, 0), as the ReLU op (NaN becomes 0).
+    Relu,
+    /// clamp(v, 0, 6), as the ReLU6 op (NaN stays NaN).
+    Relu6,
+}
+
+impl Clamp {
+    pub fn of(act: Activation) -> Option<Clamp> {
+        match act {
+            Activation::Relu => Some(Clamp::Relu),
+            Activation::Relu6 => Some(Clamp::Relu6),
+            Activation::Silu => None,
+        }
+    }
+}
+
+/// y += bias[channel] over [.., channels, plane] data, then `clamp`, in one pass.
+pub(crate) fn bias_act(
     y: &mut [f32],
     plane: usize,
     channels: usize,
     bias: Option<&[f32]>,
-    relu: bool,
+    clamp: Clamp,
 ) {
     let plane = plane.max(1);
     let per = CHUNK.div_ceil(plane);
@@ -146,17 +167,17 @@ pub(crate) fn bias_relu(
         .enumerate()
         .for_each(|(t, o)| {
             for (i, p) in o.chunks_mut(plane).enumerate() {
-                bias_relu_row(p, bias.map_or(0.0, |b| b[(t * per + i) % channels]), relu);
+                bias_act_row(p, bias.map_or(0.0, |b| b[(t * per + i) % channels]), clamp);
             }
         });
 }
 
-/// (v + b).max(0) or v + b over one row, vectorized as wide as the CPU allows.
-pub(crate) fn bias_relu_row(p: &mut [f32], b: f32, relu: bool) {
-    if relu {
-        map_inplace(p, |v| (v + b).max(0.0));
-    } else {
-        map_inplace(p, |v| v + b);
+/// v + b, then `clamp`, over one row, vectorized as wide as the CPU allows.
+pub(crate) fn bias_act_row(p: &mut [f32], b: f32, clamp: Clamp) {
+    match clamp {
+        Clamp::None => map_inplace(p, |v| v + b),
+        Clamp::Relu => map_inplace(p, |v| (v + b).max(0.0)),
+        Clamp::Relu6 => map_inplace(p, |v| (v + b).clamp(0.0, 6.0)),
     }
 }
 

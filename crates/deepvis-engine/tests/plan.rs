@@ -291,8 +291,8 @@ fn affine(c: usize, r: &mut rand_chacha::ChaCha8Rng) -> ChannelAffine {
 /// does not run on its own, an activation after the norm fuses with the folded convolution,
 /// and values and input gradients are those of the ops apart (asking for the convolutions'
 /// outputs keeps them apart) up to rounding. Covered: 3×3 (Winograd), 1×1, strided (im2col),
-/// depthwise, with and without a bias, followed by ReLU, SiLU or nothing; and a channel
-/// selection on a folded norm.
+/// depthwise (strided and not), with and without a bias, followed by ReLU6, ReLU, SiLU or
+/// nothing; and a channel selection on a folded norm.
 #[test]
 fn a_batch_norm_folds_into_the_convolution_before_it() {
     let mut r = rng(21);
@@ -301,38 +301,67 @@ fn a_batch_norm_folds_into_the_convolution_before_it() {
     c3.bias = None;
     let c3 = g.push("c3", c3, &[0]);
     let bn1 = g.push("bn1", affine(16, &mut r), &[c3]);
-    let relu = g.push("relu", Relu, &[bn1]);
+    let relu = g.push("relu6", Relu6, &[bn1]);
     let mut c1 = conv(16, 24, &mut r);
     c1.kernel = (1, 1);
     c1.padding = Padding::symmetric(0);
     c1.weight.truncate(24 * 16);
     let c1 = g.push("c1", c1, &[relu]);
-    let bn2 = g.push("bn2", affine(24, &mut r), &[c1]);
+    // Wide enough that the ReLU6 after it meets both of its bounds.
+    let wide = ChannelAffine {
+        scale: (0..24).map(|_| r.gen_range(3.0..8.0)).collect(),
+        shift: (0..24).map(|_| r.gen_range(0.0..4.0)).collect(),
+    };
+    let bn2 = g.push("bn2", wide, &[c1]);
+    let relu6 = g.push("bn2.act", Relu6, &[bn2]);
     let mut dw = conv(1, 24, &mut r);
     dw.in_channels = 24;
     dw.groups = 24;
     dw.stride = (2, 2);
     dw.validate().unwrap();
-    let dw = g.push("dw", dw, &[bn2]);
+    let dw = g.push("dw", dw, &[relu6]);
     let bn3 = g.push("bn3", affine(24, &mut r), &[dw]);
     let silu = g.push("silu", Unary(UnaryKind::Silu), &[bn3]);
+    let mut dw2 = conv(1, 24, &mut r);
+    dw2.in_channels = 24;
+    dw2.groups = 24;
+    dw2.validate().unwrap();
+    let dw2 = g.push("dw2", dw2, &[silu]);
+    let wide = ChannelAffine {
+        scale: (0..24).map(|_| r.gen_range(3.0..8.0)).collect(),
+        shift: (0..24).map(|_| r.gen_range(0.0..4.0)).collect(),
+    };
+    let bn5 = g.push("bn5", wide, &[dw2]);
+    let dw_relu6 = g.push("bn5.act", Relu6, &[bn5]);
     let mut cs = conv(24, 8, &mut r);
     cs.stride = (2, 2);
     cs.validate().unwrap();
-    let cs = g.push("cs", cs, &[silu]);
-    let out = g.push("bn4", affine(8, &mut r), &[cs]);
+    let cs = g.push("cs", cs, &[dw_relu6]);
+    let bn4 = g.push("bn4", affine(8, &mut r), &[cs]);
+    let out = g.push("out", Relu, &[bn4]);
 
     let x = random(&[2, 3, 19, 17], &mut rng(22));
-    let convs = [c3, c1, dw, cs];
+    let convs = [c3, c1, dw, dw2, cs];
     let folded = g.forward(x.clone(), out).unwrap();
     for c in convs {
         assert!(folded.value(c).is_none(), "{c} ran on its own");
     }
-    // The ReLU ran in the folded convolution's pass; the SiLU, which a convolution does not
-    // take, alone.
+    // The ReLU6s and the ReLU ran in the folded convolutions' passes (Winograd, a 1×1 GEMM,
+    // im2col); the SiLU, which a convolution does not take, alone.
     assert_eq!(folded.fused_producer(relu), Some(bn1));
+    assert_eq!(folded.fused_producer(relu6), Some(bn2));
+    assert_eq!(folded.fused_producer(dw_relu6), Some(bn5));
+    assert_eq!(folded.fused_producer(out), Some(bn4));
     assert!(folded.fused_producer(silu).is_none());
-    let plain = g.forward_multi(x.clone(), &[c3, c1, dw, cs, out]).unwrap();
+    // The clamps cut some values and kept others, so both sides of them were checked.
+    for node in [relu6, dw_relu6] {
+        let t = g.forward(x.clone(), node).unwrap();
+        let v = t.output().data();
+        assert!(v.contains(&0.0) && v.contains(&6.0) && v.iter().any(|&y| y > 0.0 && y < 6.0));
+    }
+    let plain = g
+        .forward_multi(x.clone(), &[c3, c1, dw, dw2, cs, out])
+        .unwrap();
     assert!(convs.iter().all(|&c| plain.value(c).is_some()));
     let close = |a: &Tensor, b: &Tensor, tol: f32, what: &str| {
         assert_eq!(a.shape(), b.shape());
@@ -355,11 +384,11 @@ fn a_batch_norm_folds_into_the_convolution_before_it() {
     let both = g
         .backward_multi(
             &folded,
-            vec![(out, Tensor::zeros(seed.shape())), (bn2, extra.clone())],
+            vec![(out, Tensor::zeros(seed.shape())), (relu6, extra.clone())],
         )
         .unwrap();
-    let want = g.backward_multi(&plain, vec![(bn2, extra)]).unwrap();
-    close(&both, &want, 1e-5, "seeded at bn2");
+    let want = g.backward_multi(&plain, vec![(relu6, extra)]).unwrap();
+    close(&both, &want, 1e-5, "seeded at bn2.act");
 
     // Only channels 1 and 6 of the folded last norm computed.
     let some = g.forward_channels(x.clone(), &[out], &[1, 6]).unwrap();
@@ -382,13 +411,13 @@ fn a_batch_norm_folds_into_the_convolution_before_it() {
 
     // Replacing the norm (`node_mut`) is seen: the fold is made again from the new one.
     let doubled = {
-        let a = g.nodes()[out].op.downcast_ref::<ChannelAffine>().unwrap();
+        let a = g.nodes()[bn4].op.downcast_ref::<ChannelAffine>().unwrap();
         ChannelAffine {
             scale: a.scale.iter().map(|s| 2.0 * s).collect(),
             shift: a.shift.iter().map(|s| 2.0 * s).collect(),
         }
     };
-    g.node_mut(out).op = doubled.into();
+    g.node_mut(bn4).op = doubled.into();
     let again = g.forward(x, out).unwrap();
     let twice: Vec<f32> = plain.output().data().iter().map(|v| 2.0 * v).collect();
     close(

@@ -1,3 +1,4 @@
+use crate::layers::Clamp;
 use crate::op::{numel, single, Activation, Field, Needs, Operator, Saved};
 use crate::{ChannelAffine, Conv2d, EngineError, Op, Tensor};
 use std::any::Any;
@@ -47,10 +48,10 @@ impl Operator for Conv2d {
         input_shape: &[usize],
         grad: &mut Tensor,
         y: &Tensor,
-        _act: Activation,
+        act: Activation,
         acc: &mut Tensor,
     ) -> Result<bool, EngineError> {
-        Conv2d::backward_accumulate(self, input_shape, grad, Some(y), acc)
+        Conv2d::backward_accumulate(self, input_shape, grad, Some((y, clamp(act)?)), acc)
     }
 
     fn receptive_field(&self) -> Field {
@@ -69,14 +70,15 @@ impl Operator for Conv2d {
         self
     }
 
-    /// The ReLU is applied where the bias is added, and the pair's backward pass masks the
-    /// gradient as it transforms it.
+    /// A ReLU or ReLU6 is applied where the bias is added (ResNet, VGG; MobileNetV2 and
+    /// EfficientNet-Lite once their batch norms are folded in), and the pair's backward pass
+    /// masks the gradient from the pair's output (Winograd as it transforms it).
     fn fuses(&self, act: Activation) -> bool {
-        act == Activation::Relu
+        Clamp::of(act).is_some()
     }
 
-    fn forward_fused(&self, inputs: &[&Tensor], _act: Activation) -> Result<Tensor, EngineError> {
-        self.forward_relu(single("conv2d", inputs)?)
+    fn forward_fused(&self, inputs: &[&Tensor], act: Activation) -> Result<Tensor, EngineError> {
+        self.forward_clamped(single("conv2d", inputs)?, clamp(act)?)
     }
 
     fn backward_fused(
@@ -84,10 +86,15 @@ impl Operator for Conv2d {
         input_shapes: &[&[usize]],
         mut grad: Tensor,
         y: &Tensor,
-        _act: Activation,
+        act: Activation,
     ) -> Result<Vec<Tensor>, EngineError> {
         let input_shape = single("conv2d", input_shapes)?;
-        Ok(vec![self.backward_relu(input_shape, &mut grad, y)?])
+        Ok(vec![self.backward_clamped(
+            input_shape,
+            &mut grad,
+            y,
+            clamp(act)?,
+        )?])
     }
 
     fn fold_affine(&self, affine: &ChannelAffine) -> Option<Op> {
@@ -97,4 +104,9 @@ impl Operator for Conv2d {
     fn select_outputs(&self, channels: &[usize]) -> Option<Result<Op, EngineError>> {
         (self.groups == 1).then(|| Conv2d::select_outputs(self, channels).map(|c| Op::from_arc(c)))
     }
+}
+
+/// The clamp for an activation the planner fused (`fuses` accepted it).
+fn clamp(act: Activation) -> Result<Clamp, EngineError> {
+    Clamp::of(act).ok_or_else(|| EngineError::Graph(format!("conv2d does not fuse {act:?}")))
 }
