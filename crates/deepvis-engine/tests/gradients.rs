@@ -941,6 +941,9 @@ fn winograd_cases() -> Vec<ConvCase> {
         case(1, 16, 16, (9, 130), p(1), (1, 1, 1, 1)),
         case(2, 16, 17, (21, 66), p(0), (0, 0, 0, 0)),
         case(2, 16, 16, (60, 256), p(1), (1, 1, 1, 1)),
+        // Wide enough channels for 64-tile blocks: 9 tile rows of 17 per image, 18 in all,
+        // split into 5 near-equal blocks rather than 4 + a remainder.
+        case(2, 136, 136, (34, 68), p(1), (1, 1, 1, 1)),
         case(
             1,
             16,
