@@ -287,6 +287,24 @@ fn affine(c: usize, r: &mut rand_chacha::ChaCha8Rng) -> ChannelAffine {
     }
 }
 
+/// A batch norm wide enough that a ReLU6 after it meets both of its bounds.
+fn wide_affine(c: usize, r: &mut rand_chacha::ChaCha8Rng) -> ChannelAffine {
+    ChannelAffine {
+        scale: (0..c).map(|_| r.gen_range(3.0..8.0)).collect(),
+        shift: (0..c).map(|_| r.gen_range(0.0..4.0)).collect(),
+    }
+}
+
+/// A 3×3 depthwise convolution over `c` channels.
+fn depthwise(c: usize, stride: usize, r: &mut rand_chacha::ChaCha8Rng) -> Conv2d {
+    let mut dw = conv(1, c, r);
+    dw.in_channels = c;
+    dw.groups = c;
+    dw.stride = (stride, stride);
+    dw.validate().unwrap();
+    dw
+}
+
 /// A batch norm after a convolution that nobody else reads is folded into it: the convolution
 /// does not run on its own, an activation after the norm fuses with the folded convolution,
 /// and values and input gradients are those of the ops apart (asking for the convolutions'
@@ -307,31 +325,13 @@ fn a_batch_norm_folds_into_the_convolution_before_it() {
     c1.padding = Padding::symmetric(0);
     c1.weight.truncate(24 * 16);
     let c1 = g.push("c1", c1, &[relu]);
-    // Wide enough that the ReLU6 after it meets both of its bounds.
-    let wide = ChannelAffine {
-        scale: (0..24).map(|_| r.gen_range(3.0..8.0)).collect(),
-        shift: (0..24).map(|_| r.gen_range(0.0..4.0)).collect(),
-    };
-    let bn2 = g.push("bn2", wide, &[c1]);
+    let bn2 = g.push("bn2", wide_affine(24, &mut r), &[c1]);
     let relu6 = g.push("bn2.act", Relu6, &[bn2]);
-    let mut dw = conv(1, 24, &mut r);
-    dw.in_channels = 24;
-    dw.groups = 24;
-    dw.stride = (2, 2);
-    dw.validate().unwrap();
-    let dw = g.push("dw", dw, &[relu6]);
+    let dw = g.push("dw", depthwise(24, 2, &mut r), &[relu6]);
     let bn3 = g.push("bn3", affine(24, &mut r), &[dw]);
     let silu = g.push("silu", Unary(UnaryKind::Silu), &[bn3]);
-    let mut dw2 = conv(1, 24, &mut r);
-    dw2.in_channels = 24;
-    dw2.groups = 24;
-    dw2.validate().unwrap();
-    let dw2 = g.push("dw2", dw2, &[silu]);
-    let wide = ChannelAffine {
-        scale: (0..24).map(|_| r.gen_range(3.0..8.0)).collect(),
-        shift: (0..24).map(|_| r.gen_range(0.0..4.0)).collect(),
-    };
-    let bn5 = g.push("bn5", wide, &[dw2]);
+    let dw2 = g.push("dw2", depthwise(24, 1, &mut r), &[silu]);
+    let bn5 = g.push("bn5", wide_affine(24, &mut r), &[dw2]);
     let dw_relu6 = g.push("bn5.act", Relu6, &[bn5]);
     let mut cs = conv(24, 8, &mut r);
     cs.stride = (2, 2);
