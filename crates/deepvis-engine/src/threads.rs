@@ -80,7 +80,7 @@ fn keep_awake(caller: Option<usize>, done: &AtomicBool) {
         }
         idle += 1;
         // Let other runnable threads on this core in now and then.
-        if idle % 64 == 0 {
+        if idle.is_multiple_of(64) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
