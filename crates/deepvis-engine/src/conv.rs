@@ -357,6 +357,18 @@ impl Conv2d {
         })
     }
 
+    /// Which kernels a pass over `g` takes under `algo`, in the order `forward_impl` and
+    /// `backward_impl` try them.
+    fn path(&self, g: &Geometry, algo: ConvAlgo) -> Path {
+        if g.depthwise() || self.narrow_geometry(g, algo).is_some() {
+            Path::Direct
+        } else if self.winograd_geometry(g, algo).is_some() {
+            Path::Winograd
+        } else {
+            Path::Gemm
+        }
+    }
+
     /// Whether Winograd computes this convolution for `g` under `algo`.
     fn winograd_geometry(&self, g: &Geometry, algo: ConvAlgo) -> Option<WinoGeom> {
         let eligible = g.kh == 3 && g.kw == 3 && g.unit_steps() && g.groups == 1;
@@ -434,41 +446,43 @@ impl Conv2d {
                 .collect(),
             None => shift.clone(),
         };
-        Some(Conv2d {
+        Some(self.with_outputs(self.out_channels, weight, Some(bias)))
+    }
+
+    /// A convolution of this one's geometry with `out_channels` outputs and these parameters
+    /// (its own, empty cache).
+    fn with_outputs(
+        &self,
+        out_channels: usize,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    ) -> Conv2d {
+        Conv2d {
             in_channels: self.in_channels,
-            out_channels: self.out_channels,
+            out_channels,
             kernel: self.kernel,
             stride: self.stride,
             dilation: self.dilation,
             groups: self.groups,
             padding: self.padding,
             weight,
-            bias: Some(bias),
+            bias,
             cache: ConvCache::default(),
-        })
+        }
     }
 
     /// This convolution's output channels `channels`, as a convolution of its own.
     fn restricted_to(&self, channels: &[usize]) -> Conv2d {
         let per = self.weight.len() / self.out_channels;
-        Conv2d {
-            in_channels: self.in_channels,
-            out_channels: channels.len(),
-            kernel: self.kernel,
-            stride: self.stride,
-            dilation: self.dilation,
-            groups: self.groups,
-            padding: self.padding,
-            weight: channels
-                .iter()
-                .flat_map(|&c| self.weight[c * per..][..per].iter().copied())
-                .collect(),
-            bias: self
-                .bias
-                .as_ref()
-                .map(|b| channels.iter().map(|&c| b[c]).collect()),
-            cache: ConvCache::default(),
-        }
+        let weight = channels
+            .iter()
+            .flat_map(|&c| self.weight[c * per..][..per].iter().copied())
+            .collect();
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|b| channels.iter().map(|&c| b[c]).collect());
+        self.with_outputs(channels.len(), weight, bias)
     }
 
     fn winograd_weights(&self) -> Arc<WinogradWeights> {
@@ -747,20 +761,15 @@ impl Conv2d {
         clamp: Clamp,
     ) -> Result<Tensor, EngineError> {
         let (algo, prec) = (conv_algo(), precision());
-        if clamp != Clamp::Relu {
-            mask_clamped(grad_out, relu_out, clamp)?;
-            return self.backward_impl(input_shape, grad_out, algo, prec, None);
-        }
-        let winograd = grad_out.shape() == relu_out.shape()
-            && self.geometry(input_shape).is_ok_and(|g| {
-                !g.depthwise()
-                    && self.narrow_geometry(&g, algo).is_none()
-                    && self.winograd_geometry(&g, algo).is_some()
-            });
-        if winograd {
+        let masks_as_it_reads = clamp == Clamp::Relu
+            && grad_out.shape() == relu_out.shape()
+            && self
+                .geometry(input_shape)
+                .is_ok_and(|g| self.path(&g, algo) == Path::Winograd);
+        if masks_as_it_reads {
             return self.backward_impl(input_shape, grad_out, algo, prec, Some(relu_out.data()));
         }
-        relu_backward_in_place(relu_out, grad_out);
+        mask_clamped(grad_out, relu_out, clamp)?;
         self.backward_impl(input_shape, grad_out, algo, prec, None)
     }
 
@@ -825,10 +834,7 @@ impl Conv2d {
     ) -> Result<bool, EngineError> {
         let (algo, prec) = (conv_algo(), effective(precision()));
         let g = self.geometry(input_shape)?;
-        let gemm_path = !g.depthwise()
-            && self.narrow_geometry(&g, algo).is_none()
-            && self.winograd_geometry(&g, algo).is_none();
-        if !gemm_path {
+        if self.path(&g, algo) != Path::Gemm {
             return Ok(false);
         }
         if grad_out.shape() != [g.n, g.cout, g.oh, g.ow] || dx.shape() != input_shape {
@@ -1030,6 +1036,15 @@ impl Conv2d {
             }
         }
     }
+}
+
+/// The kernels a convolution pass takes: the direct ones (depthwise, few outputs), Winograd,
+/// or a GEMM (1×1 or im2col).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Winograd,
+    Gemm,
 }
 
 /// The gradient through a ReLU or ReLU6 from its output `y`, in place.

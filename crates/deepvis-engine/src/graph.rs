@@ -553,18 +553,13 @@ impl Graph {
                 } else {
                     let (mut g, act) = (g, self.activation_of(i)?);
                     // As for single ops below: into the input's gradient where it can.
-                    if let [j] = head.inputs[..] {
-                        if let Some(acc) = grads[j].as_mut() {
-                            if head.op.backward_fused_accumulate(
-                                shapes[0],
-                                &mut g,
-                                y()?,
-                                act,
-                                acc,
-                            )? {
-                                crate::profile::record(started, || self.profile_key(i, plan), true);
-                                continue;
-                            }
+                    if let Some(acc) = sum_so_far(&mut grads, head) {
+                        if head
+                            .op
+                            .backward_fused_accumulate(shapes[0], &mut g, y()?, act, acc)?
+                        {
+                            crate::profile::record(started, || self.profile_key(i, plan), true);
+                            continue;
                         }
                     }
                     head.op.backward_fused(&shapes, g, y()?, act)?
@@ -593,15 +588,13 @@ impl Graph {
                 let mut g = g;
                 // Into the gradient its input already has from other readers, where the op
                 // can add it in the same pass.
-                if let [j] = node.inputs[..] {
-                    if let Some(acc) = grads[j].as_mut() {
-                        if node
-                            .op
-                            .backward_accumulate(&self.saved(trace, i), &mut g, acc)?
-                        {
-                            crate::profile::record(started, || self.profile_key(i, plan), true);
-                            continue;
-                        }
+                if let Some(acc) = sum_so_far(&mut grads, node) {
+                    if node
+                        .op
+                        .backward_accumulate(&self.saved(trace, i), &mut g, acc)?
+                    {
+                        crate::profile::record(started, || self.profile_key(i, plan), true);
+                        continue;
                     }
                 }
                 node.op.backward(&self.saved(trace, i), g)?
@@ -612,6 +605,15 @@ impl Graph {
         grads[0]
             .take()
             .ok_or_else(|| EngineError::Graph("the target does not depend on the input".into()))
+    }
+}
+
+/// For a one-input `node`, the gradient its input has so far from other readers, if any: what
+/// `Operator::backward_accumulate` adds into.
+fn sum_so_far<'a>(grads: &'a mut [Option<Tensor>], node: &Node) -> Option<&'a mut Tensor> {
+    match node.inputs[..] {
+        [j] => grads[j].as_mut(),
+        _ => None,
     }
 }
 
