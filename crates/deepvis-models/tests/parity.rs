@@ -1,5 +1,7 @@
 //! Activations and input gradients against PyTorch references in `../shared/fixtures`.
 
+mod common;
+
 use deepvis_engine::Tensor;
 use deepvis_models::weights::{self, StateDict};
 use deepvis_models::{Model, WeightsFrom};
@@ -212,14 +214,7 @@ fn efficientnet_lite0_bundled_matches_pytorch() {
             // every convolution's output asked for too, nothing is folded and the ops run as
             // PyTorch runs them, checked element by element.
             let id = model.layer(key).unwrap();
-            let mut targets: Vec<usize> = (1..id).filter(|&i| model.is_conv(i)).collect();
-            targets.push(id);
-            let trace = model.graph.forward_multi(input.clone(), &targets).unwrap();
-            let out = trace.output();
-            let plane: usize = out.shape()[2..].iter().product();
-            let mut seed = Tensor::zeros(out.shape());
-            seed.data_mut()[c * plane..(c + 1) * plane].fill(1.0 / plane as f32);
-            let g = model.graph.backward(&trace, seed).unwrap();
+            let g = common::channel_mean_grad_unfolded(&model, &input, id, c);
             assert_grad_close(&g, &want, "efficientnet grad _blocks.2 c5, unfolded", true);
         }
     }

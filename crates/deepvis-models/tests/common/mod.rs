@@ -46,9 +46,21 @@ pub fn channel_mean_grad(
     channel_mean_grad_with(model, x, &[layer], c)
 }
 
-/// `channel_mean_grad` of the last of `targets`, the others asked for too (which keeps a
-/// convolution that is one of them from taking in the batch norm after it).
-pub fn channel_mean_grad_with(
+/// `channel_mean_grad` with every convolution before `layer` asked for too, which keeps each
+/// from taking in the batch norm after it: the ops as PyTorch runs them.
+pub fn channel_mean_grad_unfolded(
+    model: &deepvis_models::Model,
+    x: &Tensor,
+    layer: usize,
+    c: usize,
+) -> Tensor {
+    let mut targets: Vec<usize> = (1..layer).filter(|&i| model.is_conv(i)).collect();
+    targets.push(layer);
+    channel_mean_grad_with(model, x, &targets, c)
+}
+
+/// `channel_mean_grad` of the last of `targets`, the others asked for too.
+fn channel_mean_grad_with(
     model: &deepvis_models::Model,
     x: &Tensor,
     targets: &[usize],
@@ -97,11 +109,8 @@ pub fn check_zoo_model(name: &str, model: &Model) {
         let c = case["channel"].as_u64().unwrap() as usize;
         let id = model.layer(key).unwrap();
         let want = tensor(&refs, &format!("grad.{key}.c{c}"));
-        // The ops as PyTorch runs them: with every convolution's output asked for, no batch
-        // norm is folded into its convolution. Checked element by element.
-        let mut targets: Vec<usize> = (1..id).filter(|&i| model.is_conv(i)).collect();
-        targets.push(id);
-        let got = channel_mean_grad_with(model, &x, &targets, c);
+        // The ops as PyTorch runs them, no batch norm folded: checked element by element.
+        let got = channel_mean_grad_unfolded(model, &x, id, c);
         let err = rel_err(&got, &want);
         eprintln!("{name} grad {key} c{c}: rel err {err:.2e}");
         assert!(err < 1e-3, "{name} grad {key}:{c}: {err:.2e}");
