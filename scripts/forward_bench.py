@@ -18,6 +18,7 @@ p.add_argument("--size", type=int, default=224)
 p.add_argument("--rounds", type=int, default=3)
 p.add_argument("--iters", type=int, default=3)
 p.add_argument("--deepvis", default="target/release/deepvis")
+p.add_argument("--precision", default="f32", help="deepvis's arithmetic (f32 against PyTorch's float32, or bf16/auto)")
 a = p.parse_args()
 
 threads = torch.get_num_threads()
@@ -39,7 +40,7 @@ def deepvis_ms():
     out = subprocess.run(
         [a.deepvis, "bench", "--model", a.model, "--random-weights", "--layer", a.layer,
          "--batch", str(a.batch), "--size", str(a.size), "--forward-only", "--no-peak",
-         "--iters", str(a.iters), "--warmup", "1", "--threads", str(threads)],
+         "--iters", str(a.iters), "--warmup", "1", "--threads", str(threads), "--precision", a.precision],
         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["ms_per_step"]
 

@@ -506,10 +506,12 @@ def _run(job: Any, progress: bool, desc: str) -> dict:
         raise KeyboardInterrupt from None
 
 
-def _precision(precision: str) -> None:
-    note = _native.set_precision(precision)
+def _precision(precision: str, model: "Model") -> str:
+    """Sets the arithmetic for `model`; returns the one chosen ("f32" or "bf16")."""
+    chosen, note = _native.set_precision(precision, model._native)
     if note:
         warnings.warn(note, stacklevel=3)
+    return chosen
 
 
 def _options(preset: str, size: Optional[Size], steps: Optional[int], kw: dict) -> Any:
@@ -547,7 +549,7 @@ def render(
     steps: Optional[int] = None,
     seed: int = 0,
     batch: int = 1,
-    precision: str = "f32",
+    precision: str = "auto",
     init: Any = None,
     step_size: Optional[float] = None,
     param: Optional[str] = None,
@@ -570,8 +572,9 @@ def render(
     default, seed, lucid or maco; the other keywords override its parts as the CLI's flags
     of the same names do (`budget`: seconds of wall time per image for adaptive steps, as
     `--budget`; without it the default preset's steps adapt reproducibly). `init` starts
-    from an image (a file or an HxWxC array, resized to the first scale). `precision="bf16"` uses bfloat16 convolution inputs where the CPU has
-    AVX512-BF16.
+    from an image (a file or an HxWxC array, resized to the first scale). `precision` is "auto" (bf16
+    where the CPU has AVX512-BF16 and the model's bf16 output stays within 10 % of float32's,
+    as the CLI's `--precision auto`), "f32" or "bf16".
     """
     _check_model(model)
     opts = _options(
@@ -593,7 +596,7 @@ def render(
             budget=budget,
         ),
     )
-    _precision(precision)
+    _precision(precision, model)
     job = _native.start_render(
         model._native,
         objective,
@@ -618,7 +621,7 @@ def filters(
     size: Optional[Size] = None,
     steps: Optional[int] = None,
     seed: int = 0,
-    precision: str = "f32",
+    precision: str = "auto",
     progress: bool = True,
     **overrides: Any,
 ) -> Sheet:
@@ -632,7 +635,7 @@ def filters(
     if any(f < 0 for f in wanted):
         raise InvalidArgument("filter indices must be non-negative")
     opts = _options(preset, size, steps, _overrides(overrides))
-    _precision(precision)
+    _precision(precision, model)
     job = _native.start_filters(model._native, layer, wanted, opts, seed=_seed(seed))
     res = _run(job, progress, f"{job.label} filters")
     images = Image(_hwc(_array(res["images"])))
@@ -725,7 +728,7 @@ def dream(
     steps_per_octave: int = 10,
     lr: float = 0.02,
     seed: int = 0,
-    precision: str = "f32",
+    precision: str = "auto",
     progress: bool = True,
 ) -> Image:
     """DeepDream: amplifies what `layer` (or any `objective`) sees in a photo (a file or an
@@ -748,7 +751,7 @@ def dream(
             raise InvalidArgument(f"image must be a file or an HxWxC array, not shape {a.shape}")
         chw = np.ascontiguousarray(a.transpose(2, 0, 1))
         photo = (chw.tobytes(), list(chw.shape))
-    _precision(precision)
+    _precision(precision, model)
     job = _native.start_dream(
         model._native,
         objective,
@@ -771,17 +774,20 @@ def probe(
     input: Any = None,
     size: Optional[Size] = None,
     channel: Optional[int] = None,
+    precision: str = "f32",
 ) -> Probe:
     """A layer's activation for a photo (resized to `size`, the model's normalization
     applied: what `deepvis probe --image` computes) or for an already normalized NCHW
     `input` array; with `channel`, also the gradient of that channel's mean with respect to
-    the normalized input."""
+    the normalized input. In float32 unless `precision` says otherwise (as the CLI's probe):
+    its values are for comparing with other frameworks'."""
     _check_model(model)
     if (image is None) == (input is None):
         raise InvalidArgument("pass image=FILE or input=ARRAY (normalized, N x C x H x W)")
     ch = None if channel is None else int(channel)
     if ch is not None and ch < 0:
         raise InvalidArgument("channel must be non-negative")
+    _precision(precision, model)
     if input is not None:
         a = np.ascontiguousarray(np.asarray(input, dtype=np.float32))
         if a.ndim != 4:

@@ -26,7 +26,10 @@ def normalized(model, hwc):
 
 
 def test_render_returns_an_image_whose_objective_went_up(lite0):
-    img = deepvis.render(lite0, "_blocks.8:33", size=64, steps=24, seed=1, progress=False)
+    # float32, as the probe below computes by default.
+    img = deepvis.render(
+        lite0, "_blocks.8:33", size=64, steps=24, seed=1, precision="f32", progress=False
+    )
     assert isinstance(img, np.ndarray) and isinstance(img, deepvis.Image)
     assert img.shape == (64, 64, 3) and img.dtype == np.float32
     assert 0.0 <= img.min() and img.max() <= 1.0
@@ -80,18 +83,22 @@ def test_init_image_is_the_start(lite0):
 
 def test_precision_bf16_is_close_to_f32_and_f32_comes_back(lite0):
     kw = dict(size=32, steps=4, seed=3, progress=False)
-    a = deepvis.render(lite0, "_blocks.8:33", **kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a CPU without AVX512-BF16 says so and stays f32
+    a = deepvis.render(lite0, "_blocks.8:33", precision="f32", **kw)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")  # a CPU without AVX512-BF16 says so and stays f32
         b = deepvis.render(lite0, "_blocks.8:33", precision="bf16", **kw)
+    bf16_ran = not said
     # On the same start image bf16 is within its rounding of float32. After a few steps the
     # two diverge (bf16 input gradients differ by ~20 % in relative L2 through ReLU6 units
     # near zero, and Adam's first steps follow their signs), so the runs are compared only
     # in that bf16 optimizes too.
     assert b.initial[0] == pytest.approx(float(a.initial[0]), rel=0.05)
     assert b.final[0] > b.initial[0] + 1.0
-    c = deepvis.render(lite0, "_blocks.8:33", **kw)
+    c = deepvis.render(lite0, "_blocks.8:33", precision="f32", **kw)
     np.testing.assert_array_equal(a, c)
+    # "auto" (the default) is bf16 exactly where the CPU runs it: the same image as one of them.
+    auto = deepvis.render(lite0, "_blocks.8:33", **kw)
+    np.testing.assert_array_equal(auto, b if bf16_ran else a)
     with pytest.raises(ValueError, match="precision must be"):
         deepvis.render(lite0, "_blocks.8:33", precision="f64", **kw)
 

@@ -128,7 +128,7 @@ pub(crate) fn resize_and_crop(
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
-    let loaded = a.model.load_at(a.size)?;
+    let loaded = a.model.load_exact_at(a.size)?;
     let model = &loaded.model;
     if !model.has_head {
         bail!(
@@ -202,7 +202,7 @@ pub struct ProbeArgs {
 }
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    let loaded = a.model.load_at(a.size)?;
+    let loaded = a.model.load_exact_at(a.size)?;
     let model = &loaded.model;
     let layer = model.layer(&a.layer)?;
     let c = model.info.channels;

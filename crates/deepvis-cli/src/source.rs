@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use deepvis_models::source::Source;
 use deepvis_models::Model;
+use deepvis_render::precision::PrecisionChoice;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -35,11 +36,15 @@ pub struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Arithmetic of the convolutions: f32, or bf16 (bfloat16 inputs, float32 accumulation;
+    /// Arithmetic of the convolutions: f32, bf16 (bfloat16 inputs, float32 accumulation;
     /// about twice as fast on CPUs with AVX512-BF16, on AMX tiles where the CPU has them; values
-    /// within ~1 % of float32). Without AVX512-BF16, bf16 falls back to f32 with a message.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub precision: PrecisionArg,
+    /// within ~1 % of float32), or auto: bf16 where the CPU has AVX512-BF16 and the model's
+    /// output in bf16 stays within 10 % of float32's (checked on one test image at load), f32
+    /// otherwise. Without AVX512-BF16, bf16 falls back to f32 with a message. The manifest
+    /// records which one made the images. Default: auto; f32 for `probe` and `predict`, whose
+    /// values are compared with other frameworks'.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// ONNX models: the per-channel mean subtracted from the input (one value, or one per
     /// channel, comma-separated; in the units of --range). Default: ImageNet's, with a note.
     #[arg(long, value_name = "M[,M...]")]
@@ -59,8 +64,19 @@ pub fn is_onnx_path(model: &str) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrecisionArg {
+    Auto,
     F32,
     Bf16,
+}
+
+impl PrecisionArg {
+    fn choice(self) -> PrecisionChoice {
+        match self {
+            PrecisionArg::Auto => PrecisionChoice::Auto,
+            PrecisionArg::F32 => PrecisionChoice::F32,
+            PrecisionArg::Bf16 => PrecisionChoice::Bf16,
+        }
+    }
 }
 
 /// A loaded model and a description of its weights for the manifest.
@@ -81,13 +97,16 @@ impl ModelArgs {
                 .num_threads(n)
                 .build_global();
         }
-        let precision = match self.precision {
-            PrecisionArg::F32 => deepvis_engine::Precision::F32,
-            PrecisionArg::Bf16 => deepvis_engine::Precision::Bf16,
-        };
-        if let Err(e) = deepvis_engine::set_precision(precision) {
-            eprintln!("note: {e}; computing in float32");
-            deepvis_engine::set_precision(deepvis_engine::Precision::F32)?;
+        Ok(())
+    }
+
+    /// Sets the precision for `model` (`--precision auto` checks bf16 against float32 on it).
+    fn choose_precision(&self, model: &Model, default: PrecisionArg) -> Result<()> {
+        let wanted = self.precision.unwrap_or(default).choice();
+        let chosen = deepvis_render::precision::choose_precision(model, wanted)
+            .context("checking bf16 against float32 on this model")?;
+        if let Some(note) = chosen.note {
+            eprintln!("{note}");
         }
         Ok(())
     }
@@ -96,14 +115,26 @@ impl ModelArgs {
         self.load_at(None)
     }
 
-    /// Loads the model; an ONNX model with a dynamic input size is lowered at `size`.
+    /// Loads the model; an ONNX model with a dynamic input size is lowered at `size`. Without
+    /// `--precision` it computes in `auto` precision.
     pub fn load_at(&self, size: Option<(usize, usize)>) -> Result<Loaded> {
+        self.load_in(size, PrecisionArg::Auto)
+    }
+
+    /// [`ModelArgs::load_at`] in float32 unless `--precision` says otherwise: for commands that
+    /// report values to compare with other frameworks'.
+    pub fn load_exact_at(&self, size: Option<(usize, usize)>) -> Result<Loaded> {
+        self.load_in(size, PrecisionArg::F32)
+    }
+
+    fn load_in(&self, size: Option<(usize, usize)>, precision: PrecisionArg) -> Result<Loaded> {
         self.init_threads()?;
         let loaded =
             self.source()?
                 .load_at(size, std::io::stderr().is_terminal(), &mut |note| {
                     eprintln!("{note}")
                 })?;
+        self.choose_precision(&loaded.model, precision)?;
         let sha = match &loaded.weights_file {
             Some(path) => Some(
                 deepvis_weights::sha256_file(path)

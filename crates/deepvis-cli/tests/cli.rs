@@ -593,8 +593,9 @@ fn image_size(path: &str) -> (u32, u32) {
 fn bf16_precision_stays_close_to_float32() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let run = |dir: &Path, precision: &str| {
-        ok(deepvis(&[
+    let auto = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, precision: Option<&str>| {
+        let mut args = vec![
             "filters",
             "--layer",
             "_blocks.8",
@@ -605,15 +606,29 @@ fn bf16_precision_stays_close_to_float32() {
             // Fixed steps: adaptive ones depend on the wall time, which differs by precision.
             "--steps",
             "96",
-            "--precision",
-            precision,
             "--out",
             dir.to_str().unwrap(),
             "--quiet",
-        ]))
+        ];
+        if let Some(p) = precision {
+            args.extend(["--precision", p]);
+        }
+        ok(deepvis(&args))
     };
-    run(a.path(), "f32");
-    run(b.path(), "bf16");
+    run(a.path(), Some("f32"));
+    run(b.path(), Some("bf16"));
+    // The default, auto, is bf16 exactly where the CPU runs it (the bf16 check holds on the
+    // bundled model), and the manifest says which arithmetic made the images.
+    run(auto.path(), None);
+    let bf16 = deepvis_engine::bf16_supported();
+    let precision = |d: &Path| manifest(d)["runs"][0]["settings"]["precision"].clone();
+    assert_eq!(precision(a.path()), "f32");
+    assert_eq!(precision(b.path()), if bf16 { "bf16" } else { "f32" });
+    assert_eq!(precision(auto.path()), precision(b.path()));
+    let png =
+        |d: &Path| std::fs::read(d.join("efficientnet_lite0/_blocks.8/filter_0001.png")).unwrap();
+    assert_eq!(png(auto.path()), png(b.path()));
+    assert_eq!(png(a.path()) == png(b.path()), !bf16);
     let finals = |d: &Path| -> Vec<f64> {
         manifest(d)["runs"][0]["filters"]
             .as_array()

@@ -98,25 +98,21 @@ pub fn load(
     })
 }
 
-/// Sets the arithmetic of the convolutions; a note if this CPU cannot do bf16.
-pub fn set_precision(name: &str) -> Result<Option<String>, Failure> {
-    use deepvis_engine::Precision;
-    let p = match name {
-        "f32" => Precision::F32,
-        "bf16" => Precision::Bf16,
-        other => {
-            return Err(value(format!(
-                "precision must be 'f32' or 'bf16', not '{other}'"
-            )))
-        }
-    };
-    match deepvis_engine::set_precision(p) {
-        Ok(()) => Ok(None),
-        Err(e) => {
-            deepvis_engine::set_precision(Precision::F32).map_err(|e| other(&e))?;
-            Ok(Some(format!("{e}; computing in float32")))
-        }
-    }
+/// Sets the arithmetic of the convolutions for `model` ("auto" checks bf16 against float32 on
+/// it, as the CLI's `--precision auto`); returns the precision chosen and a note where the
+/// choice falls back to float32.
+pub fn set_precision(name: &str, model: &Model) -> Result<(String, Option<String>), Failure> {
+    use deepvis_render::precision::{choose_precision, precision_name, PrecisionChoice};
+    let choice = PrecisionChoice::parse(name).ok_or_else(|| {
+        value(format!(
+            "precision must be 'auto', 'f32' or 'bf16', not '{name}'"
+        ))
+    })?;
+    let chosen = choose_precision(model, choice).map_err(|e| other(&e))?;
+    let note = chosen
+        .note
+        .map(|n| n.strip_prefix("note: ").unwrap_or(&n).to_string());
+    Ok((precision_name(chosen.precision).to_string(), note))
 }
 
 /// Start images given by the user (`[n, c, h, w]` in [0, 1]) at the first octave's size, as

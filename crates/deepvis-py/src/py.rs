@@ -528,10 +528,17 @@ fn grid<'py>(
     array(py, &[3, h, w], &sheet)
 }
 
-/// Sets the convolutions' arithmetic ("f32" or "bf16"); returns a note where bf16 falls back.
+/// Sets the convolutions' arithmetic for `model` ("auto", "f32" or "bf16"); returns the
+/// precision chosen and a note where it falls back to float32.
 #[pyfunction]
-fn set_precision(precision: &str) -> PyResult<Option<String>> {
-    ops::set_precision(precision).map_err(to_py)
+fn set_precision(
+    py: Python<'_>,
+    precision: &str,
+    model: &PyModel,
+) -> PyResult<(String, Option<String>)> {
+    let m = model.at(py, None)?;
+    py.detach(|| ops::set_precision(precision, &m))
+        .map_err(to_py)
 }
 
 /// The zoo: (name, description, bundled).

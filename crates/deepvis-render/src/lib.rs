@@ -32,6 +32,7 @@ pub mod objective;
 pub mod optim;
 pub mod options;
 pub mod param;
+pub mod precision;
 pub mod render;
 pub mod saturate;
 pub mod score;
