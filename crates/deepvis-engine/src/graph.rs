@@ -355,6 +355,21 @@ impl Graph {
         self.forward_impl(x, targets, Some(channels))
     }
 
+    /// `forward_channels` (with `channels`) or `forward_multi` forward only, like
+    /// [`Graph::infer`]: the targets' values and nothing for a backward pass, for objectives
+    /// that are only evaluated (scores, start and end values). VGG16's max pools then skip
+    /// their argmax codes, and no ReLU mask is kept. A backward pass on the result is refused.
+    pub fn evaluate_targets(
+        &self,
+        x: Tensor,
+        targets: &[NodeId],
+        channels: Option<&[usize]>,
+    ) -> Result<Trace, EngineError> {
+        let mut plan = Plan::new(self, x.shape(), targets, channels)?;
+        plan.for_inference();
+        self.run_plan(x, plan)
+    }
+
     /// The value of `target` for input `x`, forward only (like PyTorch's `torch.no_grad`): no
     /// value is kept for a backward pass and no op records codes for one, so each activation is
     /// dropped as soon as its last reader has run.
@@ -498,6 +513,11 @@ impl Graph {
         seeds: Vec<(NodeId, Tensor)>,
     ) -> Result<Tensor, EngineError> {
         let plan = &trace.plan;
+        if plan.forward_only {
+            return Err(EngineError::Graph(
+                "this pass kept nothing for a gradient (evaluate_targets); trace it with forward_multi".into(),
+            ));
+        }
         let target = plan.target();
         let mut grads: Vec<Option<Tensor>> = vec![None; target + 1];
         // A ReLU's masking is left to its reader only where no gradient enters it directly.

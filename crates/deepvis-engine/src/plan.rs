@@ -44,6 +44,8 @@ pub(crate) struct Plan {
     /// The node after whose computation a value is no longer read by the forward pass.
     pub last_use: Vec<NodeId>,
     pub selection: Option<Selection>,
+    /// Set by `for_inference`: nothing was kept for a backward pass.
+    pub forward_only: bool,
 }
 
 impl Plan {
@@ -78,6 +80,7 @@ impl Plan {
     /// Turns the plan into a forward-only one: only the targets are kept, and coded ops run
     /// their plain forward (codes serve only the backward pass).
     pub fn for_inference(&mut self) {
+        self.forward_only = true;
         for (i, k) in self.keep.iter_mut().enumerate() {
             *k = self.targets.contains(&i);
         }
@@ -264,6 +267,7 @@ impl Plan {
             keep,
             last_use,
             selection,
+            forward_only: false,
         })
     }
 }

@@ -31,3 +31,43 @@ fn infer_equals_forward() {
         }
     }
 }
+
+/// Objectives that are only evaluated (robust scores, start and end values) trace forward only:
+/// the same values as the training-style pass, several targets and a channel selection
+/// included, and a refusal, not a wrong gradient, if a backward pass is asked of it.
+#[test]
+fn evaluate_targets_equals_forward_and_refuses_a_gradient() {
+    let vgg = Model::build("vgg11", WeightsFrom::Random(5)).expect("vgg11");
+    let x = input(&[2, 3, 48, 48]);
+    let (a, b) = (
+        vgg.layer("features.5").expect("layer"),
+        vgg.layer("features.13").expect("layer"),
+    );
+    let full = vgg
+        .graph
+        .forward_multi(x.clone(), &[a, b])
+        .expect("forward");
+    let only = vgg
+        .graph
+        .evaluate_targets(x.clone(), &[a, b], None)
+        .expect("evaluate");
+    for id in [a, b] {
+        assert_eq!(
+            only.value(id).unwrap().data(),
+            full.value(id).unwrap().data()
+        );
+    }
+    let channels = [3, 17];
+    let full = vgg
+        .graph
+        .forward_channels(x.clone(), &[b], &channels)
+        .expect("forward");
+    let only = vgg
+        .graph
+        .evaluate_targets(x.clone(), &[b], Some(&channels))
+        .expect("evaluate");
+    assert_eq!(only.output().data(), full.output().data());
+    let seed = Tensor::zeros(only.output().shape());
+    let err = vgg.graph.backward(&only, seed).unwrap_err().to_string();
+    assert!(err.contains("kept nothing for a gradient"), "{err}");
+}

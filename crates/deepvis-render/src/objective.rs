@@ -1872,6 +1872,17 @@ impl BatchObjective {
         })
     }
 
+    /// [`BatchObjective::trace`] for evaluating only (no gradient): nothing is kept for a
+    /// backward pass, which spares the max pools' codes and the ReLU masks.
+    pub fn trace_values(&self, graph: &Graph, x: Tensor) -> Result<Trace, RenderError> {
+        let nodes = self.nodes();
+        let channels = match self.channels_read() {
+            Some((node, ch)) if nodes == [node] => Some(ch),
+            _ => None,
+        };
+        Ok(graph.evaluate_targets(x, &nodes, channels.as_deref())?)
+    }
+
     /// The objective of image `b`.
     pub fn of(&self, b: usize) -> &Objective {
         match self {

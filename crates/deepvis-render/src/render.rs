@@ -425,7 +425,7 @@ pub fn evaluate(
     let norm = model_normalization(model)?;
     let x = normalized(images, [n, model.info.channels, h, w], &norm)?;
     deepvis_engine::on_pool(|| {
-        let trace = objective.trace(&model.graph, x)?;
+        let trace = objective.trace_values(&model.graph, x)?;
         Ok(objective.evaluate(&trace, n, false)?.0)
     })
 }
