@@ -198,19 +198,32 @@ impl Stage {
         self.shift = Some(offsets);
     }
 
+    /// For a crop: where each output row starts in the output, and where its source starts in
+    /// the input, over `n` images of `nc` channels.
+    fn shifted_rows<'a>(
+        &'a self,
+        offsets: &'a [(usize, usize)],
+        n: usize,
+        nc: usize,
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        let (ip, op) = (self.ih * self.iw, self.oh * self.ow);
+        (0..n * nc).flat_map(move |plane| {
+            let (oy, ox) = offsets[if self.shared { 0 } else { plane / nc }];
+            (0..self.oh).map(move |y| {
+                (
+                    plane * op + y * self.ow,
+                    plane * ip + (y + oy) * self.iw + ox,
+                )
+            })
+        })
+    }
+
     /// `nc` channels per image.
     fn forward(&self, x: &[f32], out: &mut [f32], n: usize, nc: usize) {
         let (ip, op) = (self.ih * self.iw, self.oh * self.ow);
         if let Some(offsets) = &self.shift {
-            for b in 0..n {
-                let (oy, ox) = offsets[if self.shared { 0 } else { b }];
-                for c in 0..nc {
-                    let src = &x[(b * nc + c) * ip..(b * nc + c + 1) * ip];
-                    let dst = &mut out[(b * nc + c) * op..(b * nc + c + 1) * op];
-                    for (y, row) in dst.chunks_exact_mut(self.ow).enumerate() {
-                        row.copy_from_slice(&src[(y + oy) * self.iw + ox..][..self.ow]);
-                    }
-                }
+            for (o, i) in self.shifted_rows(offsets, n, nc) {
+                out[o..o + self.ow].copy_from_slice(&x[i..i + self.ow]);
             }
             return;
         }
@@ -242,15 +255,8 @@ impl Stage {
         let (ip, op) = (self.ih * self.iw, self.oh * self.ow);
         gin.iter_mut().for_each(|v| *v = 0.0);
         if let Some(offsets) = &self.shift {
-            for b in 0..n {
-                let (oy, ox) = offsets[if self.shared { 0 } else { b }];
-                for c in 0..nc {
-                    let gs = &g[(b * nc + c) * op..(b * nc + c + 1) * op];
-                    let dst = &mut gin[(b * nc + c) * ip..(b * nc + c + 1) * ip];
-                    for (y, row) in gs.chunks_exact(self.ow).enumerate() {
-                        dst[(y + oy) * self.iw + ox..][..self.ow].copy_from_slice(row);
-                    }
-                }
+            for (o, i) in self.shifted_rows(offsets, n, nc) {
+                gin[i..i + self.ow].copy_from_slice(&g[o..o + self.ow]);
             }
             return;
         }
