@@ -145,13 +145,15 @@ impl Stage {
         }
     }
 
-    fn reset(&mut self, ih: usize, iw: usize, oh: usize, ow: usize, maps: usize) {
-        self.ih = ih;
-        self.iw = iw;
-        self.oh = oh;
-        self.ow = ow;
+    /// The sizes and map count of a table stage, its tables as they are.
+    fn set_geometry(&mut self, ih: usize, iw: usize, oh: usize, ow: usize, maps: usize) {
+        (self.ih, self.iw, self.oh, self.ow) = (ih, iw, oh, ow);
         self.shared = maps == 1;
         self.single = false;
+    }
+
+    fn reset(&mut self, ih: usize, iw: usize, oh: usize, ow: usize, maps: usize) {
+        self.set_geometry(ih, iw, oh, ow, maps);
         self.shift = None;
         self.drawn_pad = None;
         self.taps.clear();
@@ -171,12 +173,7 @@ impl Stage {
         let len = maps * oh * ow;
         self.taps.resize(len, [NO_TAP; 4]);
         self.bias.resize(len, 0.0);
-        self.ih = ih;
-        self.iw = iw;
-        self.oh = oh;
-        self.ow = ow;
-        self.shared = maps == 1;
-        self.single = false;
+        self.set_geometry(ih, iw, oh, ow, maps);
     }
 
     /// A crop of `oh`×`ow` at per-image (or shared) offsets.
@@ -188,12 +185,7 @@ impl Stage {
         ow: usize,
         offsets: Vec<(usize, usize)>,
     ) {
-        self.ih = ih;
-        self.iw = iw;
-        self.oh = oh;
-        self.ow = ow;
-        self.shared = offsets.len() == 1;
-        self.single = false;
+        self.set_geometry(ih, iw, oh, ow, offsets.len());
         self.drawn_pad = None;
         self.shift = Some(offsets);
     }
