@@ -60,8 +60,9 @@ pub fn precision_name(p: Precision) -> &'static str {
 
 /// Sets the process-wide precision for `choice` and returns what was chosen. `Auto` runs one
 /// forward pass of a fixed, smooth test image through the whole model in each precision and
-/// keeps bf16 when their outputs differ by at most [`BF16_TOLERANCE`] (relative L2). `Bf16` on
-/// a CPU without AVX512-BF16 falls back to float32 with a note; `Auto` then says nothing.
+/// keeps bf16 when their outputs differ by at most [`BF16_TOLERANCE`] (relative L2); where
+/// they differ more, or the check cannot run, it computes in float32 with a note. `Bf16` on a
+/// CPU without AVX512-BF16 falls back to float32 with a note; `Auto` then says nothing.
 pub fn choose_precision(model: &Model, choice: PrecisionChoice) -> Result<Chosen, RenderError> {
     let f32_only = |note: Option<String>| -> Result<Chosen, RenderError> {
         set_precision(Precision::F32)?;
@@ -83,7 +84,16 @@ pub fn choose_precision(model: &Model, choice: PrecisionChoice) -> Result<Chosen
         },
         PrecisionChoice::Auto if !bf16_supported() => f32_only(None),
         PrecisionChoice::Auto => {
-            let error = bf16_error(model)?;
+            // A model the check cannot run (say, an ONNX graph fixed to another input size
+            // than it declares) still renders, in float32.
+            let error = match bf16_error(model) {
+                Ok(e) => e,
+                Err(e) => {
+                    return f32_only(Some(format!(
+                        "note: bf16 could not be checked on this model ({e}); computing in float32"
+                    )))
+                }
+            };
             if error.is_finite() && error <= BF16_TOLERANCE {
                 set_precision(Precision::Bf16)?;
                 Ok(Chosen {
