@@ -506,12 +506,11 @@ def _run(job: Any, progress: bool, desc: str) -> dict:
         raise KeyboardInterrupt from None
 
 
-def _precision(precision: str, model: "Model") -> str:
-    """Sets the arithmetic for `model`; returns the one chosen ("f32" or "bf16")."""
-    chosen, note = _native.set_precision(precision, model._native)
+def _precision(precision: str, model: "Model") -> None:
+    """Sets the arithmetic for `model` (warns where it falls back to float32)."""
+    note = _native.set_precision(precision, model._native)
     if note:
         warnings.warn(note, stacklevel=3)
-    return chosen
 
 
 def _options(preset: str, size: Optional[Size], steps: Optional[int], kw: dict) -> Any:

@@ -88,7 +88,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "size": if h == w { serde_json::json!(h) } else { serde_json::json!(format!("{h}x{w}")) },
         "batch": a.batch,
         "threads": rayon::current_num_threads(),
-        "precision": deepvis_render::precision::precision_name(deepvis_engine::precision()),
+        "precision": deepvis_engine::precision().name(),
         "ms_per_step": (ms * 100.0).round() / 100.0,
         "ms_per_image_step": (ms / a.batch as f64 * 100.0).round() / 100.0,
         "gflop_per_step": (flops as f64 / 1e7).round() / 100.0,

@@ -181,7 +181,7 @@ impl RenderArgs {
             "size": if h == w { json!(h) } else { json!(format!("{h}x{w}")) },
             "steps": s.total_steps(),
             "method": s.describe(),
-            "precision": deepvis_render::precision::precision_name(deepvis_engine::precision()),
+            "precision": deepvis_engine::precision().name(),
         });
         if let Some(a) = &s.adaptive {
             v["steps"] = json!("adaptive");

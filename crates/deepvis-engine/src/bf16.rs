@@ -75,6 +75,14 @@ impl Precision {
         }
     }
 
+    /// "f32" or "bf16": how `parse`, the flags and the manifest spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Precision::F32 => 0,

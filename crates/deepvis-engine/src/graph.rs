@@ -374,9 +374,7 @@ impl Graph {
     /// value is kept for a backward pass and no op records codes for one, so each activation is
     /// dropped as soon as its last reader has run.
     pub fn infer(&self, x: Tensor, target: NodeId) -> Result<Tensor, EngineError> {
-        let mut plan = Plan::new(self, x.shape(), &[target], None)?;
-        plan.for_inference();
-        let mut trace = self.run_plan(x, plan)?;
+        let mut trace = self.evaluate_targets(x, &[target], None)?;
         trace.values[target]
             .take()
             .ok_or_else(|| EngineError::Graph(format!("node {target} was not computed")))

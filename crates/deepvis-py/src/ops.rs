@@ -99,20 +99,18 @@ pub fn load(
 }
 
 /// Sets the arithmetic of the convolutions for `model` ("auto" checks bf16 against float32 on
-/// it, as the CLI's `--precision auto`); returns the precision chosen and a note where the
-/// choice falls back to float32.
-pub fn set_precision(name: &str, model: &Model) -> Result<(String, Option<String>), Failure> {
-    use deepvis_render::precision::{choose_precision, precision_name, PrecisionChoice};
+/// it, as the CLI's `--precision auto`); a note where the choice falls back to float32.
+pub fn set_precision(name: &str, model: &Model) -> Result<Option<String>, Failure> {
+    use deepvis_render::precision::{choose_precision, PrecisionChoice};
     let choice = PrecisionChoice::parse(name).ok_or_else(|| {
         value(format!(
             "precision must be 'auto', 'f32' or 'bf16', not '{name}'"
         ))
     })?;
     let chosen = choose_precision(model, choice).map_err(|e| other(&e))?;
-    let note = chosen
+    Ok(chosen
         .note
-        .map(|n| n.strip_prefix("note: ").unwrap_or(&n).to_string());
-    Ok((precision_name(chosen.precision).to_string(), note))
+        .map(|n| n.strip_prefix("note: ").unwrap_or(&n).to_string()))
 }
 
 /// Start images given by the user (`[n, c, h, w]` in [0, 1]) at the first octave's size, as

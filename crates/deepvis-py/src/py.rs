@@ -528,14 +528,10 @@ fn grid<'py>(
     array(py, &[3, h, w], &sheet)
 }
 
-/// Sets the convolutions' arithmetic for `model` ("auto", "f32" or "bf16"); returns the
-/// precision chosen and a note where it falls back to float32.
+/// Sets the convolutions' arithmetic for `model` ("auto", "f32" or "bf16"); returns a note
+/// where it falls back to float32.
 #[pyfunction]
-fn set_precision(
-    py: Python<'_>,
-    precision: &str,
-    model: &PyModel,
-) -> PyResult<(String, Option<String>)> {
+fn set_precision(py: Python<'_>, precision: &str, model: &PyModel) -> PyResult<Option<String>> {
     let m = model.at(py, None)?;
     py.detach(|| ops::set_precision(precision, &m))
         .map_err(to_py)

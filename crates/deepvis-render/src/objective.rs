@@ -1865,22 +1865,28 @@ impl BatchObjective {
     /// Traces `x` (normalized network input) for this objective, computing only the channels it
     /// reads where it reads only some.
     pub fn trace(&self, graph: &Graph, x: Tensor) -> Result<Trace, RenderError> {
-        let nodes = self.nodes();
-        Ok(match self.channels_read() {
-            Some((node, ch)) if nodes == [node] => graph.forward_channels(x, &nodes, &ch)?,
-            _ => graph.forward_multi(x, &nodes)?,
+        let (nodes, channels) = self.targets();
+        Ok(match channels {
+            Some(ch) => graph.forward_channels(x, &nodes, &ch)?,
+            None => graph.forward_multi(x, &nodes)?,
         })
     }
 
     /// [`BatchObjective::trace`] for evaluating only (no gradient): nothing is kept for a
     /// backward pass, which spares the max pools' codes and the ReLU masks.
     pub fn trace_values(&self, graph: &Graph, x: Tensor) -> Result<Trace, RenderError> {
+        let (nodes, channels) = self.targets();
+        Ok(graph.evaluate_targets(x, &nodes, channels.as_deref())?)
+    }
+
+    /// The nodes a trace computes, and the channels of the only one where just those are read.
+    fn targets(&self) -> (Vec<NodeId>, Option<Vec<usize>>) {
         let nodes = self.nodes();
         let channels = match self.channels_read() {
             Some((node, ch)) if nodes == [node] => Some(ch),
             _ => None,
         };
-        Ok(graph.evaluate_targets(x, &nodes, channels.as_deref())?)
+        (nodes, channels)
     }
 
     /// The objective of image `b`.

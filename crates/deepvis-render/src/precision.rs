@@ -50,14 +50,6 @@ pub struct Chosen {
 /// order one (cancelling sums of large values), not that drift.
 pub const BF16_TOLERANCE: f32 = 0.1;
 
-/// The lowercase name the manifest and the front ends use.
-pub fn precision_name(p: Precision) -> &'static str {
-    match p {
-        Precision::F32 => "f32",
-        Precision::Bf16 => "bf16",
-    }
-}
-
 /// Sets the process-wide precision for `choice` and returns what was chosen. `Auto` runs one
 /// forward pass of a fixed, smooth test image through the whole model in each precision and
 /// keeps bf16 when their outputs differ by at most [`BF16_TOLERANCE`] (relative L2); where
